@@ -1,0 +1,35 @@
+# dnntune: every target creates/updates the same virtualenv, so a fresh clone needs only
+# Python 3.11, pip and make.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit venv bench clean
+
+venv: $(STAMP)
+
+# Reinstall whenever the project's metadata changes; the stamp keeps repeat runs fast.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dnntune graph --model mobilenet_v2
+
+lint: $(STAMP)
+	$(BIN)/ruff check dnntune cloud_server device_agent tests benchmarks
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+test: lint unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
