@@ -1,0 +1,5 @@
+import sys
+
+from dnntune.cli import main
+
+sys.exit(main())
