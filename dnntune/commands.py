@@ -8,3 +8,12 @@ from collections.abc import Callable
 Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
 REGISTRY: list[Registrar] = []
+
+
+def _profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.profile_cli import add_profile_command
+
+    add_profile_command(sub)
+
+
+REGISTRY.append(_profile)

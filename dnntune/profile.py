@@ -144,12 +144,16 @@ class Profile:
     """A full profile: metadata, the graph's layers with their timings, and totals.
 
     Attributes:
-        end_to_end: Timings of the *uninstrumented* model, measured in its own pass.
-        instrumented: End-to-end timings of the instrumented pass.
-        overhead_pct: ``100 × (instrumented.mean / end_to_end.mean − 1)``.
+        end_to_end: In-graph timings of the *uninstrumented* model, measured in its own
+            pass (from its inputs being ready to its outputs being ready).
+        instrumented: Wall-clock timings of calls of the instrumented pass.
+        overhead_pct: ``100 × (instrumented.mean / end_to_end_wall.mean − 1)``: what the
+            timers cost a caller.
         ratio: ``sum(layer latency means) / end_to_end.mean``.
         param_bytes: Bytes of all weights.
         peak_rss_growth_bytes: Peak resident-set growth while profiling.
+        end_to_end_wall: Wall-clock timings of calls of the uninstrumented model, which add
+            the framework's per-call overhead to ``end_to_end``.
     """
 
     meta: ProfileMeta
@@ -163,6 +167,14 @@ class Profile:
     energy: EnergyInfo
     param_bytes: int
     peak_rss_growth_bytes: int
+    end_to_end_wall: Stats | None = None
+
+    @property
+    def call_overhead_ms(self) -> float:
+        """Mean wall-clock time of a call outside the graph (dispatch, captures, copies)."""
+        if self.end_to_end_wall is None:
+            return 0.0
+        return self.end_to_end_wall.mean_ms - self.end_to_end.mean_ms
 
     @property
     def graph(self) -> LayerGraph:
@@ -187,6 +199,9 @@ class Profile:
             "energy": self.energy.to_dict(),
             "param_bytes": self.param_bytes,
             "peak_rss_growth_bytes": self.peak_rss_growth_bytes,
+            "end_to_end_wall": (None if self.end_to_end_wall is None
+                                else self.end_to_end_wall.to_dict()),
+            "call_overhead_ms": self.call_overhead_ms,
             "layers": [lp.to_dict() for lp in self.layers],
         }
 
@@ -217,6 +232,9 @@ class Profile:
                 energy=EnergyInfo.from_dict(_require(data, "energy", where), f"{where} energy"),
                 param_bytes=int(_require(data, "param_bytes", where)),
                 peak_rss_growth_bytes=int(_require(data, "peak_rss_growth_bytes", where)),
+                end_to_end_wall=(None if data.get("end_to_end_wall") is None else
+                                 Stats.from_dict(data["end_to_end_wall"],
+                                                 f"{where} end_to_end_wall")),
             )
         except KeyError as exc:
             raise ConfigError(where, f"missing key {exc.args[0]!r}") from None
