@@ -1,0 +1,128 @@
+"""Run configuration files (YAML), parsed once into frozen, typed objects.
+
+Example ``configs/mobilenet_v2.yaml``::
+
+    model:
+      name: mobilenet_v2          # a zoo name, or a path to a .keras/.h5 file
+      input_shape: [224, 224, 3]  # optional, without the batch dimension
+      batch_size: 1
+      seed: 1234
+    profiling:
+      num_runs: 50
+      warmup_runs: 5
+    processing:
+      device: {threads: 1, cpu_affinity: [], energy: auto}
+      cloud: {threads: 2, energy: none}
+
+Every problem raises :class:`ConfigError` naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dnntune.errors import ConfigError
+from dnntune.models import DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class SideConfig:
+    """How one side (device or cloud) runs the model."""
+
+    threads: int = 1
+    cpu_affinity: tuple[int, ...] = ()
+    energy: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    input_shape: tuple[int, ...] | None = None
+    batch_size: int = 1
+    seed: int = DEFAULT_SEED
+    num_runs: int = 50
+    warmup_runs: int = 5
+    device: SideConfig = field(default_factory=SideConfig)
+    cloud: SideConfig = field(default_factory=lambda: SideConfig(threads=2, energy="none"))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run configuration file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(str(path), f"not valid YAML{line}") from None
+    return parse_config(data, str(path))
+
+
+def parse_config(data: Any, where: str) -> RunConfig:
+    top = _section(data, "", where, ("model", "profiling", "processing"))
+    model = _section(top.get("model"), "model", where, ("name", "input_shape", "batch_size",
+                                                        "seed"))
+    if "name" not in model:
+        raise ConfigError(where, "key 'model.name' is required (a zoo name or a model file)")
+    profiling = _section(top.get("profiling", {}), "profiling", where,
+                         ("num_runs", "warmup_runs"))
+    processing = _section(top.get("processing", {}), "processing", where, ("device", "cloud"))
+    shape = model.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or not shape
+                              or not all(isinstance(d, int) and d > 0 for d in shape)):
+        raise ConfigError(where, f"key 'model.input_shape' must be a list of positive "
+                                 f"integers without the batch, e.g. [224, 224, 3], got {shape!r}")
+    defaults = RunConfig(model="")
+    return RunConfig(
+        model=str(model["name"]),
+        input_shape=tuple(shape) if shape is not None else None,
+        batch_size=_int(model, "batch_size", "model", where, 1, 1),
+        seed=_int(model, "seed", "model", where, DEFAULT_SEED, 0),
+        num_runs=_int(profiling, "num_runs", "profiling", where, defaults.num_runs, 1),
+        warmup_runs=_int(profiling, "warmup_runs", "profiling", where, defaults.warmup_runs, 0),
+        device=_side(processing.get("device", {}), "processing.device", where, defaults.device),
+        cloud=_side(processing.get("cloud", {}), "processing.cloud", where, defaults.cloud),
+    )
+
+
+def _section(value: Any, key: str, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    name = f"'{key}'" if key else "the top level"
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"{name} must be a mapping, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        prefix = f"{key}." if key else ""
+        raise ConfigError(where, f"unknown key '{prefix}{unknown[0]}' (expected one of "
+                                 f"{', '.join(prefix + a for a in allowed)})")
+    return value
+
+
+def _int(section: Mapping[str, Any], key: str, parent: str, where: str, default: int,
+         minimum: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(where, f"key '{parent}.{key}' must be an integer >= {minimum}, "
+                                 f"got {value!r}")
+    return value
+
+
+def _side(value: Any, key: str, where: str, default: SideConfig) -> SideConfig:
+    side = _section(value, key, where, ("threads", "cpu_affinity", "energy"))
+    affinity = side.get("cpu_affinity", list(default.cpu_affinity))
+    if not isinstance(affinity, list) or not all(isinstance(c, int) and c >= 0
+                                                 for c in affinity):
+        raise ConfigError(where, f"key '{key}.cpu_affinity' must be a list of core numbers, "
+                                 f"got {affinity!r}")
+    energy = side.get("energy", default.energy)
+    if not isinstance(energy, str):
+        raise ConfigError(where, f"key '{key}.energy' must be a string such as auto, none, "
+                                 f"rapl or model:<profile>, got {energy!r}")
+    return SideConfig(threads=_int(side, "threads", key, where, default.threads, 1),
+                      cpu_affinity=tuple(affinity), energy=energy)
