@@ -17,3 +17,18 @@ def _profile(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 REGISTRY.append(_profile)
+
+
+def _analyze(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.analyze_cli import add_analyze_arguments, run_analyze
+
+    p = sub.add_parser("analyze", help="every cut point under 3G/4G/Wi-Fi/trace links: the "
+                                       "latency-first or energy-first partition",
+                       description="Walk every cut point of two saved profiles (device and "
+                                   "cloud) with T = Tm + Tt + Tc and E = Em + Et per link, and "
+                                   "pick the best partition for the objective.")
+    add_analyze_arguments(p)
+    p.set_defaults(handler=run_analyze)
+
+
+REGISTRY.append(_analyze)
