@@ -10,10 +10,11 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 # Reinstall whenever the project's metadata changes; the stamp keeps repeat runs fast.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml proto/dnntune/v1/dnntune.proto
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m dnntune.protocol
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,5 +1,56 @@
 """The dnntune device agent (gRPC): profiles the device side and runs model heads.
 
-The agent itself comes with the gRPC protocol (issue 4); the logic it will wire up
-(profiler, splitter) lives in :mod:`dnntune`.
+Thin wiring only: :func:`create_server` builds the shared servicers from
+:mod:`dnntune.servicers`; the agent reaches its cloud server as a client.
+
+Example:
+    >>> # agent = create_server(ServerOptions(port=0), Endpoint("127.0.0.1:50051"))
 """
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from dnntune.client import Endpoint
+from dnntune.serving import RunningServer, ServerOptions
+
+__all__ = ["Endpoint", "RunningServer", "ServerOptions", "create_server"]
+
+
+def create_server(options: ServerOptions, cloud: Endpoint | None,
+                  upload_dir: str | None = None) -> RunningServer:
+    """Start a device agent (Profiler + Device services, health) and return it running."""
+    from dnntune.errors import DnntuneError
+    from dnntune.instrument import configure_runtime
+    from dnntune.modelstore import ModelStore
+    from dnntune.protocol import load_protocol
+    from dnntune.servicers import DeviceServicer, ProfilerServicer, ServerState
+    from dnntune.serving import build_server
+
+    options.validate()
+    runtime = configure_runtime(options.num_threads)
+    pb2, services = load_protocol()
+    state = ServerState(pb2=pb2, store=ModelStore(upload_dir), side="device",
+                        num_threads=int(runtime["intra_op"]),
+                        max_tensor_bytes=options.max_tensor_mb << 20,
+                        profile_lock=threading.Lock())
+    clients: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def cloud_client() -> Any:
+        from dnntune.client import ProfilerClient
+
+        if cloud is None:
+            raise DnntuneError("this agent was started without --cloud HOST:PORT")
+        with lock:
+            if "cloud" not in clients:
+                clients["cloud"] = ProfilerClient(cloud)
+            return clients["cloud"]
+
+    def register(server: object) -> list[str]:
+        services.add_ProfilerServicer_to_server(ProfilerServicer(state), server)
+        services.add_DeviceServicer_to_server(DeviceServicer(state, cloud_client), server)
+        return ["dnntune.v1.Profiler", "dnntune.v1.Device"]
+
+    return build_server(options, register)

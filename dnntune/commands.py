@@ -32,3 +32,12 @@ def _analyze(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 REGISTRY.append(_analyze)
+
+
+def _servers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.server_cli import add_server_commands
+
+    add_server_commands(sub)
+
+
+REGISTRY.append(_servers)

@@ -112,8 +112,8 @@ def parse_input_shape(text: str) -> list[tuple[int, ...]]:
 
 
 def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
-               batch_size: int = 1, seed: int = DEFAULT_SEED, calibrate: bool = True
-               ) -> LoadedModel:
+               batch_size: int = 1, seed: int = DEFAULT_SEED, calibrate: bool = True,
+               name: str | None = None) -> LoadedModel:
     """Load a zoo model by name or a Keras model file.
 
     Args:
@@ -123,6 +123,7 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
         batch_size: Batch dimension for the layer graph.
         seed: Seed for zoo weights and calibration inputs.
         calibrate: Calibrate BatchNorm statistics of random-weight zoo models.
+        name: Name to record instead of the zoo name or file stem.
 
     Example:
         >>> # lm = load_model("mobilenet_v2"); len(lm.graph.layers) == 156
@@ -145,12 +146,12 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
         except ValueError as exc:
             raise DnntuneError(f"--input-shape {shapes[0]} does not fit {spec}: "
                                f"{str(exc).splitlines()[0]}") from None
-        name, source = spec, "zoo"
+        name, source = name or spec, "zoo"
     elif _looks_like_path(spec):
         model = as_functional(_load_file(Path(spec)), spec)
         if input_shapes:
             model = _with_input_shapes(model, list(input_shapes), spec)
-        name, source = Path(spec).stem, spec
+        name, source = name or Path(spec).stem, spec
     else:
         raise DnntuneError(f"unknown model {spec!r}: expected a .keras/.h5 file or one of "
                            f"{', '.join(known_models())}")

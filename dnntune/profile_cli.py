@@ -9,9 +9,11 @@ import warnings
 from typing import TYPE_CHECKING
 
 from dnntune.errors import DnntuneError
+from dnntune.server_cli import add_client_flags
 
 if TYPE_CHECKING:
     from dnntune.config import RunConfig
+    from dnntune.profile import Profile
     from dnntune.profiler import ProfileSettings
 
 
@@ -41,6 +43,11 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
                         "device side, none on the cloud side)")
     p.add_argument("--energy-seconds", type=float, default=2.0, metavar="S",
                    help="idle and active power windows (default: 2)")
+    p.add_argument("--cloud", metavar="HOST:PORT",
+                   help="with --side cloud: profile on this cloud server (default: locally)")
+    p.add_argument("--device", metavar="HOST:PORT",
+                   help="with --side device: profile on this device agent (default: locally)")
+    add_client_flags(p)
     p.add_argument("--out", metavar="FILE", help="write the profile JSON here")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(handler=run_profile)
@@ -90,6 +97,13 @@ def parse_affinity(text: str) -> tuple[int, ...]:
 
 def run_profile(args: argparse.Namespace) -> int:
     config, settings = resolve(args)
+    remote = args.cloud if settings.side == "cloud" else args.device
+    other = args.device if settings.side == "cloud" else args.cloud
+    if other:
+        raise DnntuneError(f"--{'device' if settings.side == 'cloud' else 'cloud'} goes with "
+                           f"--side {'device' if settings.side == 'cloud' else 'cloud'}")
+    if remote:
+        return _emit(args, _profile_remotely(remote, config, settings, args))
     for note in settings.validate():
         print(f"dnntune: warning: {note}", file=sys.stderr)
     # Threads must be set before TensorFlow runs its first op, i.e. before loading.
@@ -100,9 +114,8 @@ def run_profile(args: argparse.Namespace) -> int:
 
     get_meter(settings.energy, threads=settings.num_threads)  # fail fast on a bad meter
     from dnntune.models import load_model
-    from dnntune.profile import save_profile
     from dnntune.profiler import profile_model
-    from dnntune.report import print_profile, progress_bar
+    from dnntune.report import progress_bar
 
     shapes = [config.input_shape] if config.input_shape else None
     loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
@@ -114,6 +127,35 @@ def run_profile(args: argparse.Namespace) -> int:
         if issubclass(w.category, UserWarning) and "dnntune" not in str(w.filename):
             continue
         print(f"dnntune: warning: {w.message}", file=sys.stderr)
+    return _emit(args, profile)
+
+
+def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings,
+                      args: argparse.Namespace) -> Profile:
+    from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+    from dnntune.report import progress_bar
+    from dnntune.serving import read_token
+
+    settings.validate()
+    endpoint = Endpoint(parse_address(address, f"--{settings.side}"),
+                        token=read_token(args.token_file), tls_cert=args.tls_cert)
+    client = ProfilerClient(endpoint)
+    try:
+        spec = model_spec(client.pb2, config.model, config.input_shape, config.batch_size,
+                          config.seed)
+        if spec.WhichOneof("source") == "sha256":
+            client.upload_file(config.model)
+        with progress_bar(f"profiling {config.model} ({settings.side} at {address})") as update:
+            return client.profile(spec, settings.num_runs, settings.warmup_runs,
+                                  settings.energy, progress=update)
+    finally:
+        client.close()
+
+
+def _emit(args: argparse.Namespace, profile: Profile) -> int:
+    from dnntune.profile import save_profile
+    from dnntune.report import print_profile
+
     if args.out:
         path = save_profile(profile, args.out)
         print(f"profile written to {path}", file=sys.stderr)

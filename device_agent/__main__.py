@@ -1,0 +1,7 @@
+"""``python -m device_agent``: the same flags as ``dnntune agent``."""
+
+import sys
+
+from dnntune.cli import main
+
+sys.exit(main(["agent", *sys.argv[1:]]))

@@ -1,0 +1,126 @@
+"""Tensors on the wire: numpy arrays to and from chunked ``TensorChunk`` streams.
+
+No pickle: a tensor is its name, dtype (from an allowed list), shape and raw
+little-endian C-order bytes, split into chunks no larger than ``chunk_bytes``. The
+decoder checks every header against what it receives and raises :class:`WireError`
+(which servers turn into INVALID_ARGUMENT or RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from math import prod
+from typing import Any
+
+import numpy as np
+
+ALLOWED_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "uint8", "int16",
+                  "int32", "int64", "bool")
+DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_TENSOR_BYTES = 1 << 30
+
+
+class WireError(ValueError):
+    """A malformed or oversized tensor stream; ``code`` is the gRPC status name to use."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode_tensor(pb2: Any, name: str, array: np.ndarray,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Any]:
+    """Yield ``TensorChunk`` messages for ``array``: a header chunk, then data."""
+    array = np.asarray(array)
+    dtype = array.dtype.name
+    if dtype not in ALLOWED_DTYPES:
+        raise WireError(f"tensor {name!r}: dtype {dtype} is not one of {', '.join(ALLOWED_DTYPES)}")
+    data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    raw = memoryview(data.tobytes())
+    first = raw[:chunk_bytes]
+    yield pb2.TensorChunk(name=name, dtype=dtype, shape=list(array.shape),
+                          total_bytes=len(raw), data=bytes(first))
+    for start in range(chunk_bytes, len(raw), chunk_bytes):
+        yield pb2.TensorChunk(name=name, data=bytes(raw[start:start + chunk_bytes]))
+
+
+def encode_tensors(pb2: Any, named: Iterable[tuple[str, np.ndarray]],
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Any]:
+    for name, array in named:
+        yield from encode_tensor(pb2, name, array, chunk_bytes)
+
+
+class TensorAssembler:
+    """Collects ``TensorChunk`` messages back into named numpy arrays, checking each."""
+
+    def __init__(self, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+        self.max_tensor_bytes = max_tensor_bytes
+        self.tensors: dict[str, np.ndarray] = {}
+        self.order: list[str] = []
+        self._current: tuple[str, str, tuple[int, ...], int] | None = None
+        self._parts: list[bytes] = []
+        self._received = 0
+
+    def add(self, chunk: Any) -> None:
+        if chunk.dtype:  # a header: a new tensor starts
+            self._finish()
+            self._start(chunk)
+        elif self._current is None or chunk.name != self._current[0]:
+            raise WireError(f"tensor chunk {chunk.name!r} has no header (dtype, shape, "
+                            "total_bytes) before its data")
+        self._received += len(chunk.data)
+        if self._current is not None and self._received > self._current[3]:
+            raise WireError(f"tensor {self._current[0]!r}: received more than its declared "
+                            f"{self._current[3]} bytes")
+        self._parts.append(chunk.data)
+
+    def _start(self, chunk: Any) -> None:
+        name, dtype = chunk.name, chunk.dtype
+        if not name:
+            raise WireError("tensor header without a name")
+        if name in self.tensors:
+            raise WireError(f"tensor {name!r} sent twice")
+        if dtype not in ALLOWED_DTYPES:
+            raise WireError(f"tensor {name!r}: dtype {dtype!r} is not one of "
+                            f"{', '.join(ALLOWED_DTYPES)}")
+        shape = tuple(int(d) for d in chunk.shape)
+        if any(d < 0 for d in shape):
+            raise WireError(f"tensor {name!r}: negative dimension in shape {shape}")
+        expected = prod(shape) * _itemsize(dtype)
+        if chunk.total_bytes != expected:
+            raise WireError(f"tensor {name!r}: shape {shape} × {dtype} is {expected} bytes, "
+                            f"but total_bytes says {chunk.total_bytes}")
+        if expected > self.max_tensor_bytes:
+            raise WireError(f"tensor {name!r}: {expected} bytes is over the limit of "
+                            f"{self.max_tensor_bytes}", code="RESOURCE_EXHAUSTED")
+        self._current = (name, dtype, shape, expected)
+        self._parts, self._received = [], 0
+
+    def _finish(self) -> None:
+        if self._current is None:
+            return
+        name, dtype, shape, expected = self._current
+        if self._received != expected:
+            raise WireError(f"tensor {name!r}: received {self._received} of {expected} bytes")
+        raw = b"".join(self._parts)
+        self.tensors[name] = np.frombuffer(raw, dtype=_numpy_dtype(dtype).newbyteorder("<")
+                                           ).astype(_numpy_dtype(dtype)).reshape(shape)
+        self.order.append(name)
+        self._current, self._parts, self._received = None, [], 0
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Complete the last tensor; returns every tensor by name (in arrival order)."""
+        self._finish()
+        return {name: self.tensors[name] for name in self.order}
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _itemsize(name: str) -> int:
+    return 2 if name == "bfloat16" else np.dtype(name).itemsize

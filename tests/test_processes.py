@@ -1,0 +1,142 @@
+"""`dnntune serve` and `dnntune agent` as separate processes, driven as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from dnntune.client import Endpoint, ProfilerClient, model_spec
+from dnntune.cuts import enumerate_cuts
+from dnntune.errors import DnntuneError
+from dnntune.profile import load_profile
+from tests.conftest import REPO, assert_one_line_error, run_cli
+
+
+@contextlib.contextmanager
+def server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``python -m dnntune ARGS --port 0``; yield it and its address once listening."""
+    proc = subprocess.Popen([sys.executable, "-m", "dnntune", *args, "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        match = re.search(r"listening on (\S+)", line)
+        assert match, (line, proc.stderr.read() if proc.stderr else "")
+        yield proc, match.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def test_device_and_cloud_profiles_name_the_same_layers(tmp_path):
+    with server_process("serve") as (_, cloud), \
+            server_process("agent", "--cloud", cloud) as (_, device):
+        common = ["profile", "--model", "tiny_resnet", "--num_runs", "5", "--warmup_runs", "1",
+                  "--energy", "none"]
+        got_cloud = run_cli([*common, "--side", "cloud", "--cloud", cloud,
+                             "--out", str(tmp_path / "cloud.json")])
+        assert got_cloud.returncode == 0, got_cloud.stderr
+        got_device = run_cli([*common, "--side", "device", "--device", device,
+                              "--out", str(tmp_path / "device.json")])
+        assert got_device.returncode == 0, got_device.stderr
+        c, d = load_profile(tmp_path / "cloud.json"), load_profile(tmp_path / "device.json")
+        assert c.layer_names == d.layer_names and len(c.layer_names) == 21
+        assert c.meta.model_hash == d.meta.model_hash
+        assert (c.meta.side, d.meta.side) == ("cloud", "device")
+        # the analyzer takes them as they are
+        analyzed = run_cli(["analyze", "--device", str(tmp_path / "device.json"), "--cloud",
+                            str(tmp_path / "cloud.json"), "--format", "json"])
+        assert analyzed.returncode == 0, analyzed.stderr
+
+        # the agent runs a split: head on the device, tail on the cloud server
+        agent = ProfilerClient(Endpoint(device))
+        spec = model_spec(agent.pb2, "tiny_resnet")
+        reply = agent.call(agent.device.RunSplit, agent.pb2.SplitRequest(
+            model=spec, cut_index=8, num_runs=3, warmup_runs=1))
+        assert len(reply.runs) == 3 and reply.max_abs_error < 1e-5
+        assert reply.bytes_up == enumerate_cuts(c.graph)[8].bytes_up > 0
+        assert all(r.total_ms >= r.head_ms > 0 and r.tail_ms > 0 for r in reply.runs)
+
+
+def test_sigterm_finishes_calls_in_flight_then_exits_0():
+    with server_process("serve", "--grace-s", "20") as (proc, address):
+        client = ProfilerClient(Endpoint(address))
+        pb2 = client.pb2
+        release = threading.Event()
+        outcome: list[object] = []
+
+        def chunks():
+            yield pb2.TensorChunk(name="t", dtype="uint8", shape=[3], total_bytes=3,
+                                  data=b"\x01")
+            release.wait(20)
+            yield pb2.TensorChunk(name="t", data=b"\x02\x03")
+
+        def in_flight():
+            try:
+                outcome.append(list(client.cloud.Echo(chunks(), timeout=60)))
+            except Exception as exc:  # noqa: BLE001 - recorded for the assertion below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=in_flight)
+        thread.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still finishing the call in flight
+        release.set()
+        thread.join(30)
+        assert proc.wait(30) == 0
+        assert isinstance(outcome[0], list), outcome
+        data = b"".join(c.data for c in outcome[0])
+        assert np.frombuffer(data, np.uint8).tolist() == [1, 2, 3]
+        with pytest.raises(DnntuneError, match="cannot reach"):
+            ProfilerClient(Endpoint(address, connect_timeout_s=0.5))
+
+
+def test_python_dash_m_entry_points_take_the_same_flags():
+    for module in ("cloud_server", "device_agent"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "--max-concurrent-rpcs" in result.stdout and "--token-file" in result.stdout
+
+
+def test_server_bad_flags_and_unreachable_addresses_are_one_line(tmp_path):
+    assert_one_line_error(run_cli(["serve", "--tls-cert", "c.pem"]),
+                          "--tls-cert and --tls-key go together")
+    assert_one_line_error(run_cli(["serve", "--token-file", str(tmp_path / "none")]),
+                          "cannot read token file")
+    assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--side", "cloud",
+                                   "--cloud", "127.0.0.1:9"]), "cannot reach 127.0.0.1:9")
+    assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--side", "cloud",
+                                   "--cloud", "nowhere"]), "expected HOST:PORT")
+    assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--device",
+                                   "127.0.0.1:9", "--side", "cloud"]),
+                          "--device goes with --side device")
+
+
+def test_server_dying_mid_profile_is_reported(tmp_path):
+    with server_process("serve") as (proc, address):
+        child = subprocess.Popen([sys.executable, "-m", "dnntune", "profile", "--model",
+                                  "resnet50", "--side", "cloud", "--cloud", address,
+                                  "--num_runs", "500", "--energy", "none"], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "COLUMNS": "200"})
+        time.sleep(8)
+        proc.kill()
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert "server unavailable or died during the call" in lines[-1], err
+        assert "Traceback" not in err

@@ -1,0 +1,225 @@
+"""The cloud server and device agent: real gRPC servers on loopback, port 0."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cloud_server import create_server
+from dnntune.client import Endpoint, ProfilerClient, model_spec
+from dnntune.errors import DnntuneError
+from dnntune.models import call_model
+from dnntune.serving import ServerOptions
+from dnntune.split import Splitter
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    # gRPC's own default message limit (4 MB): a 4.9 MB tensor has to be chunked.
+    running = create_server(ServerOptions(port=0, max_message_mb=4, max_tensor_mb=8))
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def client(cloud):
+    c = ProfilerClient(Endpoint(f"127.0.0.1:{cloud.port}", max_message_mb=4))
+    yield c
+    c.close()
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=5)
+        return reply.status
+
+
+def test_health_is_serving(cloud):
+    assert health_status(f"127.0.0.1:{cloud.port}") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_largest_mobilenet_v2_cut_round_trips_in_chunks(client, zoo_model):
+    """block_1_pad's 4.9 MB output crosses in 1 MiB chunks under a 4 MB message limit."""
+    loaded = zoo_model("mobilenet_v2")
+    splitter = Splitter(loaded.model, loaded.graph)
+    cut = max(splitter.cuts, key=lambda c: c.bytes_up)
+    assert cut.bytes_up == 4_903_296
+    split = splitter.split(cut.index)
+    x = loaded.example_inputs()
+    held = split.run_head(x)
+    spec = model_spec(client.pb2, "mobilenet_v2")
+    outputs, timing = client.run_tail(spec, cut.index,
+                                      [(n, held[n]) for n in split.tail_inputs])
+    expected = call_model(loaded.model, x)[0]
+    np.testing.assert_allclose(outputs[split.tail_outputs[0]], expected, rtol=1e-5, atol=1e-7)
+    assert timing.compute_ms > 0
+    big = held[split.tail_inputs[0]]
+    echoed = client.echo([("big", big)])
+    assert np.array_equal(echoed["big"], big)
+
+
+def status_of(fn) -> grpc.StatusCode:
+    with pytest.raises(DnntuneError) as info:
+        fn()
+    return str(info.value)
+
+
+def raw_tail(client, messages):
+    """Call RunTail with hand-made (possibly malformed) messages; returns the status code."""
+    try:
+        list(client.cloud.RunTail(iter(messages), timeout=60))
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(client, cloud):
+    pb2 = client.pb2
+    tiny = pb2.ModelSpec(zoo_name="tiny_mlp")
+    header = pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=2))
+    good = pb2.TensorChunk(name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128,
+                           data=bytes(128))
+    cases = {
+        "unknown model hash": ([pb2.TailRequest(header=pb2.TailHeader(
+            model=pb2.ModelSpec(sha256="ab" * 32), cut_index=1))],
+            grpc.StatusCode.NOT_FOUND, "no uploaded model"),
+        "dtype not allowed": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
+            name="fc1:0", dtype="complex64", shape=[1, 32], total_bytes=256))],
+            grpc.StatusCode.INVALID_ARGUMENT, "dtype 'complex64'"),
+        "shape x dtype != bytes": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
+            name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=100))],
+            grpc.StatusCode.INVALID_ARGUMENT, "is 128 bytes, but total_bytes says 100"),
+        "fewer bytes than declared": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
+            name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128, data=bytes(64)))],
+            grpc.StatusCode.INVALID_ARGUMENT, "received 64 of 128 bytes"),
+        "oversized payload": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
+            name="fc1:0", dtype="float32", shape=[1 << 22], total_bytes=1 << 24))],
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
+        "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99))],
+                          grpc.StatusCode.INVALID_ARGUMENT, "cut index 99 out of range"),
+        "wrong tensor for the cut": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
+            name="fc2:0", dtype="float32", shape=[1, 16], total_bytes=64, data=bytes(64)))],
+            grpc.StatusCode.INVALID_ARGUMENT, "expected tensors ['fc1:0']"),
+        "no header": ([pb2.TailRequest(tensor=good)], grpc.StatusCode.INVALID_ARGUMENT,
+                      "first message must be a header"),
+        "unknown zoo model": ([pb2.TailRequest(header=pb2.TailHeader(
+            model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1))],
+            grpc.StatusCode.INVALID_ARGUMENT, "unknown model 'alexnet'"),
+    }
+    for name, (messages, code, needle) in cases.items():
+        got, details = raw_tail(client, messages)
+        assert got == code, (name, got, details)
+        assert needle in details, (name, details)
+    # the same server still answers a good request
+    assert raw_tail(client, [header, pb2.TailRequest(tensor=good)])[0] == grpc.StatusCode.OK
+    assert health_status(f"127.0.0.1:{cloud.port}") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_message_over_the_size_limit_is_refused(client):
+    pb2 = client.pb2
+    huge = pb2.TensorChunk(name="x", dtype="uint8", shape=[5 << 20], total_bytes=5 << 20,
+                           data=bytes(5 << 20))
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.cloud.Echo(iter([huge]), timeout=30))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_token_auth():
+    running = create_server(ServerOptions(port=0, token="s3cret"))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        anonymous = ProfilerClient(Endpoint(address))
+        with pytest.raises(DnntuneError, match="UNAUTHENTICATED: missing or wrong token"):
+            anonymous.echo([("x", np.ones(3, np.float32))])
+        wrong = ProfilerClient(Endpoint(address, token="guess"))
+        with pytest.raises(DnntuneError, match="UNAUTHENTICATED"):
+            wrong.echo([("x", np.ones(3, np.float32))])
+        right = ProfilerClient(Endpoint(address, token="s3cret"))
+        assert right.echo([("x", np.ones(3, np.float32))])["x"].sum() == 3
+        # health checks stay open for load balancers
+        assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop(0)
+
+
+def slow_chunks(pb2, release: threading.Event, pieces: int = 4):
+    yield pb2.TensorChunk(name="slow", dtype="uint8", shape=[pieces], total_bytes=pieces,
+                          data=b"\x01")
+    for _ in range(pieces - 1):
+        release.wait(20)
+        yield pb2.TensorChunk(name="slow", data=b"\x01")
+
+
+def test_concurrency_limit_answers_resource_exhausted():
+    running = create_server(ServerOptions(port=0, max_concurrent_rpcs=1))
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    release = threading.Event()
+    results: list[object] = []
+    try:
+        holder = threading.Thread(target=lambda: results.append(list(client.cloud.Echo(
+            slow_chunks(client.pb2, release), timeout=30))))
+        holder.start()
+        time.sleep(0.5)
+        with pytest.raises(DnntuneError, match="RESOURCE_EXHAUSTED"):
+            client.echo([("x", np.zeros(2, np.float32))])
+        release.set()
+        holder.join(30)
+        assert results and results[0]
+        assert client.echo([("x", np.zeros(2, np.float32))])["x"].shape == (2,)
+    finally:
+        release.set()
+        running.stop(0)
+
+
+def test_uploaded_model_is_profiled_by_hash(tmp_path, client):
+    import keras
+
+    inp = keras.Input(shape=(8,), name="features")
+    out = keras.layers.Dense(4, name="dense")(inp)
+    path = tmp_path / "mine.keras"
+    keras.Model(inp, out).save(path)
+    digest = client.upload_file(path)
+    assert client.call(client.profiler.HasModel, client.pb2.ModelRef(sha256=digest)).cached
+    assert client.upload_file(path) == digest  # second time: cached, nothing sent
+    spec = model_spec(client.pb2, str(path))
+    profile = client.profile(spec, num_runs=3, warmup_runs=1, energy="none")
+    assert profile.meta.model_name == "mine" and profile.meta.side == "cloud"
+    assert profile.layer_names == ("features", "dense")
+
+
+def test_upload_with_a_wrong_hash_is_refused(client):
+    pb2 = client.pb2
+    chunk = pb2.ModelChunk(sha256="00" * 32, suffix=".keras", total_bytes=4, data=b"abcd")
+    with pytest.raises(DnntuneError, match="INVALID_ARGUMENT: model upload: sha256"):
+        client.call(client.profiler.UploadModel, iter([chunk]))
+    chunk = pb2.ModelChunk(sha256="00" * 32, suffix=".pkl", total_bytes=4, data=b"abcd")
+    with pytest.raises(DnntuneError, match="suffix must be one of"):
+        client.call(client.profiler.UploadModel, iter([chunk]))
+
+
+def test_tls(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    running = create_server(ServerOptions(host="localhost", port=0, tls_cert=str(cert),
+                                          tls_key=str(key)))
+    try:
+        secure = ProfilerClient(Endpoint(f"localhost:{running.port}", tls_cert=str(cert)))
+        assert secure.echo([("x", np.arange(4, dtype=np.int32))])["x"].tolist() == [0, 1, 2, 3]
+        with pytest.raises(DnntuneError, match="cannot reach"):
+            ProfilerClient(Endpoint(f"localhost:{running.port}", connect_timeout_s=1))
+    finally:
+        running.stop(0)
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(DnntuneError, match="cannot reach 127.0.0.1:9: no gRPC server"):
+        ProfilerClient(Endpoint("127.0.0.1:9", connect_timeout_s=0.5))
