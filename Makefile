@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml proto/dnntune/v1/dnntune.proto
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dnntune graph --model mobilenet_v2
+	$(BIN)/dnntune analyze --objective energy-first
 
 lint: $(STAMP)
 	$(BIN)/ruff check dnntune cloud_server device_agent tests benchmarks

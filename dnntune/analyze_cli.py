@@ -36,8 +36,22 @@ if TYPE_CHECKING:
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``analyze`` options on ``parser``."""
-    parser.add_argument("--device", metavar="DEVICE.json", help="profile measured on the phone")
-    parser.add_argument("--cloud", metavar="CLOUD.json", help="profile measured on the cloud")
+    parser.add_argument("--device", metavar="FILE.json|HOST:PORT",
+                        help="a saved device profile, or a device agent to profile on "
+                             "(default: an agent in this process)")
+    parser.add_argument("--cloud", metavar="FILE.json|HOST:PORT",
+                        help="a saved cloud profile, or a cloud server to profile on "
+                             "(default: a server started on a free loopback port)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="run configuration (default: configs/default.yaml, MobileNetV2)")
+    parser.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
+    parser.add_argument("--num_runs", type=int, metavar="N", help="override profiling runs")
+    parser.add_argument("--warmup_runs", type=int, metavar="N", help="override warm-up runs")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--token-file", metavar="F", help="bearer token for remote servers")
+    parser.add_argument("--tls-cert", metavar="F", help="trust this PEM and talk TLS")
     parser.add_argument(
         "--links", action="append", metavar="LINK[,LINK...]",
         help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
@@ -73,21 +87,33 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``dnntune analyze``; returns the exit code, raises DnntuneError on bad input."""
-    if not args.device or not args.cloud:
-        raise DnntuneError("analyze needs --device DEVICE.json and --cloud CLOUD.json "
-                           "(saved profiles)")
     if args.trace_starts < 1:
         raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
-    objective = Objective.from_options(args.objective, args.deadline_ms, args.energy_budget_mj)
+    saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
+    if saved and not (args.config or args.model):
+        device, cloud = load_profile(args.device), load_profile(args.cloud)
+        analysis = _analyze(args, device, cloud, args.objective, args.links)
+        if args.out:
+            from dnntune.runs import write_run
+
+            write_run(args.out, device, cloud, analysis, plots=not args.no_plots)
+        return _emit(args, analysis)
+    return _run_whole_job(args)
+
+
+def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: str | None,
+             link_items: Any) -> Analysis:
+    objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
     options = CostOptions(idle_wait=args.idle_wait, inference_rate_hz=args.inference_rate,
                           trace_starts=args.trace_starts)
-    links = resolve_links(args.links)
-    device, cloud = load_profile(args.device), load_profile(args.cloud)
+    links = resolve_links(link_items)
     analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
                                 device_speedup=args.device_speedup,
                                 cloud_speedup=args.cloud_speedup)
-    if args.sensitivity:
-        analysis = add_sensitivity(analysis)
+    return add_sensitivity(analysis) if args.sensitivity else analysis
+
+
+def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(analysis.to_dict(), indent=1, allow_nan=False) + "\n")
     else:
@@ -96,6 +122,55 @@ def run_analyze(args: argparse.Namespace) -> int:
     if problem:
         raise DnntuneError(problem)
     return 0
+
+
+def _run_whole_job(args: argparse.Namespace) -> int:
+    """Profile both sides (local, remote or saved), analyze, write the run folder."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from dnntune.config import RunConfig, default_config, load_config
+    from dnntune.models import MODEL_SUFFIXES
+    from dnntune.pipeline import Access, Source, collect_profiles
+    from dnntune.report import progress_bar
+    from dnntune.runs import default_run_dir, save_partial_profile, write_run
+    from dnntune.serving import read_token
+
+    config = load_config(args.config) if args.config else default_config()
+    if args.model or args.num_runs is not None or args.warmup_runs is not None:
+        config = RunConfig(**{**config.__dict__, "model": args.model or config.model,
+                              "num_runs": args.num_runs or config.num_runs,
+                              "warmup_runs": (args.warmup_runs if args.warmup_runs is not None
+                                              else config.warmup_runs)})
+        if args.model:
+            config = RunConfig(**{**config.__dict__, "input_shape": None})
+    if config.num_runs < 1:
+        raise DnntuneError(f"--num_runs must be at least 1, got {config.num_runs}")
+    link_items = args.links or [",".join(config.links)]
+    resolve_links(link_items)  # a bad link fails now, before minutes of profiling
+    device_src = Source.parse(args.device, "--device")
+    cloud_src = Source.parse(args.cloud, "--cloud")
+    access = Access(read_token(args.token_file), args.tls_cert)
+    name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
+    out = Path(args.out) if args.out else default_run_dir(name)
+    written: list[str] = []
+
+    def keep(side: str, profile: Any) -> None:
+        written.append(str(save_partial_profile(out, profile, side)))
+    try:
+        device, cloud = collect_profiles(config, device_src, cloud_src, access, out,
+                                         progress_bar, keep)
+    except DnntuneError as exc:
+        kept = f" (kept what was measured: {', '.join(written)})" if written else ""
+        raise DnntuneError(f"{exc}{kept}") from None
+    analysis = _analyze(args, device, cloud, args.objective or config.objective, link_items)
+    files = write_run(out, device, cloud, analysis, plots=not args.no_plots)
+    code = _emit(args, analysis)
+    Console(stderr=args.format == "json").print(
+        f"results in {files.directory}: device.json, cloud.json, analysis.json, cuts.csv"
+        + (f" and {len(files.plots)} plots in plots/" if files.plots else ""))
+    return code
 
 
 def sig3(value: float | None) -> str:

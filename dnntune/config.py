@@ -10,6 +10,8 @@ Example ``configs/mobilenet_v2.yaml``::
     profiling:
       num_runs: 50
       warmup_runs: 5
+    objective: energy-first       # or latency-first
+    links: [3g, 4g, wifi]         # presets, links YAML files or trace files
     processing:
       device: {threads: 1, cpu_affinity: [], energy: auto}
       cloud: {threads: 2, energy: none}
@@ -49,6 +51,22 @@ class RunConfig:
     warmup_runs: int = 5
     device: SideConfig = field(default_factory=SideConfig)
     cloud: SideConfig = field(default_factory=lambda: SideConfig(threads=2, energy="none"))
+    objective: str = "energy-first"
+    links: tuple[str, ...] = ("3g", "4g", "wifi")
+
+
+OBJECTIVES = ("latency-first", "energy-first")
+
+
+def default_config_path() -> Path:
+    """``configs/default.yaml`` beside the package (a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+def default_config() -> RunConfig:
+    """The built-in default run: configs/default.yaml when present, else the same values."""
+    path = default_config_path()
+    return load_config(path) if path.is_file() else RunConfig(model="mobilenet_v2")
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -66,7 +84,7 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def parse_config(data: Any, where: str) -> RunConfig:
-    top = _section(data, "", where, ("model", "profiling", "processing"))
+    top = _section(data, "", where, ("model", "profiling", "processing", "objective", "links"))
     model = _section(top.get("model"), "model", where, ("name", "input_shape", "batch_size",
                                                         "seed"))
     if "name" not in model:
@@ -80,7 +98,16 @@ def parse_config(data: Any, where: str) -> RunConfig:
         raise ConfigError(where, f"key 'model.input_shape' must be a list of positive "
                                  f"integers without the batch, e.g. [224, 224, 3], got {shape!r}")
     defaults = RunConfig(model="")
+    objective = top.get("objective", defaults.objective)
+    if objective not in OBJECTIVES:
+        raise ConfigError(where, f"key 'objective' must be one of {', '.join(OBJECTIVES)}, "
+                                 f"got {objective!r}")
+    links = top.get("links", list(defaults.links))
+    if not isinstance(links, list) or not links or not all(isinstance(x, str) for x in links):
+        raise ConfigError(where, f"key 'links' must be a list of link names or files, "
+                                 f"got {links!r}")
     return RunConfig(
+        objective=objective, links=tuple(links),
         model=str(model["name"]),
         input_shape=tuple(shape) if shape is not None else None,
         batch_size=_int(model, "batch_size", "model", where, 1, 1),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,21 @@ def call_model(model: Any, inputs: Sequence[Any], training: bool = False) -> lis
     outputs = model(feed, training=training)
     return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple))
                                     else [outputs])]
+
+
+def compile_model(model: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """``model`` as one compiled ``tf.function`` taking and returning lists of arrays."""
+    keras = import_keras()
+    import tensorflow as tf
+
+    structure = model.input
+
+    @tf.function(autograph=False)
+    def run(*inputs: Any) -> Any:
+        return tf.nest.flatten(model(keras.tree.pack_sequence_as(structure, list(inputs)),
+                                     training=False))
+
+    return lambda inputs: [np.asarray(o) for o in run(*inputs)]
 
 
 def _all_layers(model: Any) -> list[Any]:

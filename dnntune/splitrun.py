@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dnntune.models import LoadedModel, call_model
+from dnntune.models import LoadedModel, compile_model
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
     of the last run are compared with the unsplit model run here.
     """
     inputs = loaded.example_inputs()
-    reference = call_model(loaded.model, inputs)
+    reference = compile_model(loaded.model)(inputs)
     runs = []
     outputs: list[np.ndarray] = []
     for i in range(warmup_runs + num_runs):

@@ -146,7 +146,7 @@ def bad_input_cases(tmp_path: Path, device: str, cloud: str) -> list[tuple[list[
         ([*base, cloud, "--links", "4g,5g"], ["unknown link '5g'", "3g, 4g, wifi"]),
         ([*base, cloud, "--links", str(bad_trace)], ["bad.up:3:"]),
         ([*base, cloud, "--deadline-ms", "1"], ["no cut is feasible on 3g", "deadline 1 ms"]),
-        (["--cloud", cloud], ["needs --device"]),
+        (["--cloud", cloud, "--device", "nowhere"], ["--device 'nowhere'", "HOST:PORT"]),
         ([*base, str(tmp_path / "missing.json")], ["missing.json", "cannot read profile"]),
         ([*base, cloud, "--inference-rate", "0"], ["--inference-rate"]),
         ([*base, cloud, "--cloud-speedup", "-2"], ["--cloud-speedup"]),

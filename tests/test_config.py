@@ -67,3 +67,23 @@ def test_profile_with_a_bad_config_is_one_line(tmp_path: Path):
     assert_one_line_error(run_cli(["profile", "--config", str(config)]), "run.yaml",
                           "'model.seed' must be an integer >= 0")
     assert_one_line_error(run_cli(["profile"]), "--model NAME|PATH or --config FILE")
+
+
+def test_built_in_default_equals_configs_default_yaml():
+    import dataclasses
+
+    from dnntune.config import RunConfig, default_config
+
+    assert default_config().input_shape == (224, 224, 3)
+    assert dataclasses.replace(default_config(), input_shape=None) == RunConfig("mobilenet_v2")
+    assert default_config().objective == "energy-first"
+    assert default_config().links == ("3g", "4g", "wifi")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"model": {"name": "x"}, "objective": "fastest"}, "'objective' must be one of"),
+    ({"model": {"name": "x"}, "links": "3g"}, "'links' must be a list"),
+])
+def test_bad_objective_and_links(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, "run.yaml")

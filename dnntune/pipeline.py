@@ -1,0 +1,138 @@
+"""The whole job: profile both sides (locally or remotely, or reuse files), then analyze.
+
+With nothing named, the device agent runs in this process (device threads from the
+config) and the cloud server in a child process on a free loopback port (cloud threads),
+and both are profiled through gRPC: the code paths of a real deployment. Each profile
+is written to the output folder as soon as it is measured, so a later failure loses
+nothing already measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+from dnntune.config import RunConfig
+from dnntune.errors import DnntuneError
+from dnntune.profile import Profile, load_profile
+
+Progress = Callable[[str, int, int], None]
+ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Progress]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one side's profile comes from: ``local``, ``remote`` (HOST:PORT) or ``file``."""
+
+    kind: str
+    value: str = ""
+
+    @classmethod
+    def parse(cls, text: str | None, flag: str) -> Source:
+        if not text:
+            return cls("local")
+        if text.endswith(".json"):
+            return cls("file", text)
+        return cls("remote", parse_address(text, flag))
+
+
+@dataclass(frozen=True)
+class Access:
+    """Token and TLS certificate for remote servers."""
+
+    token: str | None = None
+    tls_cert: str | None = None
+
+
+@contextlib.contextmanager
+def local_cloud_server(threads: int, startup_timeout_s: float = 120.0) -> Iterator[str]:
+    """A ``python -m cloud_server`` child on a free loopback port; yields its address."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen([sys.executable, "-m", "cloud_server", "--port", "0",
+                                 "--num_threads", str(threads), "--grace-s", "5"],
+                                stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], startup_timeout_s)
+            line = proc.stdout.readline() if ready else ""
+            match = re.search(r"listening on (\S+)", line)
+            if not match:
+                proc.kill()
+                proc.wait()
+                errors.seek(0)
+                last = (errors.read().strip().splitlines() or ["no output"])[-1]
+                raise DnntuneError(f"the local cloud server did not start: {last}")
+            yield match.group(1)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def local_device_agent(threads: int, affinity: tuple[int, ...]) -> Iterator[str]:
+    """The device agent in this process on a free loopback port; yields its address."""
+    from device_agent import create_server
+    from dnntune.instrument import configure_runtime
+    from dnntune.serving import ServerOptions
+
+    configure_runtime(threads, affinity)  # before TensorFlow runs anything here
+    running = create_server(ServerOptions(port=0, num_threads=threads), cloud=None)
+    try:
+        yield running.address
+    finally:
+        running.stop(0)
+
+
+def profile_side(side: str, address: str, config: RunConfig, access: Access,
+                 progress: ProgressFactory) -> Profile:
+    """Profile one side through the server at ``address``."""
+    settings = getattr(config, side)
+    client = ProfilerClient(Endpoint(address, token=access.token, tls_cert=access.tls_cert))
+    try:
+        spec = model_spec(client.pb2, config.model, config.input_shape, config.batch_size,
+                          config.seed)
+        if spec.WhichOneof("source") == "sha256":
+            client.upload_file(config.model)
+        with progress(f"profiling {side} ({address})") as update:
+            return client.profile(spec, config.num_runs, config.warmup_runs, settings.energy,
+                                  progress=update)
+    finally:
+        client.close()
+
+
+def collect_profiles(config: RunConfig, device: Source, cloud: Source, access: Access,
+                     out_dir: Path, progress: ProgressFactory,
+                     on_profile: Callable[[str, Profile], Any]) -> tuple[Profile, Profile]:
+    """Device first (with the cloud idle), then cloud; each saved as soon as measured."""
+    profiles: dict[str, Profile] = {}
+    with contextlib.ExitStack() as stack:
+        addresses: dict[str, str] = {}
+        if cloud.kind == "local":  # start early: its start-up overlaps the device's
+            addresses["cloud"] = stack.enter_context(local_cloud_server(config.cloud.threads))
+        for side, source in (("device", device), ("cloud", cloud)):
+            if source.kind == "file":
+                profiles[side] = load_profile(source.value)
+                continue
+            if source.kind == "remote":
+                addresses[side] = source.value
+            elif side == "device":
+                addresses[side] = stack.enter_context(
+                    local_device_agent(config.device.threads, config.device.cpu_affinity))
+            profiles[side] = profile_side(side, addresses[side], config, access, progress)
+            on_profile(side, profiles[side])
+    return profiles["device"], profiles["cloud"]
