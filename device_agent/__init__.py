@@ -22,19 +22,10 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
                   upload_dir: str | None = None) -> RunningServer:
     """Start a device agent (Profiler + Device services, health) and return it running."""
     from dnntune.errors import DnntuneError
-    from dnntune.instrument import configure_runtime
-    from dnntune.modelstore import ModelStore
-    from dnntune.protocol import load_protocol
-    from dnntune.servicers import DeviceServicer, ProfilerServicer, ServerState
+    from dnntune.servicers import DeviceServicer, ProfilerServicer, make_state
     from dnntune.serving import build_server
 
-    options.validate()
-    runtime = configure_runtime(options.num_threads)
-    pb2, services = load_protocol()
-    state = ServerState(pb2=pb2, store=ModelStore(upload_dir), side="device",
-                        num_threads=int(runtime["intra_op"]),
-                        max_tensor_bytes=options.max_tensor_mb << 20,
-                        profile_lock=threading.Lock())
+    state, services = make_state("device", options, upload_dir)
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 

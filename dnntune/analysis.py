@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -269,7 +270,11 @@ class Analysis:
             "energy_budget_mj": self.objective.energy_budget_mj,
             "options": {"idle_wait": self.options.idle_wait,
                         "inference_rate_hz": self.options.inference_rate_hz,
-                        "trace_starts": self.options.trace_starts},
+                        "trace_starts": self.options.trace_starts,
+                        "device_call_ms": self.options.device_call_ms,
+                        "cloud_call_ms": self.options.cloud_call_ms,
+                        "rpc_ms": self.options.rpc_ms,
+                        "rpc_ms_per_mb": self.options.rpc_ms_per_mb},
             "what_if": dict(self.what_if),
             "energy_label": costs.energy_label,
             "energy_measured": costs.energy_label.startswith("measured:"),
@@ -312,6 +317,12 @@ def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
     """
     objective = objective or Objective()
     options = options or CostOptions()
+    options = dataclasses.replace(
+        options,
+        device_call_ms=(device.call_overhead_ms if options.device_call_ms is None
+                        else options.device_call_ms),
+        cloud_call_ms=(cloud.call_overhead_ms if options.cloud_call_ms is None
+                       else options.cloud_call_ms))
     costs = layer_costs(device, cloud).scaled(device_speedup, cloud_speedup)
     inputs = cut_inputs(device.graph, costs)
     what_if = {"device_speedup": device_speedup, "cloud_speedup": cloud_speedup}

@@ -75,6 +75,14 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what-if: cloud compute K times faster (default 1)")
     parser.add_argument("--sensitivity", action="store_true",
                         help="add uplink breakpoints (0.05-1000 Mbit/s) and what-if rows")
+    parser.add_argument("--rpc-ms", type=float, metavar="MS",
+                        help="framework cost of one remote call (default: measured on the "
+                             "cloud connection when profiling, else 0)")
+    parser.add_argument("--rpc-ms-per-mb", type=float, metavar="MS",
+                        help="serialisation cost per MB sent or received (same default)")
+    parser.add_argument("--no-call-overhead", action="store_true",
+                        help="leave out the per-call framework overheads the profiles "
+                             "measured (head and tail graph calls)")
     parser.add_argument("--no-dag", action="store_true",
                         help="skip the DAG-optimal (min-cut) partitions")
     parser.add_argument("--trace-starts", type=int, default=200, metavar="N",
@@ -102,10 +110,15 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: str | None,
-             link_items: Any) -> Analysis:
+             link_items: Any, rpc: tuple[float, float] = (0.0, 0.0)) -> Analysis:
     objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
+    calls = 0.0 if args.no_call_overhead else None
     options = CostOptions(idle_wait=args.idle_wait, inference_rate_hz=args.inference_rate,
-                          trace_starts=args.trace_starts)
+                          trace_starts=args.trace_starts, device_call_ms=calls,
+                          cloud_call_ms=calls,
+                          rpc_ms=args.rpc_ms if args.rpc_ms is not None else rpc[0],
+                          rpc_ms_per_mb=(args.rpc_ms_per_mb if args.rpc_ms_per_mb is not None
+                                         else rpc[1]))
     links = resolve_links(link_items)
     analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
                                 device_speedup=args.device_speedup,
@@ -158,13 +171,15 @@ def _run_whole_job(args: argparse.Namespace) -> int:
 
     def keep(side: str, profile: Any) -> None:
         written.append(str(save_partial_profile(out, profile, side)))
+    rpc: list[tuple[float, float]] = []
     try:
         device, cloud = collect_profiles(config, device_src, cloud_src, access, out,
-                                         progress_bar, keep)
+                                         progress_bar, keep, rpc.append)
     except DnntuneError as exc:
         kept = f" (kept what was measured: {', '.join(written)})" if written else ""
         raise DnntuneError(f"{exc}{kept}") from None
-    analysis = _analyze(args, device, cloud, args.objective or config.objective, link_items)
+    analysis = _analyze(args, device, cloud, args.objective or config.objective, link_items,
+                        rpc[0] if rpc else (0.0, 0.0))
     files = write_run(out, device, cloud, analysis, plots=not args.no_plots)
     code = _emit(args, analysis)
     Console(stderr=args.format == "json").print(

@@ -185,3 +185,29 @@ class ProfilerClient:
         except grpc.RpcError as exc:
             raise describe_rpc_error(exc, self.endpoint.address) from None
         return assembler.finish()
+
+
+def calibrate_rpc(client: ProfilerClient, small_bytes: int = 1_000,
+                  large_bytes: int = 4_000_000, repeats: int = 7) -> tuple[float, float]:
+    """Framework cost of a remote call on this path: ``(fixed ms, ms per MB each way)``.
+
+    Times the Echo RPC (tensors there and back) at two sizes, medians of ``repeats``,
+    and fits ``t = fixed + 2 · per_mb · MB``. On loopback this is gRPC's own cost; the
+    analyzer adds it to the link's transfer time (``CostOptions.rpc_ms``, ``rpc_ms_per_mb``).
+    """
+    import statistics
+    import time
+
+    def median_ms(nbytes: int) -> float:
+        payload = [("calibration", np.zeros(nbytes, np.uint8))]
+        client.echo(payload)  # warm
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            client.echo(payload)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    small, large = median_ms(small_bytes), median_ms(large_bytes)
+    per_mb = max(large - small, 0.0) / (2 * (large_bytes - small_bytes) / 1e6)
+    return max(small - 2 * per_mb * small_bytes / 1e6, 0.0), per_mb

@@ -41,3 +41,12 @@ def _servers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 REGISTRY.append(_servers)
+
+
+def _validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.validate_cli import add_validate_command
+
+    add_validate_command(sub)
+
+
+REGISTRY.append(_validate)

@@ -52,13 +52,27 @@ class CostOptions:
         inference_rate_hz: Inferences per second, to amortise radio promotion and tail;
             ``None`` leaves them out.
         trace_starts: Start times sampled per trace period for trace-driven uplinks.
+        device_call_ms, cloud_call_ms: Framework cost of one call of the head / tail
+            outside its graph (dispatch, weight captures); ``None`` takes each profile's
+            measured ``call_overhead_ms``.
+        rpc_ms, rpc_ms_per_mb: Cost of one remote call and of serialising each MB sent
+            or received, on top of the link (see :func:`dnntune.client.calibrate_rpc`).
     """
 
     idle_wait: bool = False
     inference_rate_hz: float | None = None
     trace_starts: int = 200
+    device_call_ms: float | None = None
+    cloud_call_ms: float | None = None
+    rpc_ms: float = 0.0
+    rpc_ms_per_mb: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("device_call_ms", "cloud_call_ms", "rpc_ms", "rpc_ms_per_mb"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')}",
+                                  f"must be a number >= 0, got {value!r}")
         rate = self.inference_rate_hz
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise ConfigError("--inference-rate", f"must be a positive number of "
@@ -268,6 +282,12 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     t_down = down_b / (link.down_mbps * BYTES_PER_MS_PER_MBPS)
     crosses = (up_b + down_b) > 0
     tt = np.where(crosses, link.rtt_ms + radio.promotion_delay_ms, 0.0) + t_down + t_up
+    # Framework costs measured on the real path (validate showed them systematic): a
+    # remote call and its serialisation, and one call of each side's compiled graph.
+    tt = tt + np.where(crosses, options.rpc_ms + options.rpc_ms_per_mb * (up_b + down_b) / 1e6,
+                       0.0)
+    tm = tm + np.where(tm > 0, options.device_call_ms or 0.0, 0.0)
+    tc = tc + np.where(tc > 0, options.cloud_call_ms or 0.0, 0.0)
     p_up_w = (link.alpha_up_mw_per_mbps * rate + link.beta_mw) / 1000.0
     et = p_up_w * t_up + link.down_power_mw() * t_down / 1000.0
     tail = np.broadcast_to(0.0, et.shape)  # a read-only view: no memory, no time

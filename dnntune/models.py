@@ -69,6 +69,7 @@ def import_keras() -> Any:
     """
     if "keras" in sys.modules:
         return sys.modules["keras"]
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -81,6 +82,10 @@ def import_keras() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    if quiet:  # e.g. "N calls triggered tf.function retracing": one function per split
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
     return keras
 
 

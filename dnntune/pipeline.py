@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+from dnntune.client import Endpoint, ProfilerClient, calibrate_rpc, model_spec, parse_address
 from dnntune.config import RunConfig
 from dnntune.errors import DnntuneError
 from dnntune.profile import Profile, load_profile
@@ -99,8 +99,9 @@ def local_device_agent(threads: int, affinity: tuple[int, ...]) -> Iterator[str]
 
 
 def profile_side(side: str, address: str, config: RunConfig, access: Access,
-                 progress: ProgressFactory) -> Profile:
-    """Profile one side through the server at ``address``."""
+                 progress: ProgressFactory,
+                 on_rpc: Callable[[tuple[float, float]], Any] | None = None) -> Profile:
+    """Profile one side through the server at ``address`` (and calibrate the RPC cost)."""
     settings = getattr(config, side)
     client = ProfilerClient(Endpoint(address, token=access.token, tls_cert=access.tls_cert))
     try:
@@ -109,15 +110,20 @@ def profile_side(side: str, address: str, config: RunConfig, access: Access,
         if spec.WhichOneof("source") == "sha256":
             client.upload_file(config.model)
         with progress(f"profiling {side} ({address})") as update:
-            return client.profile(spec, config.num_runs, config.warmup_runs, settings.energy,
-                                  progress=update)
+            profile = client.profile(spec, config.num_runs, config.warmup_runs,
+                                     settings.energy, progress=update)
+        if on_rpc is not None:
+            on_rpc(calibrate_rpc(client))
+        return profile
     finally:
         client.close()
 
 
 def collect_profiles(config: RunConfig, device: Source, cloud: Source, access: Access,
                      out_dir: Path, progress: ProgressFactory,
-                     on_profile: Callable[[str, Profile], Any]) -> tuple[Profile, Profile]:
+                     on_profile: Callable[[str, Profile], Any],
+                     on_rpc: Callable[[tuple[float, float]], Any] | None = None
+                     ) -> tuple[Profile, Profile]:
     """Device first (with the cloud idle), then cloud; each saved as soon as measured."""
     profiles: dict[str, Profile] = {}
     with contextlib.ExitStack() as stack:
@@ -133,6 +139,7 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source, access: A
             elif side == "device":
                 addresses[side] = stack.enter_context(
                     local_device_agent(config.device.threads, config.device.cpu_affinity))
-            profiles[side] = profile_side(side, addresses[side], config, access, progress)
+            profiles[side] = profile_side(side, addresses[side], config, access, progress,
+                                          on_rpc if side == "cloud" else None)
             on_profile(side, profiles[side])
     return profiles["device"], profiles["cloud"]

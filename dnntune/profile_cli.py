@@ -132,24 +132,19 @@ def run_profile(args: argparse.Namespace) -> int:
 
 def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings,
                       args: argparse.Namespace) -> Profile:
-    from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+    import dataclasses
+
+    from dnntune.client import parse_address
+    from dnntune.pipeline import Access, profile_side
     from dnntune.report import progress_bar
     from dnntune.serving import read_token
 
     settings.validate()
-    endpoint = Endpoint(parse_address(address, f"--{settings.side}"),
-                        token=read_token(args.token_file), tls_cert=args.tls_cert)
-    client = ProfilerClient(endpoint)
-    try:
-        spec = model_spec(client.pb2, config.model, config.input_shape, config.batch_size,
-                          config.seed)
-        if spec.WhichOneof("source") == "sha256":
-            client.upload_file(config.model)
-        with progress_bar(f"profiling {config.model} ({settings.side} at {address})") as update:
-            return client.profile(spec, settings.num_runs, settings.warmup_runs,
-                                  settings.energy, progress=update)
-    finally:
-        client.close()
+    side = dataclasses.replace(getattr(config, settings.side), energy=settings.energy)
+    config = dataclasses.replace(config, num_runs=settings.num_runs,
+                                 warmup_runs=settings.warmup_runs, **{settings.side: side})
+    return profile_side(settings.side, parse_address(address, f"--{settings.side}"), config,
+                        Access(read_token(args.token_file), args.tls_cert), progress_bar)
 
 
 def _emit(args: argparse.Namespace, profile: Profile) -> int:

@@ -69,6 +69,22 @@ class ServerState:
     profile_lock: threading.Lock
 
 
+def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
+    """Configure TensorFlow for ``options.num_threads`` and build the shared state;
+    returns it with the generated services module."""
+    from dnntune.instrument import configure_runtime
+    from dnntune.protocol import load_protocol
+
+    options.validate()
+    runtime = configure_runtime(options.num_threads)
+    pb2, services = load_protocol()
+    state = ServerState(pb2=pb2, store=ModelStore(upload_dir), side=side,
+                        num_threads=int(runtime["intra_op"]),
+                        max_tensor_bytes=options.max_tensor_mb << 20,
+                        profile_lock=threading.Lock())
+    return state, services
+
+
 class ProfilerServicer:
     """Model transfer and profiling on this process's side."""
 

@@ -28,11 +28,13 @@ class SplitResult:
 
 
 def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: int,
-              warmup_runs: int = 1) -> SplitResult:
+              warmup_runs: int = 1, warmup_cloud: Any = None) -> SplitResult:
     """Run ``split`` ``warmup_runs + num_runs`` times; time the last ``num_runs``.
 
-    ``cloud`` is a :class:`dnntune.client.ProfilerClient` of the cloud server. The outputs
-    of the last run are compared with the unsplit model run here.
+    ``cloud`` is a :class:`dnntune.client.ProfilerClient` of the cloud server. Warm-up
+    runs go through ``warmup_cloud`` when given (e.g. an unshaped channel, so compiling
+    the tail does not cost minutes on an emulated 3G link). The outputs of the last run
+    are compared with the unsplit model run here.
     """
     inputs = loaded.example_inputs()
     reference = compile_model(loaded.model)(inputs)
@@ -45,7 +47,8 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
         tail_ms = 0.0
         if split.tail is not None:
             crossing = [(n, held[n]) for n in split.tail_inputs]
-            results, timing = cloud.run_tail(spec, split.cut.index, crossing)
+            through = warmup_cloud if (i < warmup_runs and warmup_cloud is not None) else cloud
+            results, timing = through.run_tail(spec, split.cut.index, crossing)
             held.update(results)
             tail_ms = timing.compute_ms if timing is not None else 0.0
         outputs = [held[n] for n in split.model_outputs]

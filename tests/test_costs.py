@@ -64,6 +64,22 @@ def test_every_cut_on_the_chain_by_hand() -> None:
     assert table.saturated is None
 
 
+def test_framework_overheads_are_paid_only_where_they_occur() -> None:
+    """An RPC (fixed + per MB) only when something crosses; a graph call per side only
+    when that side runs layers (validate found these systematic)."""
+    options = CostOptions(rpc_ms=5.0, rpc_ms_per_mb=2.0, device_call_ms=1.5,
+                          cloud_call_ms=3.0)
+    table = prefix_table(chain_inputs(), LINK, options)
+    crossing = np.array([1e6, 1e6, 250e3, 10e3, 0]) + np.array([4000, 4000, 4000, 4000, 0])
+    rpc = 5.0 + 2.0 * crossing / 1e6
+    rpc[-1] = 0.0  # mobile-only: no call
+    np.testing.assert_allclose(table.tt_ms, np.array([1024, 1024, 274, 34, 0]) + rpc)
+    np.testing.assert_allclose(table.tm_ms, [0, 0, 101.5, 151.5, 161.5])
+    np.testing.assert_allclose(table.tc_ms, [19, 19, 9, 4, 0])
+    with pytest.raises(ConfigError, match="--rpc-ms"):
+        CostOptions(rpc_ms=-1.0)
+
+
 def test_promotion_and_tail_when_the_radio_idles_between_inferences() -> None:
     # 0.5 inferences/s: 2000 ms gap > 1000 ms tail: promotion (100 ms, 1000 mW) + tail.
     table = prefix_table(chain_inputs(), LINK, CostOptions(inference_rate_hz=0.5))

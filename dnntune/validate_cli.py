@@ -1,0 +1,118 @@
+"""``dnntune validate``: run chosen splits over emulated links, predicted against measured."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dnntune.errors import DnntuneError
+from dnntune.validate import CUT_CHOICES, Validation
+
+
+def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "validate", help="run splits for real over emulated 3G/4G/Wi-Fi and check predictions",
+        description="Profile both sides (or reuse saved profiles), predict every cut's "
+                    "latency, then run the chosen cuts end to end: the head here, the tail "
+                    "on the cloud server, the gRPC traffic shaped to each link by a proxy. "
+                    "Reports predicted against measured latency and the regret.")
+    p.add_argument("--config", metavar="FILE", help="run configuration (default: MobileNetV2)")
+    p.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
+    p.add_argument("--links", action="append", metavar="LINK[,LINK...]",
+                   help="presets, links YAML files or trace files (default: the config's)")
+    p.add_argument("--cuts", default="best", metavar="WHICH",
+                   help=f"{CUT_CHOICES}: 'best' is the predicted-fastest cut and both "
+                        "baselines (default: best)")
+    p.add_argument("--num_runs", type=int, default=3, metavar="N",
+                   help="timed split runs per cut and link (default: 3)")
+    p.add_argument("--profile-runs", type=int, metavar="N",
+                   help="profiling runs (default: the config's)")
+    p.add_argument("--cloud", metavar="HOST:PORT",
+                   help="a running cloud server (default: one started on a free loopback "
+                        "port); the device side always runs in this process")
+    p.add_argument("--out", metavar="DIR", help="write validation.json and plots here")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from dnntune.analysis import Objective, analyze_profiles
+    from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+    from dnntune.config import RunConfig, default_config, load_config
+    from dnntune.costs import CostOptions
+    from dnntune.links import resolve_links
+    from dnntune.pipeline import Access, Source, collect_profiles, local_cloud_server
+    from dnntune.report import progress_bar
+    from dnntune.validate import parse_cut_spec
+
+    if args.num_runs < 1:
+        raise DnntuneError(f"--num_runs must be at least 1, got {args.num_runs}")
+    config = load_config(args.config) if args.config else default_config()
+    updates: dict[str, Any] = {}
+    if args.model:
+        updates.update(model=args.model, input_shape=None)
+    if args.profile_runs:
+        updates["num_runs"] = args.profile_runs
+    config = RunConfig(**{**config.__dict__, **updates})
+    links = resolve_links(args.links or [",".join(config.links)])
+    parse_cut_spec(args.cuts)
+    with contextlib.ExitStack() as stack:
+        if args.cloud:
+            address = parse_address(args.cloud, "--cloud")
+        else:
+            address = stack.enter_context(local_cloud_server(config.cloud.threads))
+        rpc: list[tuple[float, float]] = []
+        device, cloud = collect_profiles(config, Source("local"), Source("remote", address),
+                                         Access(), Path(args.out or "."), progress_bar,
+                                         lambda side, profile: None, rpc.append)
+        options = CostOptions(rpc_ms=rpc[0][0], rpc_ms_per_mb=rpc[0][1])
+        analysis = analyze_profiles(device, cloud, links, Objective("latency-first"), options)
+        validation = _run(config, analysis, address, args, model_spec, Endpoint,
+                          ProfilerClient)
+    _write_and_print(args, validation)
+    return 0
+
+
+def _run(config: Any, analysis: Any, address: str, args: argparse.Namespace,
+         model_spec: Any, endpoint: Any, client_cls: Any) -> Validation:
+    from dnntune.models import load_model
+    from dnntune.report import progress_bar
+    from dnntune.validate import validate_links
+
+    shapes = [config.input_shape] if config.input_shape else None
+    loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
+    host, _, port = address.rpartition(":")
+    first = client_cls(endpoint(address))
+    spec = model_spec(first.pb2, config.model, config.input_shape, config.batch_size,
+                      config.seed)
+    if spec.WhichOneof("source") == "sha256":
+        first.upload_file(config.model)
+    first.close()
+    with progress_bar(f"validating {loaded.name}") as update:
+        results = validate_links(loaded, analysis.links, host, int(port), args.cuts,
+                                 args.num_runs, spec,
+                                 lambda a: client_cls(endpoint(a, connect_timeout_s=10)),
+                                 update)
+    return Validation(loaded.name, args.num_runs, tuple(results))
+
+
+def _write_and_print(args: argparse.Namespace, validation: Validation) -> None:
+    from dnntune.validate_report import plot_validation, print_validation
+
+    doc = validation.to_dict()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(doc, indent=1) + "\n")
+        for link in validation.links:
+            plot_validation(validation.model, link, out / f"validation-{link.name}.png")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    else:
+        print_validation(validation)
+        if args.out:
+            print(f"validation.json and plots in {Path(args.out).resolve()}")

@@ -1,0 +1,89 @@
+"""`dnntune validate`: splits run over a shaped loopback link, predictions checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloud_server import create_server
+from dnntune.analysis import Objective, analyze_profiles
+from dnntune.client import Endpoint, ProfilerClient, model_spec
+from dnntune.errors import DnntuneError
+from dnntune.links import resolve_links
+from dnntune.profiler import ProfileSettings, profile_model
+from dnntune.serving import ServerOptions
+from dnntune.validate import parse_cut_spec, validate_links
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def test_split_runs_over_a_shaped_link_give_the_right_output_and_timing(zoo_model):
+    loaded = zoo_model("tiny_resnet")
+    settings = ProfileSettings(num_runs=5, warmup_runs=1, energy="none")
+    device = profile_model(loaded, settings)
+    cloud = profile_model(loaded, ProfileSettings(side="cloud", num_runs=5, warmup_runs=1,
+                                                  energy="none"))
+    links = resolve_links(["wifi"])
+    analysis = analyze_profiles(device, cloud, links, Objective("latency-first"))
+    running = create_server(ServerOptions(port=0))
+    try:
+        spec = model_spec(ProfilerClient(Endpoint(f"127.0.0.1:{running.port}")).pb2,
+                          "tiny_resnet")
+        results = validate_links(loaded, analysis.links, "127.0.0.1", running.port, "0,12,21",
+                                 2, spec, lambda a: ProfilerClient(Endpoint(a)))
+    finally:
+        running.stop(0)
+    (wifi,) = results
+    assert [c.index for c in wifi.cuts] == [0, 12, 21]
+    for c in wifi.cuts:
+        assert c.max_abs_error < 1e-5  # the split's output is the model's output
+    # over the link: at least its RTT and the upload of the crossing bytes at 18.88 Mbit/s
+    cloud_only = wifi.cuts[0]
+    floor = 30.0 + 8 * cloud_only.bytes_up / 18.88e3
+    assert cloud_only.measured_ms >= floor * 0.95, (cloud_only.measured_ms, floor)
+    assert wifi.cuts[-1].measured_ms < 30.0  # mobile-only never touches the link
+    assert abs(wifi.shaping["up_error_pct"]) < 10
+    doc = json.loads(json.dumps([w.to_dict() for w in results]))
+    assert {"median_abs_error_pct", "regret_pct", "cuts"} <= set(doc[0])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("spread:1", "K >= 2"), ("spread:x", "K >= 2"), ("a,b", "expected best|all"),
+    ("-1", "start at 0"),
+])
+def test_bad_cut_specs(spec, message):
+    with pytest.raises(DnntuneError, match=message):
+        parse_cut_spec(spec)
+
+
+def test_cut_specs():
+    assert parse_cut_spec("best") == ("best", 0, ())
+    assert parse_cut_spec("spread") == ("spread", 20, ())
+    assert parse_cut_spec("3,1,3") == ("list", 0, (1, 3))
+
+
+def test_cli_validate_end_to_end_and_bad_input(tmp_path):
+    out = tmp_path / "val"
+    result = run_cli(["validate", "--model", "tiny_mlp", "--links", "wifi", "--cuts", "best",
+                      "--num_runs", "2", "--profile-runs", "3", "--out", str(out),
+                      "--format", "json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    assert doc["model"] == "tiny_mlp" and doc["links"][0]["name"] == "wifi"
+    cuts = doc["links"][0]["cuts"]
+    assert {"index", "predicted_ms", "measured_ms", "error_pct"} <= set(cuts[0])
+    assert (out / "validation.json").is_file() and (out / "validation-wifi.png").is_file()
+    assert np.isfinite(doc["links"][0]["regret_pct"])
+
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--links", "5g"]),
+                          "unknown link '5g'")
+    bad = tmp_path / "links.yaml"
+    bad.write_text("links:\n  slow: {up_mbps: -1, down_mbps: 2, rtt_ms: 10, "
+                   "alpha_up_mw_per_mbps: 1, alpha_down_mw_per_mbps: 1, beta_mw: 1}\n")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--links", str(bad)]),
+                          "up_mbps")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--cloud",
+                                   "127.0.0.1:9"]), "cannot reach 127.0.0.1:9")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--cuts", "spread:1"]),
+                          "K >= 2")
