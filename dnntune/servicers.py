@@ -85,6 +85,10 @@ def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerS
     return state, services
 
 
+class _Abandoned(Exception):  # noqa: N818 - control flow, never shown to anyone
+    """Raised inside a profile whose caller has gone away."""
+
+
 class ProfilerServicer:
     """Model transfer and profiling on this process's side."""
 
@@ -125,15 +129,24 @@ class ProfilerServicer:
             entry = self.s.store.get(key_from_spec(request.model))
         events: queue.Queue[Any] = queue.Queue()
         done = object()
+        gone = threading.Event()  # the caller cancelled or its deadline passed
+        context.add_callback(gone.set)
+
+        def progress(stage: str, n: int, total: int) -> None:
+            if gone.is_set():
+                raise _Abandoned
+            events.put(("progress", stage, n, total))
 
         def work() -> None:
             try:
                 with self.s.profile_lock:  # one profile at a time: timings must not overlap
-                    profile = profile_model(entry.loaded, settings, progress=lambda stage, n, t:
-                                            events.put(("progress", stage, n, t)))
-                events.put(("profile", profile))
+                    if not gone.is_set():
+                        events.put(("profile", profile_model(entry.loaded, settings,
+                                                             progress=progress)))
             except DnntuneError as exc:
                 events.put(("error", exc))
+            except _Abandoned:
+                pass  # nobody is listening; free the lock for the next caller at once
             finally:
                 events.put(done)
 

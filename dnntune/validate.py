@@ -8,8 +8,12 @@ latency is set against the analyzer's prediction for that cut and link.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from dnntune.analysis import LinkAnalysis
 from dnntune.errors import DnntuneError
+from dnntune.splitrun import run_split
 
 CUT_CHOICES = "best|all|spread[:K]|N,M,..."
 
@@ -147,49 +152,105 @@ def validate_cut(la: LinkAnalysis, index: int, result: Any) -> CutValidation:
 
 def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: str,
                    cloud_port: int, cut_spec: str, num_runs: int, spec: Any,
-                   connect: Callable[[str], Any],
-                   report: Callable[[str, int, int], None] | None = None) -> list[LinkValidation]:
-    """Run the selected cuts of every link through a shaping proxy to the cloud server.
+                   connect: Callable[..., Any],
+                   report: Callable[[str, int, int], None] | None = None,
+                   shaper: str = "proxy", cloud_threads: int = 1) -> list[LinkValidation]:
+    """Run the selected cuts of every link over an emulated link to a cloud server.
 
     Args:
         loaded: The model on the device side (this process runs the heads).
         analyses: The analyzer's per-link results (the predictions).
-        cloud_host, cloud_port: The cloud server.
+        cloud_host, cloud_port: The cloud server (``proxy`` shaping).
         cut_spec: Which cuts, see :func:`select_cuts`.
         num_runs: Timed runs per cut.
         spec: The ``ModelSpec`` the cloud server knows the model by.
-        connect: ``connect(address)`` returns a client with ``run_tail``.
+        connect: ``connect(address)`` returns a client with ``run_tail`` and ``echo``.
         report: Progress callback ``(stage, done, total)``.
+        shaper: ``proxy`` (user-space rate and delay, anywhere) or ``tbf`` (root: a cloud
+            server in a network namespace behind tc tbf rates, delay from the proxy).
+        cloud_threads: Threads of the cloud server started for ``tbf``.
     """
-    from dnntune.linkprobe import measure_emulated_link
-    from dnntune.shaper import LinkShape, ShapingProxy
     from dnntune.split import Splitter
-    from dnntune.splitrun import run_split
 
+    if shaper not in ("proxy", "tbf"):
+        raise DnntuneError(f"--shaper must be proxy or tbf, got {shaper!r}")
     splitter = Splitter(loaded.model, loaded.graph)
-    direct = connect(f"{cloud_host}:{cloud_port}")
     results = []
     for la in analyses:
-        shape = LinkShape.from_link(la.link)
-        shaping = measure_emulated_link(shape, up_bytes=_probe_bytes(shape.up_mbps),
-                                        down_bytes=_probe_bytes(shape.down_mbps),
-                                        pings=3).to_dict()
         cuts = select_cuts(cut_spec, la)
-        validated = []
-        with ShapingProxy(cloud_host, cloud_port, shape) as proxy:
-            shaped = connect(f"127.0.0.1:{proxy.port}")
-            shaped.echo([("warm", np.zeros(1, np.float32))])  # HTTP/2 set-up off the clock
+        runner = _proxy_link if shaper == "proxy" else _tbf_link
+        with runner(la, cloud_host, cloud_port, connect, cloud_threads) as (shaped, warm,
+                                                                             shaping):
+            validated = []
             for done, index in enumerate(cuts):
                 if report:
                     report(f"{la.link.name}: cut {index}", done, len(cuts))
                 result = run_split(loaded, splitter.split(index), shaped, spec, num_runs,
-                                   warmup_runs=1, warmup_cloud=direct)
+                                   warmup_runs=1, warmup_cloud=warm)
                 validated.append(validate_cut(la, index, result))
-            shaped.close()
         results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
                                       la.link.rtt_ms, shaping, tuple(validated)))
-    direct.close()
     return results
+
+
+@contextlib.contextmanager
+def _proxy_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any],
+                threads: int) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A shaping proxy in front of the cloud server; warm-ups go around it."""
+    from dnntune.linkprobe import measure_emulated_link
+    from dnntune.shaper import LinkShape, ShapingProxy
+
+    shape = LinkShape.from_link(la.link)
+    shaping = measure_emulated_link(shape, up_bytes=_probe_bytes(shape.up_mbps),
+                                    down_bytes=_probe_bytes(shape.down_mbps), pings=3)
+    direct = connect(f"{host}:{port}")
+    with ShapingProxy(host, port, shape) as proxy:
+        shaped = connect(f"127.0.0.1:{proxy.port}")
+        shaped.echo([("warm", np.zeros(1, np.float32))])  # HTTP/2 set-up off the clock
+        try:
+            yield shaped, direct, {"method": "proxy", **shaping.to_dict()}
+        finally:
+            shaped.close()
+            direct.close()
+
+
+@contextlib.contextmanager
+def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any],
+              threads: int) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A cloud server in a network namespace behind tbf; the proxy adds only the delay."""
+    from dnntune.linkprobe import measure_link
+    from dnntune.netns import NamespaceLink, entered_netns
+    from dnntune.shaper import LinkShape, ShapingProxy
+
+    if la.link.trace is not None:
+        raise DnntuneError(f"--shaper tbf: link {la.link.name!r} follows a trace, which tbf "
+                           "(a constant rate) cannot; use --shaper proxy")
+    with NamespaceLink(la.link.up_mbps, la.link.down_mbps) as veth:
+        probe_port = veth.start_measurement_server()
+        with entered_netns(veth.client_ns):
+            shaping = measure_link((veth.server_addr, probe_port),
+                                   LinkShape(la.link.up_mbps, la.link.down_mbps, 0.0),
+                                   up_bytes=_probe_bytes(la.link.up_mbps),
+                                   down_bytes=_probe_bytes(la.link.down_mbps), pings=3)
+        veth.popen(veth.server_ns, [sys.executable, "-m", "cloud_server", "--host",
+                                    veth.server_addr, "--port", "50051", "--num_threads",
+                                    str(threads)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+        with ShapingProxy(veth.server_addr, 50051, LinkShape.delay_only(la.link.rtt_ms),
+                          upstream_netns=veth.client_ns) as proxy:
+            # Refused connections are expected while the server starts in its namespace.
+            shaper_log = logging.getLogger("dnntune.shaper")
+            level = shaper_log.level
+            shaper_log.setLevel(logging.ERROR)
+            try:
+                shaped = connect(f"127.0.0.1:{proxy.port}", connect_timeout_s=120)
+            finally:
+                shaper_log.setLevel(level)
+            shaped.echo([("warm", np.zeros(1, np.float32))])
+            try:
+                yield shaped, None, {"method": "tbf+proxy delay", **shaping.to_dict()}
+            finally:
+                shaped.close()
 
 
 def _probe_bytes(mbps: float) -> int:

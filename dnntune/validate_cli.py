@@ -34,6 +34,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--cloud", metavar="HOST:PORT",
                    help="a running cloud server (default: one started on a free loopback "
                         "port); the device side always runs in this process")
+    p.add_argument("--shaper", choices=("proxy", "tbf"), default="proxy",
+                   help="proxy: user-space rate and delay (default, anywhere); tbf: as root, "
+                        "kernel tc tbf rates between network namespaces, delay from the proxy")
     p.add_argument("--out", metavar="DIR", help="write validation.json and plots here")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=run_validate)
@@ -95,8 +98,10 @@ def _run(config: Any, analysis: Any, address: str, args: argparse.Namespace,
     with progress_bar(f"validating {loaded.name}") as update:
         results = validate_links(loaded, analysis.links, host, int(port), args.cuts,
                                  args.num_runs, spec,
-                                 lambda a: client_cls(endpoint(a, connect_timeout_s=10)),
-                                 update)
+                                 lambda a, connect_timeout_s=10: client_cls(
+                                     endpoint(a, connect_timeout_s=connect_timeout_s)),
+                                 update, shaper=args.shaper,
+                                 cloud_threads=config.cloud.threads)
     return Validation(loaded.name, args.num_runs, tuple(results))
 
 

@@ -129,3 +129,19 @@ def test_cli_profile_table_warns_about_too_many_threads():
 ])
 def test_cli_profile_bad_input(args, needles):
     assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", *args]), *needles)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v1", "inception_v3", "vgg16", "squeezenet_v11",
+                                  "mnist_mlp", "resnet50"])
+def test_every_zoo_model_instruments_to_the_same_outputs(name):
+    """The instrumenter works on every zoo model (the benchmark checks the timings)."""
+    from dnntune.models import load_model
+
+    loaded = load_model(name)
+    x = loaded.example_inputs()
+    outputs, stamps = InstrumentedModel(loaded.model)(x)
+    plain, _ = compile_plain(loaded.model)(x)
+    np.testing.assert_allclose(outputs[0], plain[0], rtol=1e-4, atol=1e-6)
+    assert stamps.shape == (len(loaded.graph.layers) + 1,)
+    assert np.all(np.diff(stamps) >= 0)

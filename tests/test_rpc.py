@@ -223,3 +223,15 @@ def test_tls(tmp_path):
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(DnntuneError, match="cannot reach 127.0.0.1:9: no gRPC server"):
         ProfilerClient(Endpoint("127.0.0.1:9", connect_timeout_s=0.5))
+
+
+def test_a_deadline_stops_the_profile_and_frees_the_server(client):
+    spec = model_spec(client.pb2, "mobilenet_v2")
+    started = time.perf_counter()
+    with pytest.raises(DnntuneError, match="DEADLINE_EXCEEDED"):
+        client.profile(spec, num_runs=100_000, warmup_runs=0, energy="none", timeout_s=4)
+    # the abandoned profile stops at its next run, so a new one does not wait for 100k runs
+    profile = client.profile(model_spec(client.pb2, "tiny_mlp"), num_runs=3, warmup_runs=0,
+                             energy="none", timeout_s=60)
+    assert profile.meta.num_runs == 3
+    assert time.perf_counter() - started < 60

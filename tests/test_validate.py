@@ -87,3 +87,26 @@ def test_cli_validate_end_to_end_and_bad_input(tmp_path):
                                    "127.0.0.1:9"]), "cannot reach 127.0.0.1:9")
     assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--cuts", "spread:1"]),
                           "K >= 2")
+
+
+def test_kernel_shaping_with_tbf_from_the_cli():
+    """As root (this machine and CI): the cloud server runs in a network namespace
+    behind tc tbf; the user-space proxy adds only the delay."""
+    from dnntune.netns import kernel_shaping_available, list_namespaces
+
+    available, reason = kernel_shaping_available()
+    result = run_cli(["validate", "--model", "tiny_mlp", "--links", "4g", "--cuts", "0,4",
+                      "--num_runs", "2", "--profile-runs", "3", "--shaper", "tbf",
+                      "--format", "json"])
+    if not available:  # not root: one clear line, nothing created
+        assert_one_line_error(result, reason.split(":")[0])
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cannot connect" not in result.stderr
+    link = json.loads(result.stdout)["links"][0]
+    assert link["shaping"]["method"] == "tbf+proxy delay"
+    assert abs(link["shaping"]["up_error_pct"]) < 10
+    cloud_only = link["cuts"][0]
+    assert cloud_only["measured_ms"] >= 64.0  # at least the RTT of 4G
+    assert cloud_only["max_abs_error"] < 1e-5
+    assert not [ns for ns in list_namespaces() if ns.startswith("dnt-")]
