@@ -29,6 +29,7 @@ from dnntune.errors import DnntuneError
 from dnntune.links import DEFAULT_TRACE_BASE, preset_links, resolve_links
 from dnntune.profile import load_profile
 from dnntune.sensitivity import add_sensitivity
+from dnntune.server_cli import add_client_flags
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,8 +51,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--token-file", metavar="F", help="bearer token for remote servers")
-    parser.add_argument("--tls-cert", metavar="F", help="trust this PEM and talk TLS")
+    add_client_flags(parser)
     parser.add_argument(
         "--links", action="append", metavar="LINK[,LINK...]",
         help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
@@ -143,7 +143,7 @@ def _run_whole_job(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from dnntune.config import RunConfig, default_config, load_config
+    from dnntune.config import default_config, load_config, with_overrides
     from dnntune.models import MODEL_SUFFIXES
     from dnntune.pipeline import Access, Source, collect_profiles
     from dnntune.report import progress_bar
@@ -151,13 +151,7 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     from dnntune.serving import read_token
 
     config = load_config(args.config) if args.config else default_config()
-    if args.model or args.num_runs is not None or args.warmup_runs is not None:
-        config = RunConfig(**{**config.__dict__, "model": args.model or config.model,
-                              "num_runs": args.num_runs or config.num_runs,
-                              "warmup_runs": (args.warmup_runs if args.warmup_runs is not None
-                                              else config.warmup_runs)})
-        if args.model:
-            config = RunConfig(**{**config.__dict__, "input_shape": None})
+    config = with_overrides(config, args.model, args.num_runs, args.warmup_runs)
     if config.num_runs < 1:
         raise DnntuneError(f"--num_runs must be at least 1, got {config.num_runs}")
     link_items = args.links or [",".join(config.links)]

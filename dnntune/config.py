@@ -21,6 +21,7 @@ Every problem raises :class:`ConfigError` naming the file, the key and what was 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,19 @@ class RunConfig:
 
 
 OBJECTIVES = ("latency-first", "energy-first")
+
+
+def with_overrides(config: RunConfig, model: str | None = None, num_runs: int | None = None,
+                   warmup_runs: int | None = None) -> RunConfig:
+    """``config`` with command-line overrides; a new model drops the config's input shape."""
+    changes: dict[str, object] = {}
+    if model:
+        changes.update(model=model, input_shape=None)
+    if num_runs is not None:
+        changes["num_runs"] = num_runs
+    if warmup_runs is not None:
+        changes["warmup_runs"] = warmup_runs
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
 def default_config_path() -> Path:

@@ -84,7 +84,7 @@ class Splitter:
     """
 
     def __init__(self, model: Any, graph: LayerGraph) -> None:
-        from dnntune.keras_graph import model_nodes, tensor_names
+        from dnntune.keras_graph import model_nodes
         from dnntune.models import import_keras
 
         keras = import_keras()
@@ -96,11 +96,8 @@ class Splitter:
         if tuple(n.name for n in nodes) != graph.layer_names:
             raise DnntuneError("the model's clone has different layer names than its graph; "
                                "give every layer a unique name")
-        by_name = {name: t for t, name in
-                   ((t, n) for mn in nodes for t, n in zip(mn.node.outputs, mn.output_names,
-                                                          strict=True))}
-        assert set(tensor_names(nodes).values()) == set(by_name)
-        self._tensors = by_name
+        self._tensors = {name: t for mn in nodes
+                         for t, name in zip(mn.node.outputs, mn.output_names, strict=True)}
 
     def split(self, index: int) -> SplitModel:
         """Split at cut ``index`` (0 = cloud-only … ``len(layers)`` = mobile-only)."""

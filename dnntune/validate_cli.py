@@ -45,7 +45,7 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
 def run_validate(args: argparse.Namespace) -> int:
     from dnntune.analysis import Objective, analyze_profiles
     from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
-    from dnntune.config import RunConfig, default_config, load_config
+    from dnntune.config import default_config, load_config, with_overrides
     from dnntune.costs import CostOptions
     from dnntune.links import resolve_links
     from dnntune.pipeline import Access, Source, collect_profiles, local_cloud_server
@@ -55,12 +55,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.num_runs < 1:
         raise DnntuneError(f"--num_runs must be at least 1, got {args.num_runs}")
     config = load_config(args.config) if args.config else default_config()
-    updates: dict[str, Any] = {}
-    if args.model:
-        updates.update(model=args.model, input_shape=None)
-    if args.profile_runs:
-        updates["num_runs"] = args.profile_runs
-    config = RunConfig(**{**config.__dict__, **updates})
+    config = with_overrides(config, args.model, args.profile_runs)
     links = resolve_links(args.links or [",".join(config.links)])
     parse_cut_spec(args.cuts)
     with contextlib.ExitStack() as stack:
