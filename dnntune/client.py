@@ -82,13 +82,16 @@ def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
 
 
 def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
-               batch_size: int = 1, seed: int = 0) -> Any:
-    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256)."""
+               batch_size: int = 1, seed: int = 0, name: str | None = None) -> Any:
+    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256).
+
+    ``name`` is the display name recorded for a file (default: its stem).
+    """
     shape = list(input_shape or ())
     if model.endswith(MODEL_SUFFIXES):
         digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
         return pb2.ModelSpec(sha256=digest, input_shape=shape, batch_size=batch_size,
-                             seed=seed, name=Path(model).stem)
+                             seed=seed, name=name or Path(model).stem)
     return pb2.ModelSpec(zoo_name=model, input_shape=shape, batch_size=batch_size, seed=seed)
 
 

@@ -98,6 +98,37 @@ def local_device_agent(threads: int, affinity: tuple[int, ...]) -> Iterator[str]
         running.stop(0)
 
 
+def model_file(config: RunConfig) -> tuple[str, str | None, tuple[int, ...] | None]:
+    """The file that defines ``config.model`` on every side: ``(path, name, input_shape)``.
+
+    A zoo model is built and calibrated once, here, and cached
+    (:mod:`dnntune.modelcache`); the cached file already has the requested input shape.
+    A user's file is itself, rebuilt by each side at ``input_shape`` (a deterministic
+    clone with the same weights).
+    """
+    from dnntune.zoo import ZOO
+
+    entry = ZOO.get(config.model)
+    if entry is None:
+        return config.model, None, config.input_shape
+    from dnntune.modelcache import zoo_model_file
+
+    path = zoo_model_file(config.model, config.input_shape or entry.input_shape, config.seed)
+    return str(path), config.model, None
+
+
+def upload_model(client: ProfilerClient, config: RunConfig) -> Any:
+    """Send the model's defining file to ``client``'s server; returns its ``ModelSpec``.
+
+    Both sides then load the same bytes (by sha256), so their model hashes agree
+    whatever their thread counts or CPUs.
+    """
+    path, name, shape = model_file(config)
+    spec = model_spec(client.pb2, path, shape, config.batch_size, config.seed, name=name)
+    client.upload_file(path)
+    return spec
+
+
 def profile_side(side: str, address: str, config: RunConfig, access: Access,
                  progress: ProgressFactory,
                  on_rpc: Callable[[tuple[float, float]], Any] | None = None) -> Profile:
@@ -105,10 +136,7 @@ def profile_side(side: str, address: str, config: RunConfig, access: Access,
     settings = getattr(config, side)
     client = ProfilerClient(Endpoint(address, token=access.token, tls_cert=access.tls_cert))
     try:
-        spec = model_spec(client.pb2, config.model, config.input_shape, config.batch_size,
-                          config.seed)
-        if spec.WhichOneof("source") == "sha256":
-            client.upload_file(config.model)
+        spec = upload_model(client, config)
         with progress(f"profiling {side} ({address})") as update:
             profile = client.profile(spec, config.num_runs, config.warmup_runs,
                                      settings.energy, progress=update)

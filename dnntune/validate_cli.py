@@ -44,7 +44,7 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 def run_validate(args: argparse.Namespace) -> int:
     from dnntune.analysis import Objective, analyze_profiles
-    from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
+    from dnntune.client import Endpoint, ProfilerClient, parse_address
     from dnntune.config import default_config, load_config, with_overrides
     from dnntune.costs import CostOptions
     from dnntune.links import resolve_links
@@ -69,15 +69,15 @@ def run_validate(args: argparse.Namespace) -> int:
                                          lambda side, profile: None, rpc.append)
         options = CostOptions(rpc_ms=rpc[0][0], rpc_ms_per_mb=rpc[0][1])
         analysis = analyze_profiles(device, cloud, links, Objective("latency-first"), options)
-        validation = _run(config, analysis, address, args, model_spec, Endpoint,
-                          ProfilerClient)
+        validation = _run(config, analysis, address, args, Endpoint, ProfilerClient)
     _write_and_print(args, validation)
     return 0
 
 
 def _run(config: Any, analysis: Any, address: str, args: argparse.Namespace,
-         model_spec: Any, endpoint: Any, client_cls: Any) -> Validation:
+         endpoint: Any, client_cls: Any) -> Validation:
     from dnntune.models import load_model
+    from dnntune.pipeline import upload_model
     from dnntune.report import progress_bar
     from dnntune.validate import validate_links
 
@@ -85,11 +85,10 @@ def _run(config: Any, analysis: Any, address: str, args: argparse.Namespace,
     loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
     host, _, port = address.rpartition(":")
     first = client_cls(endpoint(address))
-    spec = model_spec(first.pb2, config.model, config.input_shape, config.batch_size,
-                      config.seed)
-    if spec.WhichOneof("source") == "sha256":
-        first.upload_file(config.model)
-    first.close()
+    try:
+        spec = upload_model(first, config)
+    finally:
+        first.close()
     with progress_bar(f"validating {loaded.name}") as update:
         results = validate_links(loaded, analysis.links, host, int(port), args.cuts,
                                  args.num_runs, spec,
