@@ -73,8 +73,10 @@ def with_overrides(config: RunConfig, model: str | None = None, num_runs: int | 
 
 
 def default_config_path() -> Path:
-    """``configs/default.yaml`` beside the package (a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    """The shipped ``configs/default.yaml`` (from a clone or an installed wheel)."""
+    from dnntune.resources import data_path
+
+    return data_path("configs", "default.yaml")
 
 
 def default_config() -> RunConfig:
