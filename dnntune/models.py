@@ -145,6 +145,9 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
     from dnntune.keras_graph import as_functional, build_layer_graph
     from dnntune.zoo import ZOO
 
+    if not spec.strip():
+        raise DnntuneError(f"model name is empty: expected a .keras/.h5 file or one of "
+                           f"{', '.join(known_models())}")
     if spec in ZOO:
         entry = ZOO[spec]
         shapes = list(input_shapes) if input_shapes else [entry.input_shape]
@@ -211,6 +214,7 @@ def _load_file(path: Path) -> Any:
 
     import dnntune.zoo_layers  # noqa: F401 - registers the zoo's custom layers
 
+    _check_container(path)
     class_name = _saved_class_name(path)
     if class_name is not None and class_name not in ("Functional", "Sequential", "Model"):
         raise DnntuneError(
@@ -223,6 +227,29 @@ def _load_file(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DnntuneError(f"{path}: not a loadable Keras model ({first[:200]})") from None
+
+
+def _check_container(path: Path) -> None:
+    """Name what is wrong with a file that is not even the right kind of archive.
+
+    (Keras would say "File not found" for a file that exists but is not a zip.)
+    """
+    import zipfile
+
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise DnntuneError(f"{path}: not a .keras archive (a .keras file is a zip archive; "
+                           f"this one is not, or it is truncated)")
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise DnntuneError(f"{path}: not an HDF5 file (truncated, or not a Keras "
+                               f"{path.suffix} model)")
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise DnntuneError(f"{path}: a zip archive but not a Keras model "
+                                   f"(no config.json inside)")
 
 
 def _saved_class_name(path: Path) -> str | None:
