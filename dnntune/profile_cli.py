@@ -139,7 +139,7 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
     import dataclasses
 
     from dnntune.client import parse_address
-    from dnntune.pipeline import Access, check_pem_certificate, profile_side
+    from dnntune.pipeline import Access, check_pem_certificate, model_file, profile_side
     from dnntune.report import progress_bar
     from dnntune.serving import read_token
 
@@ -149,6 +149,7 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
                                  warmup_runs=settings.warmup_runs, **{settings.side: side})
     if args.tls_cert:
         check_pem_certificate(args.tls_cert, "--tls-cert")
+    model_file(config)  # a missing file (or a zoo build) now, before connecting
     return profile_side(settings.side, parse_address(address, f"--{settings.side}"), config,
                         Access(read_token(args.token_file), args.tls_cert), progress_bar)
 
