@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # After editing proto/: regenerate the committed dnntune/v1/ (tests fail until you do).
 proto: $(STAMP)
-	$(BIN)/python -m dnntune.protocol
+	$(BIN)/python -m dnntune.rpc.protocol
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from dnntune.client import Endpoint, ProfilerClient, model_spec
-from dnntune.cuts import enumerate_cuts
 from dnntune.errors import DnntuneError
-from dnntune.profile import load_profile
+from dnntune.model.cuts import enumerate_cuts
+from dnntune.profiling.profile import load_profile
+from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 

@@ -1,0 +1,91 @@
+"""``dnntune serve`` (cloud server) and ``dnntune agent`` (device agent)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=default_port,
+                   help=f"port (default: {default_port}; 0 picks a free one)")
+    p.add_argument("--num_threads", type=int, default=1, metavar="N",
+                   help="TensorFlow intra-op threads (default: 1)")
+    p.add_argument("--token-file", metavar="F",
+                   help="require 'authorization: Bearer <token>' with the token in F")
+    p.add_argument("--tls-cert", metavar="F", help="PEM certificate (with --tls-key)")
+    p.add_argument("--tls-key", metavar="F", help="PEM private key (with --tls-cert)")
+    p.add_argument("--max-message-mb", type=int, default=16, metavar="N",
+                   help="largest gRPC message either way (default: 16; bigger is chunked)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=16, metavar="N",
+                   help="calls beyond this get RESOURCE_EXHAUSTED (default: 16)")
+    p.add_argument("--upload-dir", metavar="DIR",
+                   help="where uploaded models are kept (default: a temporary folder)")
+    p.add_argument("--reflection", action="store_true", help="serve gRPC reflection")
+    p.add_argument("--grace-s", type=float, default=30.0, metavar="S",
+                   help="how long in-flight calls may finish after SIGTERM (default: 30)")
+
+
+def add_client_flags(p: argparse.ArgumentParser) -> None:
+    """How this process reaches a remote server: token and TLS."""
+    p.add_argument("--token-file", metavar="F", help="send the bearer token in F")
+    p.add_argument("--tls-cert", metavar="F",
+                   help="trust this PEM certificate and talk TLS")
+
+
+def add_server_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser("serve", help="run the cloud server (gRPC)",
+                           description="Profile layers and run model tails for clients.")
+    _server_flags(serve, 50051)
+    serve.set_defaults(handler=run_serve)
+    agent = sub.add_parser("agent", help="run the device agent (gRPC) on the device",
+                           description="Profile the device side and run model heads, "
+                                       "sending crossing tensors to the cloud server.")
+    _server_flags(agent, 50052)
+    agent.add_argument("--cloud", metavar="HOST:PORT",
+                       help="the cloud server that runs the tails")
+    agent.add_argument("--cloud-token-file", metavar="F", help="token for the cloud server")
+    agent.add_argument("--cloud-tls-cert", metavar="F", help="the cloud server's certificate")
+    agent.set_defaults(handler=run_agent)
+
+
+def _options(args: argparse.Namespace) -> object:
+    from dnntune.rpc.serving import ServerOptions, read_token
+
+    return ServerOptions(host=args.host, port=args.port, num_threads=args.num_threads,
+                         token=read_token(args.token_file), tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, max_message_mb=args.max_message_mb,
+                         max_concurrent_rpcs=args.max_concurrent_rpcs,
+                         reflection=args.reflection, grace_s=args.grace_s)
+
+
+def _announce(kind: str, running: object) -> None:
+    print(f"dnntune {kind} listening on {running.address}", flush=True)  # type: ignore[attr-defined]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cloud_server import create_server
+
+    running = create_server(_options(args), upload_dir=args.upload_dir)  # type: ignore[arg-type]
+    _announce("cloud server", running)
+    running.wait_for_signal()
+    print("dnntune cloud server stopped", file=sys.stderr)
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from device_agent import create_server
+    from dnntune.rpc.client import Endpoint, parse_address
+    from dnntune.rpc.serving import read_token
+
+    cloud = None
+    if args.cloud:
+        cloud = Endpoint(parse_address(args.cloud, "--cloud"),
+                         token=read_token(args.cloud_token_file), tls_cert=args.cloud_tls_cert)
+    running = create_server(_options(args), cloud, upload_dir=args.upload_dir)  # type: ignore[arg-type]
+    _announce("device agent", running)
+    running.wait_for_signal()
+    print("dnntune device agent stopped", file=sys.stderr)
+    return 0
