@@ -159,14 +159,20 @@ def model_file(config: RunConfig) -> tuple[str, str | None, tuple[int, ...] | No
 
     entry = ZOO.get(config.model)
     if entry is None:
-        if not Path(config.model).is_file():
-            raise DnntuneError(f"--model {config.model}: no such model file (and not a zoo "
-                               f"model)")
+        check_model_file(config.model)
         return config.model, None, config.input_shape
     from dnntune.model.cache import zoo_model_file
 
     path = zoo_model_file(config.model, config.input_shape or entry.input_shape, config.seed)
     return str(path), config.model, None
+
+
+def check_model_file(model: str) -> None:
+    """A model that is not a zoo name must be a file here (said before connecting)."""
+    from dnntune.model.zoo import ZOO
+
+    if model not in ZOO and not Path(model).is_file():
+        raise DnntuneError(f"--model {model}: no such model file (and not a zoo model)")
 
 
 def upload_model(client: ProfilerClient, config: RunConfig) -> Any:

@@ -138,7 +138,7 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
                       args: argparse.Namespace) -> Profile:
     import dataclasses
 
-    from dnntune.cli.pipeline import Access, check_pem_certificate, model_file, profile_side
+    from dnntune.cli.pipeline import Access, check_model_file, check_pem_certificate, profile_side
     from dnntune.report.tables import progress_bar
     from dnntune.rpc.client import parse_address
     from dnntune.rpc.serving import read_token
@@ -149,7 +149,7 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
                                  warmup_runs=settings.warmup_runs, **{settings.side: side})
     if args.tls_cert:
         check_pem_certificate(args.tls_cert, "--tls-cert")
-    model_file(config)  # a missing file (or a zoo build) now, before connecting
+    check_model_file(config.model)  # now, before connecting
     return profile_side(settings.side, parse_address(address, f"--{settings.side}"), config,
                         Access(read_token(args.token_file), args.tls_cert), progress_bar)
 

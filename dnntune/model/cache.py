@@ -40,9 +40,10 @@ def zoo_file_name(name: str, input_shape: tuple[int, ...], seed: int) -> str:
     Keras's version is part of the key because a different Keras may build (or save)
     the same zoo entry differently.
     """
-    import keras
-
     from dnntune import __version__
+    from dnntune.model.loading import import_keras
+
+    keras = import_keras()  # quietly: TensorFlow's native start-up logs stay off stderr
 
     key = f"{name}|{list(input_shape)}|{seed}|keras {keras.__version__}|dnntune {__version__}"
     return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.keras"
