@@ -23,8 +23,15 @@ SCRIPT = """
 import json, sys
 from dnntune.profiling.instrument import configure_runtime
 configure_runtime(int(sys.argv[1]), ())
+import gc
+import keras
 from dnntune.model.loading import load_model, model_hash
-print(json.dumps({name: model_hash(load_model(name).model) for name in sys.argv[2:]}))
+hashes = {}
+for name in sys.argv[2:]:
+    hashes[name] = model_hash(load_model(name).model)
+    keras.backend.clear_session()  # one model in memory at a time (VGG-16 is 0.5 GB)
+    gc.collect()
+print(json.dumps(hashes))
 """
 
 
