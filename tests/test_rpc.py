@@ -83,12 +83,14 @@ def raw_tail(client, messages):
 def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(client, cloud):
     pb2 = client.pb2
     tiny = pb2.ModelSpec(zoo_name="tiny_mlp")
-    header = pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=2))
+    head = pb2.ModelIdentity(zoo_name="tiny_mlp")
+    header = pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=2, head=head))
     good = pb2.TensorChunk(name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128,
                            data=bytes(128))
     cases = {
         "unknown model hash": ([pb2.TailRequest(header=pb2.TailHeader(
-            model=pb2.ModelSpec(sha256="ab" * 32), cut_index=1))],
+            model=pb2.ModelSpec(sha256="ab" * 32), cut_index=1,
+            head=pb2.ModelIdentity(sha256="ab" * 32)))],
             grpc.StatusCode.NOT_FOUND, "no uploaded model"),
         "dtype not allowed": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc1:0", dtype="complex64", shape=[1, 32], total_bytes=256))],
@@ -99,18 +101,24 @@ def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(clie
         "fewer bytes than declared": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128, data=bytes(64)))],
             grpc.StatusCode.INVALID_ARGUMENT, "received 64 of 128 bytes"),
-        "oversized payload": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
-            name="fc1:0", dtype="float32", shape=[1 << 22], total_bytes=1 << 24))],
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
-        "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99))],
+        "not the cut's shape (refused before any data)": ([header, pb2.TailRequest(
+            tensor=pb2.TensorChunk(name="fc1:0", dtype="float32", shape=[1 << 22],
+                                   total_bytes=1 << 24))],
+            grpc.StatusCode.INVALID_ARGUMENT, "must be float32[1, 32], got float32[4194304]"),
+        "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99,
+                                                                 head=head))],
                           grpc.StatusCode.INVALID_ARGUMENT, "cut index 99 out of range"),
         "wrong tensor for the cut": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc2:0", dtype="float32", shape=[1, 16], total_bytes=64, data=bytes(64)))],
             grpc.StatusCode.INVALID_ARGUMENT, "expected tensors ['fc1:0']"),
+        "tail of another model": ([pb2.TailRequest(header=pb2.TailHeader(
+            model=tiny, cut_index=2, head=pb2.ModelIdentity(zoo_name="tiny_mlp", seed=7)))],
+            grpc.StatusCode.FAILED_PRECONDITION, "run both halves of the same model"),
         "no header": ([pb2.TailRequest(tensor=good)], grpc.StatusCode.INVALID_ARGUMENT,
                       "first message must be a header"),
         "unknown zoo model": ([pb2.TailRequest(header=pb2.TailHeader(
-            model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1))],
+            model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1,
+            head=pb2.ModelIdentity(zoo_name="alexnet")))],
             grpc.StatusCode.INVALID_ARGUMENT, "unknown model 'alexnet'"),
     }
     for name, (messages, code, needle) in cases.items():
@@ -229,8 +237,8 @@ def test_a_deadline_stops_the_profile_and_frees_the_server(client):
     spec = model_spec(client.pb2, "mobilenet_v2")
     started = time.perf_counter()
     with pytest.raises(DnntuneError, match="DEADLINE_EXCEEDED"):
-        client.profile(spec, num_runs=100_000, warmup_runs=0, energy="none", timeout_s=4)
-    # the abandoned profile stops at its next run, so a new one does not wait for 100k runs
+        client.profile(spec, num_runs=10_000, warmup_runs=0, energy="none", timeout_s=4)
+    # the abandoned profile stops at its next run, so a new one does not wait for 10k runs
     profile = client.profile(model_spec(client.pb2, "tiny_mlp"), num_runs=3, warmup_runs=0,
                              energy="none", timeout_s=60)
     assert profile.meta.num_runs == 3
