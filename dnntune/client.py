@@ -32,6 +32,7 @@ SHORT_CALL_S = 60.0            # HasModel, Describe, and the base of every deadl
 SLOWEST_LINK_BYTES_PER_S = 30_000  # 0.24 Mbit/s: the slowest link a deadline allows for
 PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device expected
 ENERGY_S = 120.0               # an energy measurement on top of the runs
+SERVER_BUSY = ("profiling in progress", "server is shutting down")  # UNAVAILABLE, retry
 
 
 def transfer_deadline_s(nbytes: int) -> float:
@@ -76,6 +77,8 @@ def connect(endpoint: Endpoint) -> grpc.Channel:
                ("grpc.max_receive_message_length", limit),
                ("grpc.keepalive_time_ms", keepalive_ms),
                ("grpc.keepalive_timeout_ms", keepalive_ms),
+               # grpcio 1.85 times pings out by this one, not keepalive_timeout_ms
+               ("grpc.http2.ping_timeout_ms", keepalive_ms),
                ("grpc.http2.max_pings_without_data", 0)]
     if endpoint.tls_cert:
         pem = read_certificate(endpoint.tls_cert)
@@ -95,6 +98,8 @@ def connect(endpoint: Endpoint) -> grpc.Channel:
 def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and detail and detail.startswith(SERVER_BUSY):
+        return DnntuneError(f"{address}: UNAVAILABLE: {detail}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return DnntuneError(f"{address}: server unavailable or died during the call ({detail})")
     name = code.name if code is not None else "ERROR"

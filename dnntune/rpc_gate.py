@@ -128,6 +128,9 @@ class CallSlots(grpc.ServerInterceptor):
             if refusal is not None:
                 context.abort(*refusal)
             release = _Release(lambda: self._leave(method))
+            # Also when the call ends on the wire (cancelled, deadline, a request that
+            # failed to deserialize): gRPC then stops pulling the response stream.
+            context.add_callback(release)
             try:
                 result = behavior(request, context)
             except BaseException:

@@ -86,13 +86,15 @@ def _announce(kind: str, running: object) -> None:
 
 def _serve_until_signal(kind: str, running: object) -> int:
     """Serve until SIGTERM/SIGINT; exit 0, or :data:`ABANDONED_EXIT_CODE` at once if the
-    grace period ran out with calls still running (gRPC threads may never return)."""
+    grace period ran out with calls still running or gRPC did not stop within its bound
+    (grpcio can leave threads that never return, e.g. after a request that failed to
+    deserialize; the process must not wait for them)."""
     _announce(kind, running)
     if running.wait_for_signal():  # type: ignore[attr-defined]
         print(f"dnntune {kind} stopped", file=sys.stderr)
         return 0
-    print(f"dnntune {kind} stopped; calls still running after --grace-s were abandoned",
-          file=sys.stderr, flush=True)
+    print(f"dnntune {kind} stopped; calls (or gRPC's own threads) still running after "
+          "--grace-s were abandoned", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(ABANDONED_EXIT_CODE)
 

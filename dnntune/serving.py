@@ -30,6 +30,7 @@ STOP_BOUND_S = 5.0  # after the grace period, how long gRPC may take to stop
 ABANDONED_EXIT_CODE = 3  # `serve`/`agent` exit code when shutdown had to abandon calls
 # Clients ping every 10 s during calls to detect a dead link (client.py); allow it.
 SERVER_KEEPALIVE = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.http2.ping_timeout_ms", 10_000),
                     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
                     ("grpc.http2.max_ping_strikes", 0)]
 
