@@ -56,6 +56,8 @@ class Endpoint:
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     connect_timeout_s: float = 5.0
     keepalive_s: float = 10.0  # ping after this long without data; dead after 2× this
+    # The name the server's certificate carries, when ``address`` is not it (a proxy).
+    tls_server_name: str | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -73,15 +75,16 @@ def connect(endpoint: Endpoint) -> grpc.Channel:
     """A ready channel to ``endpoint``, or a :class:`DnntuneError` saying why not."""
     limit = endpoint.max_message_mb * (1 << 20)
     keepalive_ms = int(endpoint.keepalive_s * 1000)
-    options = [("grpc.max_send_message_length", limit),
-               ("grpc.max_receive_message_length", limit),
-               ("grpc.keepalive_time_ms", keepalive_ms),
-               ("grpc.keepalive_timeout_ms", keepalive_ms),
-               # grpcio 1.85 times pings out by this one, not keepalive_timeout_ms
-               ("grpc.http2.ping_timeout_ms", keepalive_ms),
-               ("grpc.http2.max_pings_without_data", 0)]
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # grpcio 1.85 times pings out by this one, not keepalive_timeout_ms
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        ("grpc.http2.max_pings_without_data", 0)]
     if endpoint.tls_cert:
         pem = read_certificate(endpoint.tls_cert)
+        if endpoint.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
         channel = grpc.secure_channel(endpoint.address, grpc.ssl_channel_credentials(pem),
                                       options)
     else:
@@ -91,7 +94,8 @@ def connect(endpoint: Endpoint) -> grpc.Channel:
     except grpc.FutureTimeoutError:
         channel.close()
         raise diagnose_unreachable(endpoint.address, endpoint.tls_cert,
-                                   endpoint.connect_timeout_s) from None
+                                   endpoint.connect_timeout_s,
+                                   endpoint.tls_server_name) from None
     return channel
 
 
@@ -107,13 +111,16 @@ def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
 
 
 def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
-               batch_size: int = 1, seed: int = 0) -> Any:
-    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256)."""
+               batch_size: int = 1, seed: int = 0, name: str | None = None) -> Any:
+    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256).
+
+    ``name`` is the display name recorded for a file (default: its stem).
+    """
     shape = list(input_shape or ())
     if model.endswith(MODEL_SUFFIXES):
         digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
         return pb2.ModelSpec(sha256=digest, input_shape=shape, batch_size=batch_size,
-                             seed=seed, name=Path(model).stem)
+                             seed=seed, name=name or Path(model).stem)
     return pb2.ModelSpec(zoo_name=model, input_shape=shape, batch_size=batch_size, seed=seed)
 
 

@@ -57,12 +57,12 @@ def _speaks_tls(host: str, port: int) -> bool | None:
         sock.close()
 
 
-def _trust_problem(host: str, port: int, cert: str) -> str | None:
+def _trust_problem(host: str, port: int, cert: str, server_name: str) -> str | None:
     """Why the server's certificate is not trusted by ``cert`` (``None`` if it is)."""
     try:
         context = ssl.create_default_context(cafile=cert)
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as sock, \
-                context.wrap_socket(sock, server_hostname=host):
+                context.wrap_socket(sock, server_hostname=server_name):
             return None
     except ssl.SSLCertVerificationError as exc:
         return exc.verify_message or str(exc)
@@ -70,8 +70,10 @@ def _trust_problem(host: str, port: int, cert: str) -> str | None:
         return None
 
 
-def diagnose_unreachable(address: str, tls_cert: str | None, waited_s: float) -> DnntuneError:
-    """One line saying why no gRPC connection to ``address`` became ready."""
+def diagnose_unreachable(address: str, tls_cert: str | None, waited_s: float,
+                         server_name: str | None = None) -> DnntuneError:
+    """One line saying why no gRPC connection to ``address`` became ready
+    (``server_name``: the name the certificate must carry, if not the address's host)."""
     generic = DnntuneError(f"cannot reach {address}: no gRPC server answered within "
                            f"{waited_s:g} s")
     try:
@@ -90,7 +92,7 @@ def diagnose_unreachable(address: str, tls_cert: str | None, waited_s: float) ->
                             f"plaintext server?) but this client does (--tls-cert {tls_cert});"
                             " drop --tls-cert, or start the server with --tls-cert/--tls-key")
     if tls and tls_cert:
-        problem = _trust_problem(host, port, tls_cert)
+        problem = _trust_problem(host, port, tls_cert, server_name or host)
         if problem:
             return DnntuneError(f"cannot reach {address}: TLS certificate check failed "
                                 f"({problem}); --tls-cert {tls_cert} is not the server's "
