@@ -22,6 +22,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check dnntune cloud_server device_agent tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
@@ -33,7 +34,7 @@ bench: $(STAMP)
 
 # After editing proto/: regenerate the committed dnntune/v1/ (tests fail until you do).
 proto: $(STAMP)
-	$(BIN)/python -m dnntune.protocol
+	$(BIN)/python -m dnntune.rpc.protocol
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,8 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnntune.analysis import Objective, analyze_profiles, best_indices
-from dnntune.costs import (
+from dnntune.analysis.costs import (
     CostOptions,
     CutInputs,
     LinearCost,
@@ -40,10 +39,11 @@ from dnntune.costs import (
     partition_table,
     prefix_table,
 )
-from dnntune.dagcut import SINK, SOURCE, flow_capacities, min_cut_device_set
-from dnntune.graph import LayerGraph
-from dnntune.links import Link, preset_links
-from dnntune.sensitivity import best_cut_for_uplinks
+from dnntune.analysis.dagcut import SINK, SOURCE, flow_capacities, min_cut_device_set
+from dnntune.analysis.links import Link, preset_links
+from dnntune.analysis.partition import Objective, analyze_profiles, best_indices
+from dnntune.analysis.sensitivity import best_cut_for_uplinks
+from dnntune.model.graph import LayerGraph
 from tests.analyzer_fixtures import inception_like_profiles
 
 OBJECTIVES = (Objective("latency-first"), Objective("energy-first"))
@@ -108,7 +108,7 @@ def python_sweep(inputs: CutInputs, link: Link, rates: np.ndarray) -> list[int]:
 
 def python_min_cut(graph: LayerGraph, cost: LinearCost) -> tuple[float, set[Any]]:
     """Edmonds-Karp max flow (BFS augmenting paths) on dicts, on the same flow graph as
-    dnntune.dagcut; returns the cut value and the source side."""
+    dnntune.analysis.dagcut; returns the cut value and the source side."""
     residual: dict[Any, dict[Any, float]] = {}
     for (a, b), cap in flow_capacities(graph, cost).items():
         residual.setdefault(a, {})[b] = residual.get(a, {}).get(b, 0.0) + cap

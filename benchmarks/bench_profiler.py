@@ -19,7 +19,7 @@ import numpy as np
 
 def eager_layer_sum_ms(loaded, inputs, runs: int) -> float:
     """Sum over layers of the mean eager wall-clock time of each layer call."""
-    from dnntune.keras_graph import model_nodes
+    from dnntune.model.keras_graph import model_nodes
 
     nodes = model_nodes(loaded.model)
     totals = np.zeros(len(nodes))
@@ -46,11 +46,11 @@ def main() -> None:
     parser.add_argument("--num_runs", type=int, default=30)
     args = parser.parse_args()
 
-    from dnntune.instrument import configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     runtime = configure_runtime(1)
-    from dnntune.models import load_model
-    from dnntune.profiler import ProfileSettings, profile_model
+    from dnntune.model.loading import load_model
+    from dnntune.profiling.profiler import ProfileSettings, profile_model
 
     print(f"threads: intra-op {runtime['intra_op']}, inter-op {runtime['inter_op']}; "
           f"{args.num_runs} runs after 5 warm-up runs")

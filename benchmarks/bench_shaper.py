@@ -7,10 +7,10 @@ Run from the repository root (kernel rows need root, ``ip`` and ``tc``)::
 For each preset (3g, 4g, wifi) a bulk upload and a bulk download, each sized to last
 about ``--seconds`` at the target rate, plus ``--pings`` round trips, go through:
 
-* ``proxy``: the user-space :class:`dnntune.shaper.ShapingProxy` (rate and delay);
+* ``proxy``: the user-space :class:`dnntune.netem.shaper.ShapingProxy` (rate and delay);
 * ``tbf``: ``tc`` tbf on a veth pair between two network namespaces (rate only);
 * ``tbf+proxy``: tbf for the rate, a delay-only proxy for the RTT (kernel shaping as
-  :mod:`dnntune.netns` documents it).
+  :mod:`dnntune.netem.netns` documents it).
 
 Each figure is shown as achieved/target and as achieved/baseline, where the baseline is
 the same transfer unshaped on loopback, measured in the same run (how far below the
@@ -30,15 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnntune.linkprobe import (
+from dnntune.analysis.links import preset_links
+from dnntune.netem.linkprobe import (
     LinkMeasurement,
     MeasurementServer,
     measure_emulated_link,
     measure_link,
 )
-from dnntune.links import preset_links
-from dnntune.netns import NamespaceLink, entered_netns, kernel_shaping_available
-from dnntune.shaper import LinkShape, ShapingProxy
+from dnntune.netem.netns import NamespaceLink, entered_netns, kernel_shaping_available
+from dnntune.netem.shaper import LinkShape, ShapingProxy
 
 BASELINE_BYTES = 20_000_000
 

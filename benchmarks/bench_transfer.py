@@ -63,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cloud_server import create_server
-    from dnntune.client import Endpoint, ProfilerClient
-    from dnntune.serving import ServerOptions
+    from dnntune.rpc.client import Endpoint, ProfilerClient
+    from dnntune.rpc.serving import ServerOptions
 
     running = create_server(ServerOptions(port=0))
     client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))

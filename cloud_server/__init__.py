@@ -1,7 +1,7 @@
 """The dnntune cloud server (gRPC): profiles layers and runs model tails for split inference.
 
 Thin wiring only: :func:`create_server` builds the shared servicers from
-:mod:`dnntune.servicers` on a server from :mod:`dnntune.serving`.
+:mod:`dnntune.rpc.servicers` on a server from :mod:`dnntune.rpc.serving`.
 
 Example:
     >>> # running = create_server(ServerOptions(port=0)); print(running.port)
@@ -9,15 +9,15 @@ Example:
 
 from __future__ import annotations
 
-from dnntune.serving import RunningServer, ServerOptions
+from dnntune.rpc.serving import RunningServer, ServerOptions
 
 __all__ = ["RunningServer", "ServerOptions", "create_server"]
 
 
 def create_server(options: ServerOptions, upload_dir: str | None = None) -> RunningServer:
     """Start a cloud server (Profiler + Cloud services, health) and return it running."""
-    from dnntune.servicers import CloudServicer, ProfilerServicer, make_state
-    from dnntune.serving import build_server
+    from dnntune.rpc.servicers import CloudServicer, ProfilerServicer, make_state
+    from dnntune.rpc.serving import build_server
 
     state, services = make_state("cloud", options, upload_dir)
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from dnntune.cli import main
+from dnntune.cli.main import main
 
 sys.exit(main(["serve", *sys.argv[1:]]))

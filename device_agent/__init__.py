@@ -1,7 +1,7 @@
 """The dnntune device agent (gRPC): profiles the device side and runs model heads.
 
 Thin wiring only: :func:`create_server` builds the shared servicers from
-:mod:`dnntune.servicers`; the agent reaches its cloud server as a client.
+:mod:`dnntune.rpc.servicers`; the agent reaches its cloud server as a client.
 
 Example:
     >>> # agent = create_server(ServerOptions(port=0), Endpoint("127.0.0.1:50051"))
@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from dnntune.client import Endpoint
-from dnntune.serving import RunningServer, ServerOptions
+from dnntune.rpc.client import Endpoint
+from dnntune.rpc.serving import RunningServer, ServerOptions
 
 __all__ = ["Endpoint", "RunningServer", "ServerOptions", "create_server"]
 
@@ -22,15 +22,15 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
                   upload_dir: str | None = None) -> RunningServer:
     """Start a device agent (Profiler + Device services, health) and return it running."""
     from dnntune.errors import DnntuneError
-    from dnntune.servicers import DeviceServicer, ProfilerServicer, make_state
-    from dnntune.serving import build_server
+    from dnntune.rpc.servicers import DeviceServicer, ProfilerServicer, make_state
+    from dnntune.rpc.serving import build_server
 
     state, services = make_state("device", options, upload_dir)
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 
     def cloud_client() -> Any:
-        from dnntune.client import ProfilerClient
+        from dnntune.rpc.client import ProfilerClient
 
         if cloud is None:
             raise DnntuneError("this agent was started without --cloud HOST:PORT")

@@ -2,6 +2,6 @@
 
 import sys
 
-from dnntune.cli import main
+from dnntune.cli.main import main
 
 sys.exit(main(["agent", *sys.argv[1:]]))

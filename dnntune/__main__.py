@@ -1,5 +1,5 @@
 import sys
 
-from dnntune.cli import main
+from dnntune.cli.main import main
 
 sys.exit(main())

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
+from dnntune.analysis.links import Link, resolve_links
 from dnntune.errors import ConfigError, DnntuneError
-from dnntune.links import Link, resolve_links
-from dnntune.models import DEFAULT_SEED
+from dnntune.model.loading import DEFAULT_SEED
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Builders of synthetic graphs, profiles and traces for the analyzer's tests and benchmark.
 
-Profiles are built directly from the :mod:`dnntune.profile` dataclasses, so no model,
+Profiles are built directly from the :mod:`dnntune.profiling.profile` dataclasses, so no model,
 TensorFlow or device is needed.
 """
 
@@ -10,8 +10,8 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from dnntune.graph import LayerGraph, LayerNode, TensorSpec
-from dnntune.profile import EnergyInfo, LayerProfile, Profile, ProfileMeta, Stats
+from dnntune.model.graph import LayerGraph, LayerNode, TensorSpec
+from dnntune.profiling.profile import EnergyInfo, LayerProfile, Profile, ProfileMeta, Stats
 
 # (name, inputs as layer names, output bytes); the first entries with no inputs are inputs.
 LayerSpec = tuple[str, Sequence[str], int]

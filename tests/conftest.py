@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
-# Calibrated zoo builds are cached (dnntune.modelcache); tests keep theirs out of the
+# Calibrated zoo builds are cached (dnntune.model.cache); tests keep theirs out of the
 # user's home, shared by the xdist workers and every process a test starts.
 os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune-cache"))
 
@@ -21,7 +21,7 @@ os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune
 @pytest.fixture(scope="session")
 def zoo_model():
     """``zoo_model(name)``: a calibrated zoo model, loaded once per session."""
-    from dnntune.models import load_model
+    from dnntune.model.loading import load_model
 
     cache: dict[str, object] = {}
 

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dnntune.analysis import (
+from dnntune.analysis.costs import CostOptions, cut_inputs, layer_costs, prefix_table
+from dnntune.analysis.links import resolve_links, trace_link
+from dnntune.analysis.partition import (
     CUT_FIELDS,
     Analysis,
     Objective,
@@ -22,18 +24,16 @@ from dnntune.analysis import (
     best_indices,
     pareto_front,
 )
-from dnntune.costs import CostOptions, cut_inputs, layer_costs, prefix_table
-from dnntune.errors import ConfigError
-from dnntune.links import resolve_links, trace_link
-from dnntune.profile import Profile
-from dnntune.sensitivity import (
+from dnntune.analysis.sensitivity import (
     add_sensitivity,
     best_cut_for_uplinks,
     uplink_breakpoints,
     uplink_segments,
     what_if,
 )
-from dnntune.traces import load_trace
+from dnntune.analysis.traces import load_trace
+from dnntune.errors import ConfigError
+from dnntune.profiling.profile import Profile
 from tests.analyzer_fixtures import (
     chain_graph,
     constant_mahimahi,
@@ -235,8 +235,9 @@ def test_what_if_compute_scaling() -> None:
 
 def test_analyzer_imports_no_tensorflow_keras_or_grpc() -> None:
     code = ("import sys\n"
-            "import dnntune.analysis, dnntune.analyze_cli, dnntune.costs, dnntune.dagcut\n"
-            "import dnntune.links, dnntune.sensitivity, dnntune.traces\n"
+            "import dnntune.analysis.partition, dnntune.cli.analyze, dnntune.analysis.costs\n"
+            "import dnntune.analysis.dagcut\n"
+            "import dnntune.analysis.links, dnntune.analysis.sensitivity, dnntune.analysis.traces\n"
             "heavy = sorted(m for m in sys.modules\n"
             "               if m.split('.')[0] in ('tensorflow', 'keras', 'grpc'))\n"
             "print(heavy)\n")

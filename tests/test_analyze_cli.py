@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.analysis import CUT_FIELDS
-from dnntune.analyze_cli import add_analyze_arguments, run_analyze, sig3
+from dnntune.analysis.partition import CUT_FIELDS
+from dnntune.cli.analyze import add_analyze_arguments, run_analyze, sig3
 from dnntune.errors import DnntuneError
-from dnntune.profile import save_profile
+from dnntune.profiling.profile import save_profile
 from tests.analyzer_fixtures import (
     chain_graph,
     constant_mahimahi,
@@ -27,7 +27,7 @@ from tests.test_costs import CHAIN_BYTES, CLOUD_MS, DEVICE_MJ, DEVICE_MS
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = """
 import argparse, sys
-from dnntune.analyze_cli import add_analyze_arguments, run_analyze
+from dnntune.cli.analyze import add_analyze_arguments, run_analyze
 from dnntune.errors import DnntuneError
 parser = argparse.ArgumentParser(prog="dnntune analyze")
 add_analyze_arguments(parser)

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from dnntune.profile import load_profile
+from dnntune.profiling.profile import load_profile
 from tests.conftest import assert_one_line_error, run_cli
 
 

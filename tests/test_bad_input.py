@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.profile import save_profile
+from dnntune.profiling.profile import save_profile
 from tests.analyzer_fixtures import chain_graph, make_profiles
 from tests.conftest import assert_one_line_error, run_cli
 

@@ -56,4 +56,4 @@ def test_corrupt_file_from_the_cli(tmp_path):
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n garbage")
     assert_one_line_error(run_cli(["graph", "--model", str(bad)]), "broken.h5",
-                          "not a loadable Keras model")
+                          "not an HDF5 file")

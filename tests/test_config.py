@@ -8,7 +8,7 @@ import pytest
 
 from dnntune.config import load_config, parse_config
 from dnntune.errors import ConfigError
-from dnntune.zoo import ZOO
+from dnntune.model.zoo import ZOO
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
@@ -54,7 +54,7 @@ def test_profile_from_a_config_with_flags_winning(tmp_path: Path):
     result = run_cli(["profile", "--config", str(config), "--side", "cloud", "--num_runs", "3",
                       "--out", str(out), "--format", "json"])
     assert result.returncode == 0, result.stderr
-    from dnntune.profile import load_profile
+    from dnntune.profiling.profile import load_profile
 
     profile = load_profile(out)
     assert profile.meta.num_runs == 3 and profile.meta.warmup_runs == 1

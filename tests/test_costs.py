@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnntune.costs import (
+from dnntune.analysis.costs import (
     CostOptions,
     cut_inputs,
     layer_costs,
@@ -20,11 +20,11 @@ from dnntune.costs import (
     prefix_cut_bytes,
     prefix_table,
 )
-from dnntune.cuts import enumerate_cuts
+from dnntune.analysis.links import Link
 from dnntune.errors import ConfigError, DnntuneError
-from dnntune.graph import LayerGraph
-from dnntune.links import Link
-from dnntune.profile import EnergyInfo
+from dnntune.model.cuts import enumerate_cuts
+from dnntune.model.graph import LayerGraph
+from dnntune.profiling.profile import EnergyInfo
 from tests.analyzer_fixtures import (
     chain_graph,
     inception_like_graph,

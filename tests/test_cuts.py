@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dnntune.cuts import crossing_tensors, enumerate_cuts
 from dnntune.errors import ConfigError
-from dnntune.graph import LayerGraph, LayerNode, TensorSpec
+from dnntune.model.cuts import crossing_tensors, enumerate_cuts
+from dnntune.model.graph import LayerGraph, LayerNode, TensorSpec
 
 
 def t(name: str, nbytes: int) -> TensorSpec:

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnntune.analysis import CUT_FIELDS
-from dnntune.costs import (
+from dnntune.analysis.costs import (
     CostOptions,
     cut_inputs,
     layer_costs,
@@ -22,8 +21,9 @@ from dnntune.costs import (
     partition_table,
     prefix_table,
 )
-from dnntune.dagcut import min_cut_device_set, optimal_partition
-from dnntune.links import Link
+from dnntune.analysis.dagcut import min_cut_device_set, optimal_partition
+from dnntune.analysis.links import Link
+from dnntune.analysis.partition import CUT_FIELDS
 from tests.analyzer_fixtures import build_graph, make_profiles, random_graph, random_profiles
 from tests.test_costs import closed_sets
 
@@ -161,8 +161,8 @@ def test_dag_partitions_do_not_depend_on_hash_randomisation() -> None:
     """Equal-cost cuts must be broken the same way in every process (string hashing
     changes set order between runs)."""
     code = ("from tests.analyzer_fixtures import inception_like_profiles\n"
-            "from dnntune.analysis import analyze_profiles\n"
-            "from dnntune.links import resolve_links\n"
+            "from dnntune.analysis.partition import analyze_profiles\n"
+            "from dnntune.analysis.links import resolve_links\n"
             "a = analyze_profiles(*inception_like_profiles(), resolve_links(None))\n"
             "print([(la.dag[m].device_layers, la.dag[m].value) for la in a.links"
             " for m in ('latency', 'energy')])\n")

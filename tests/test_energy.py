@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import dnntune.energy
-import dnntune.meters
-from dnntune.energy import (
+import dnntune.profiling.energy
+import dnntune.profiling.meters
+from dnntune.errors import ConfigError, DnntuneError
+from dnntune.profiling.energy import (
     CounterMeter,
     PowerMeter,
     PowerModelMeter,
@@ -25,9 +26,8 @@ from dnntune.energy import (
     measure_active_power,
     measure_idle_power,
 )
-from dnntune.errors import ConfigError, DnntuneError
-from dnntune.meters import BatteryMeter, Ina3221Meter, MeterUnavailableError, RaplMeter
-from dnntune.profile import EnergyInfo
+from dnntune.profiling.meters import BatteryMeter, Ina3221Meter, MeterUnavailableError, RaplMeter
+from dnntune.profiling.profile import EnergyInfo
 from tests.test_meters import BAT, ZONE0, make_battery, make_ina3221, make_rapl, write
 
 REPO_DEVICES = Path(__file__).resolve().parent.parent / "configs" / "devices"
@@ -365,7 +365,8 @@ def test_find_profile_prefers_the_working_directory(tmp_path: Path,
     (own / "pixel3.yaml").write_text(MINIMAL)
     monkeypatch.chdir(tmp_path)
     assert find_device_profile("pixel3") == tmp_path / "configs/devices/pixel3.yaml"
-    assert find_device_profile("raspberry_pi4") == REPO_DEVICES / "raspberry_pi4.yaml"
+    shipped = find_device_profile("raspberry_pi4")  # through dnntune/_data, as in a wheel
+    assert shipped.resolve() == (REPO_DEVICES / "raspberry_pi4.yaml").resolve()
     assert find_device_profile("pixel3", [REPO_DEVICES]) == REPO_DEVICES / "pixel3.yaml"
     mine = tmp_path / "my_phone.yaml"
     mine.write_text(MINIMAL)
@@ -377,11 +378,11 @@ def test_find_profile_prefers_the_working_directory(tmp_path: Path,
 # --- module hygiene ------------------------------------------------------------------------
 
 def test_docstring_examples_hold() -> None:
-    for module in (dnntune.meters, dnntune.energy):
+    for module in (dnntune.profiling.meters, dnntune.profiling.energy):
         assert doctest.testmod(module).failed == 0
 
 
 def test_importable_without_tensorflow() -> None:
-    code = ("import sys, dnntune.energy, dnntune.meters; "
+    code = ("import sys, dnntune.profiling.energy, dnntune.profiling.meters; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

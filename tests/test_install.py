@@ -45,14 +45,14 @@ def wheel_env(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", purelib, str(wheel)], check=True, cwd=root)
     (env_dir / "bin" / "dnntune").write_text(
-        f"#!{python}\nfrom dnntune.cli import main\nraise SystemExit(main())\n")
+        f"#!{python}\nfrom dnntune.cli.main import main\nraise SystemExit(main())\n")
     (env_dir / "bin" / "dnntune").chmod(0o755)
     return env_dir
 
 
 def test_the_wheel_holds_its_data_and_imports_from_itself(wheel_env, tmp_path):
     python = wheel_env / "bin" / "python"
-    code = ("import dnntune, dnntune.protocol as p, dnntune.resources as r; "
+    code = ("import dnntune, dnntune.rpc.protocol as p, dnntune.resources as r; "
             "print(dnntune.__file__); p.load_protocol(); "
             "print(r.data_path('configs','default.yaml').is_file(), "
             "r.data_path('configs','devices','pixel3.yaml').is_file(), "

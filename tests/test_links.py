@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from dnntune.analysis.links import (
+    Link,
+    asdict_numbers,
+    load_links_file,
+    preset_links,
+    resolve_links,
+)
 from dnntune.errors import ConfigError, DnntuneError
-from dnntune.links import Link, asdict_numbers, load_links_file, preset_links, resolve_links
 from tests.analyzer_fixtures import constant_mahimahi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +76,8 @@ def test_user_links_file_with_base_and_overrides(tmp_path: Path) -> None:
     ("links:\n  x:\n    base: 4g\n    down_mbps: -3\n", ["links.x", "'down_mbps'", "got -3"]),
     ("links:\n  x:\n    base: 3g\n    up_mbps: 1.0e-320\n", ["'up_mbps'", "got 1e-320"]),
     ("links:\n  x:\n    base: 3g\n    rtt_ms: 1.0e+300\n", ["'rtt_ms'", "got 1e+300"]),
-    ("links:\n  x:\n    base: 4g\n    rtt_ms: fast\n", ["'rtt_ms'", "a number from 0 to 1e+09", "'fast'"]),
+    ("links:\n  x:\n    base: 4g\n    rtt_ms: fast\n",
+     ["'rtt_ms'", "a number from 0 to 1e+09", "'fast'"]),
     ("links:\n  x:\n    base: 4g\n    up_mbit: 3\n", ["unknown key 'up_mbit'", "up_mbps"]),
     ("links:\n  x:\n    up_mbps: 3\n", ["missing key 'down_mbps'"]),
     ("links:\n  x:\n    base: 5g\n", ["'base' must be one of 3g, 4g, wifi", "'5g'"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dnntune.errors import DnntuneError
-from dnntune.meters import (
+from dnntune.profiling.meters import (
     BatteryMeter,
     CounterSample,
     Ina3221Meter,

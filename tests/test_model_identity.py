@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.zoo import ZOO
+from dnntune.model.zoo import ZOO
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import json, sys
-from dnntune.instrument import configure_runtime
+from dnntune.profiling.instrument import configure_runtime
 configure_runtime(int(sys.argv[1]), ())
-from dnntune.models import load_model, model_hash
+from dnntune.model.loading import load_model, model_hash
 print(json.dumps({name: model_hash(load_model(name).model) for name in sys.argv[2:]}))
 """
 

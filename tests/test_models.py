@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dnntune.errors import DnntuneError
-from dnntune.models import call_model, load_model, parse_input_shape
+from dnntune.model.loading import call_model, load_model, parse_input_shape
 
 
 def small_functional() -> keras.Model:
@@ -104,7 +104,7 @@ def test_subclassed_model_is_refused_with_the_reason(tmp_path):
     with pytest.raises(DnntuneError, match="subclassed Keras model.*only functional and "
                                            "Sequential models can be split, because"):
         load_model(str(path))
-    from dnntune.keras_graph import build_layer_graph
+    from dnntune.model.keras_graph import build_layer_graph
     with pytest.raises(DnntuneError, match="only functional and Sequential"):
         build_layer_graph(model)
 

@@ -19,10 +19,10 @@ import threading
 
 import pytest
 
-import dnntune.netns as netns
+import dnntune.netem.netns as netns
 from dnntune.errors import DnntuneError
-from dnntune.linkprobe import measure_link
-from dnntune.netns import (
+from dnntune.netem.linkprobe import measure_link
+from dnntune.netem.netns import (
     NamespaceLink,
     entered_netns,
     kernel_shaping_available,
@@ -36,7 +36,7 @@ from dnntune.netns import (
     teardown_commands,
     wire_rate_mbps,
 )
-from dnntune.shaper import LinkShape, ShapingProxy
+from dnntune.netem.shaper import LinkShape, ShapingProxy
 
 RATE_TOLERANCE_PCT = 10.0
 

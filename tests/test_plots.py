@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnntune.analysis import Analysis, Objective, analyze_profiles
+from dnntune.analysis.links import preset_links, trace_link
+from dnntune.analysis.partition import Analysis, Objective, analyze_profiles
+from dnntune.analysis.traces import load_trace
 from dnntune.errors import DnntuneError
-from dnntune.links import preset_links, trace_link
-from dnntune.plots import (
+from dnntune.report.plots import (
     DPI,
     FIGSIZE_IN,
     PLOT_KINDS,
@@ -26,7 +27,6 @@ from dnntune.plots import (
     plot_uplink,
     uplink_figure,
 )
-from dnntune.traces import load_trace
 from tests.analyzer_fixtures import (
     chain_graph,
     constant_mahimahi,

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dnntune.client import Endpoint, ProfilerClient, model_spec
-from dnntune.cuts import enumerate_cuts
 from dnntune.errors import DnntuneError
-from dnntune.profile import load_profile
+from dnntune.model.cuts import enumerate_cuts
+from dnntune.profiling.profile import load_profile
+from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 

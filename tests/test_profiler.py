@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from dnntune.errors import ConfigError, DnntuneError
-from dnntune.instrument import InstrumentedModel, compile_plain
-from dnntune.profile import Profile, load_profile, profile_to_dataframe, save_profile
-from dnntune.profiler import ProfileSettings, profile_model
-from dnntune.stats import summarize
+from dnntune.profiling.instrument import InstrumentedModel, compile_plain
+from dnntune.profiling.profile import Profile, load_profile, profile_to_dataframe, save_profile
+from dnntune.profiling.profiler import ProfileSettings, profile_model
+from dnntune.profiling.stats import summarize
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -136,7 +136,7 @@ def test_cli_profile_bad_input(args, needles):
                                   "mnist_mlp", "resnet50"])
 def test_every_zoo_model_instruments_to_the_same_outputs(name):
     """The instrumenter works on every zoo model (the benchmark checks the timings)."""
-    from dnntune.models import load_model
+    from dnntune.model.loading import load_model
 
     loaded = load_model(name)
     x = loaded.example_inputs()

@@ -7,7 +7,7 @@ import sys
 
 from google.protobuf import descriptor_pb2
 
-from dnntune.protocol import OUT_DIR, PROTO_FILE, PROTO_ROOT, load_protocol
+from dnntune.rpc.protocol import OUT_DIR, PROTO_FILE, PROTO_ROOT, load_protocol
 
 
 def _compiled_from_source(tmp_path) -> descriptor_pb2.FileDescriptorProto:
@@ -53,7 +53,7 @@ def test_generated_services_cover_every_rpc(tmp_path):
 
 def test_loading_the_protocol_runs_no_protoc(tmp_path):
     """A fresh interpreter imports the protocol without loading protoc."""
-    code = ("import sys; from dnntune.protocol import load_protocol; load_protocol(); "
+    code = ("import sys; from dnntune.rpc.protocol import load_protocol; load_protocol(); "
             "assert 'grpc_tools.protoc' not in sys.modules, 'protoc loaded at run time'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert (OUT_DIR / "dnntune_pb2.py").is_file()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.links import resolve_links
-from dnntune.profile import load_profile
+from dnntune.analysis.links import resolve_links
+from dnntune.profiling.profile import load_profile
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

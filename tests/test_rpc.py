@@ -12,11 +12,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud_server import create_server
-from dnntune.client import Endpoint, ProfilerClient, model_spec
 from dnntune.errors import DnntuneError
-from dnntune.models import call_model
-from dnntune.serving import ServerOptions
-from dnntune.split import Splitter
+from dnntune.model.loading import call_model
+from dnntune.model.split import Splitter
+from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
+from dnntune.rpc.serving import ServerOptions
 
 
 @pytest.fixture(scope="module")

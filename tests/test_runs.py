@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.analysis import Analysis, Objective, analyze_profiles
+from dnntune.analysis.links import preset_links
+from dnntune.analysis.partition import Analysis, Objective, analyze_profiles
 from dnntune.errors import DnntuneError
-from dnntune.links import preset_links
-from dnntune.profile import Profile, load_profile
-from dnntune.runs import (
+from dnntune.profiling.profile import Profile, load_profile
+from dnntune.report.runs import (
     RunFiles,
     default_run_dir,
     load_run,

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from dnntune.analysis.links import preset_links, trace_link
+from dnntune.analysis.traces import load_trace
 from dnntune.errors import DnntuneError
-from dnntune.linkprobe import (
+from dnntune.netem.linkprobe import (
     HEADER,
     OP_PING,
     OP_UP,
@@ -29,9 +31,7 @@ from dnntune.linkprobe import (
     summarize_link,
     timed_request_ms,
 )
-from dnntune.links import preset_links, trace_link
-from dnntune.shaper import LinkDirection, LinkShape, ShapingProxy, now_ms
-from dnntune.traces import load_trace
+from dnntune.netem.shaper import LinkDirection, LinkShape, ShapingProxy, now_ms
 from tests.analyzer_fixtures import constant_mahimahi, write_mahimahi
 
 RATE_TOLERANCE_PCT = 10.0  # issue 7: "the shaper hits a target rate within 10%"
@@ -263,7 +263,7 @@ def test_half_close_reaches_the_server_after_the_data() -> None:
 def test_unreachable_target_closes_the_client_with_one_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     dead = closed_port()
-    with caplog.at_level(logging.DEBUG, logger="dnntune.shaper"), \
+    with caplog.at_level(logging.DEBUG, logger="dnntune.netem.shaper"), \
             ShapingProxy("127.0.0.1", dead, LinkShape(8.0, 8.0, 10.0)) as proxy:
         for _ in range(2):  # clients retry; the log should not repeat itself
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dnntune.errors import DnntuneError
-from dnntune.models import compile_model
-from dnntune.split import Splitter
+from dnntune.model.loading import compile_model
+from dnntune.model.split import Splitter
 
 
 def spread(n_cuts: int, count: int, must: list[int]) -> list[int]:

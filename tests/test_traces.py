@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnntune.analysis.traces import MahimahiTrace, RateTrace, load_trace
 from dnntune.errors import DnntuneError
-from dnntune.traces import MahimahiTrace, RateTrace, load_trace
 from tests.analyzer_fixtures import constant_mahimahi, write_mahimahi
 
 SHARED_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from cloud_server import create_server
-from dnntune.analysis import Objective, analyze_profiles
-from dnntune.client import Endpoint, ProfilerClient, model_spec
+from dnntune.analysis.links import resolve_links
+from dnntune.analysis.partition import Objective, analyze_profiles
 from dnntune.errors import DnntuneError
-from dnntune.links import resolve_links
-from dnntune.profiler import ProfileSettings, profile_model
-from dnntune.serving import ServerOptions
-from dnntune.validate import parse_cut_spec, validate_links
+from dnntune.profiling.profiler import ProfileSettings, profile_model
+from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
+from dnntune.rpc.serving import ServerOptions
+from dnntune.validation.validate import parse_cut_spec, validate_links
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -92,7 +92,7 @@ def test_cli_validate_end_to_end_and_bad_input(tmp_path):
 def test_kernel_shaping_with_tbf_from_the_cli():
     """As root (this machine and CI): the cloud server runs in a network namespace
     behind tc tbf; the user-space proxy adds only the delay."""
-    from dnntune.netns import kernel_shaping_available, list_namespaces
+    from dnntune.netem.netns import kernel_shaping_available, list_namespaces
 
     available, reason = kernel_shaping_available()
     result = run_cli(["validate", "--model", "tiny_mlp", "--links", "4g", "--cuts", "0,4",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dnntune.cuts import enumerate_cuts
-from dnntune.models import load_model, model_hash
-from dnntune.zoo import ZOO
+from dnntune.model.cuts import enumerate_cuts
+from dnntune.model.loading import load_model, model_hash
+from dnntune.model.zoo import ZOO
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

@@ -1,0 +1,374 @@
+"""The cost model: latency and phone energy of a partition on a link, vectorised.
+
+For a set ``M`` of layers on the device (a prefix cut, or any set closed under
+predecessors) and a link:
+
+* ``T = Tm + Tt + Tc``: ``Tm`` sums the device layer times in ``M``, ``Tc`` the cloud
+  layer times outside ``M``, ``Tt = RTT + 8 bytes_up / up + 8 bytes_down / down`` when
+  anything crosses (0 for mobile-only). ``bytes_down`` is the model output computed in
+  the cloud, returned to the phone.
+* ``E = Em + Et (+ idle)``: ``Em`` sums device layer energies, ``Et`` is radio energy,
+  ``P_up t_up + P_down t_down`` with Huang et al.'s ``P = alpha * throughput + beta``,
+  plus promotion and tail energy when an inference rate is given (``tail_mj``, part of
+  ``et_mj``). With ``idle_wait`` the phone's idle power over ``Tt + Tc`` is added
+  (``idle_mj``).
+
+Radio tail per inference at ``rate`` inferences/s (gap ``1000 / rate`` ms): if the gap
+is shorter than the tail timer the radio never demotes, and it draws ``tail_mw`` for the
+part of the gap it is not transferring; otherwise every inference pays the promotion
+(energy *and* ``promotion_ms`` of latency) and the full tail. Units: mW x ms / 1000 = mJ.
+
+Everything is linear in the bytes that cross, so the same coefficients drive both the
+per-cut table here and the min-cut in :mod:`dnntune.analysis.dagcut` (:func:`linear_cost`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dnntune.analysis.links import Link
+from dnntune.analysis.traces import BYTES_PER_MS_PER_MBPS
+from dnntune.errors import ConfigError, DnntuneError
+from dnntune.model.cuts import crossing_tensors
+from dnntune.model.graph import LayerGraph
+from dnntune.profiling.profile import Profile, check_same_model
+
+FloatArray = npt.NDArray[np.float64]
+METRICS = ("latency", "energy")
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """Optional parts of the energy model.
+
+    Attributes:
+        idle_wait: Add the phone's idle power while it waits for the network and cloud.
+        inference_rate_hz: Inferences per second, to amortise radio promotion and tail;
+            ``None`` leaves them out.
+        trace_starts: Start times sampled per trace period for trace-driven uplinks.
+        device_call_ms, cloud_call_ms: Framework cost of one call of the head / tail
+            outside its graph (dispatch, weight captures); ``None`` takes each profile's
+            measured ``call_overhead_ms``.
+        rpc_ms, rpc_ms_per_mb: Cost of one remote call and of serialising each MB sent
+            or received, on top of the link (see :func:`dnntune.rpc.client.calibrate_rpc`).
+    """
+
+    idle_wait: bool = False
+    inference_rate_hz: float | None = None
+    trace_starts: int = 200
+    device_call_ms: float | None = None
+    cloud_call_ms: float | None = None
+    rpc_ms: float = 0.0
+    rpc_ms_per_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("device_call_ms", "cloud_call_ms", "rpc_ms", "rpc_ms_per_mb"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')}",
+                                  f"must be a number >= 0, got {value!r}")
+        rate = self.inference_rate_hz
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ConfigError("--inference-rate", f"must be a positive number of "
+                                                  f"inferences per second, got {rate!r}")
+        if self.trace_starts < 1:
+            raise ConfigError("trace_starts", f"must be >= 1, got {self.trace_starts}")
+
+
+@dataclass(frozen=True, eq=False)
+class LayerCosts:
+    """Per-layer inputs of the cost model, in graph order."""
+
+    names: tuple[str, ...]
+    device_ms: FloatArray
+    cloud_ms: FloatArray
+    device_mj: FloatArray
+    idle_power_mw: float
+    energy_label: str
+    estimated_layers: int = 0
+
+    def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> LayerCosts:
+        """What-if: device/cloud compute ``speedup`` times faster (device energy scales
+        with device time at unchanged power)."""
+        for flag, value in (("device", device_speedup), ("cloud", cloud_speedup)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{flag}-speedup", f"must be a positive factor, got {value!r}")
+        return replace(self, device_ms=self.device_ms / device_speedup,
+                       cloud_ms=self.cloud_ms / cloud_speedup,
+                       device_mj=self.device_mj / device_speedup)
+
+
+def layer_costs(device: Profile, cloud: Profile) -> LayerCosts:
+    """Mean layer times from both profiles and device energies.
+
+    A layer without a measured energy gets ``latency x (P_active - P_idle)`` from the
+    device profile's :class:`~dnntune.profiling.profile.EnergyInfo` (counted in
+    ``estimated_layers``).
+
+    Raises:
+        DnntuneError: if the profiles are of different models or list different layers.
+    """
+    check_same_model(device, cloud)
+    device_ms = np.array([lp.latency.mean_ms for lp in device.layers], dtype=np.float64)
+    cloud_ms = np.array([lp.latency.mean_ms for lp in cloud.layers], dtype=np.float64)
+    info = device.energy
+    delta_mw = max(info.active_power_mw - info.idle_power_mw, 0.0)
+    energies = [lp.energy_mj for lp in device.layers]
+    device_mj = np.array([e if e is not None else t * delta_mw / 1000.0
+                          for e, t in zip(energies, device_ms, strict=True)], dtype=np.float64)
+    for what, values in (("device latency mean_ms", device_ms),
+                         ("cloud latency mean_ms", cloud_ms), ("device energy_mj", device_mj)):
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        if bad.size:
+            raise DnntuneError(f"layer {device.layer_names[bad[0]]!r}: {what} must be a "
+                               f"finite number >= 0, got {float(values[bad[0]])!r}")
+    return LayerCosts(names=device.layer_names, device_ms=device_ms, cloud_ms=cloud_ms,
+                      device_mj=device_mj, idle_power_mw=info.idle_power_mw,
+                      energy_label=info.label,
+                      estimated_layers=sum(e is None for e in energies))
+
+
+@dataclass(frozen=True, eq=False)
+class CutInputs:
+    """Link-independent arrays for the ``L + 1`` prefix cuts (index = layers on device)."""
+
+    graph: LayerGraph
+    costs: LayerCosts
+    after: tuple[str | None, ...]
+    bytes_up: FloatArray
+    bytes_down: FloatArray
+    tm_ms: FloatArray
+    tc_ms: FloatArray
+    em_mj: FloatArray
+
+    def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> CutInputs:
+        """The same cuts with device/cloud compute scaled (see :meth:`LayerCosts.scaled`)."""
+        return cut_inputs(self.graph, self.costs.scaled(device_speedup, cloud_speedup),
+                          (self.bytes_up, self.bytes_down))
+
+
+def cut_inputs(graph: LayerGraph, costs: LayerCosts,
+               cut_bytes: tuple[FloatArray, FloatArray] | None = None) -> CutInputs:
+    """Prefix sums of the layer costs and the bytes crossing every prefix cut."""
+    if costs.names != graph.layer_names:
+        raise ConfigError("layer costs", "layer names differ from the graph's")
+    up, down = prefix_cut_bytes(graph) if cut_bytes is None else cut_bytes
+    zero = np.zeros(1)
+    tm = np.concatenate([zero, np.cumsum(costs.device_ms)])
+    em = np.concatenate([zero, np.cumsum(costs.device_mj)])
+    tc = np.concatenate([np.cumsum(costs.cloud_ms[::-1])[::-1], zero])
+    after = (None, *graph.layer_names)
+    return CutInputs(graph, costs, after, up, down, tm, tc, em)
+
+
+def prefix_cut_bytes(graph: LayerGraph) -> tuple[FloatArray, FloatArray]:
+    """Bytes up and down at every prefix cut, in O(layers + tensors).
+
+    Same semantics as :func:`dnntune.model.cuts.enumerate_cuts` (which also lists the
+    tensors): a tensor made by layer ``i`` crosses cuts ``i+1 .. last reader``; a model
+    input tensor is always produced on the phone, so it crosses cuts ``0 .. last reader``.
+    """
+    layers = graph.layers
+    last_use: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for tname in layer.inputs:
+            last_use[tname] = i
+    up = np.zeros(len(layers) + 2)
+    for i, layer in enumerate(layers):
+        start = 0 if layer.is_input else i + 1
+        for t in layer.outputs:
+            end = last_use.get(t.name, -1)
+            if end >= start:
+                up[start] += t.bytes
+                up[end + 1] -= t.bytes
+    down = np.zeros(len(layers) + 2)
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    for tname in dict.fromkeys(graph.model_outputs):
+        producer = position[graph.tensor(tname).layer]
+        if not layers[producer].is_input:
+            down[0] += graph.tensor(tname).bytes
+            down[producer + 1] -= graph.tensor(tname).bytes
+    return np.cumsum(up)[:-1], np.cumsum(down)[:-1]
+
+
+def partition_bytes(graph: LayerGraph, device_layers: Iterable[str]) -> tuple[float, float]:
+    """Bytes up and down for any device set (closed under predecessors)."""
+    on_device = set(device_layers)
+    inputs = {layer.name for layer in graph.layers if layer.is_input}
+    up = sum(t.bytes for t in crossing_tensors(graph, on_device))
+    down = sum(graph.tensor(name).bytes for name in dict.fromkeys(graph.model_outputs)
+               if graph.tensor(name).layer not in on_device | inputs)
+    return float(up), float(down)
+
+
+@dataclass(frozen=True, eq=False)
+class CostTable:
+    """Costs of one or more partitions on one link (arrays of equal shape)."""
+
+    bytes_up: FloatArray
+    bytes_down: FloatArray
+    tm_ms: FloatArray
+    tt_ms: FloatArray
+    tc_ms: FloatArray
+    latency_ms: FloatArray
+    em_mj: FloatArray
+    et_mj: FloatArray
+    tail_mj: FloatArray
+    idle_mj: FloatArray
+    energy_mj: FloatArray
+    saturated: npt.NDArray[np.bool_] | None = None
+    tt_p95_ms: FloatArray | None = None
+    latency_p95_ms: FloatArray | None = None
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Plain-Python values of partition ``i`` (no index/after: the caller knows them)."""
+        keys = ["bytes_up", "tm_ms", "tt_ms", "tc_ms", "latency_ms", "em_mj", "et_mj",
+                "energy_mj", "bytes_down", "tail_mj", "idle_mj"]
+        out: dict[str, Any] = {k: float(getattr(self, k)[i]) for k in keys}
+        out["bytes_up"], out["bytes_down"] = int(out["bytes_up"]), int(out["bytes_down"])
+        for k in ("tt_p95_ms", "latency_p95_ms"):
+            value = getattr(self, k)
+            if value is not None:
+                out[k] = float(value[i])
+        if self.saturated is not None:
+            out["saturated"] = bool(self.saturated[i])
+        return out
+
+
+@dataclass(frozen=True)
+class RadioState:
+    """How the radio behaves per inference: derived from the link and inference rate."""
+
+    promotion_delay_ms: float  # added to Tt whenever something crosses
+    fixed_mj: float  # promotion + tail energy per inference that crosses
+    connected_mw: float  # tail power saved while transferring (the radio never idles)
+    gap_ms: float  # time between inferences (inf without a rate)
+
+
+def radio_state(link: Link, options: CostOptions) -> RadioState:
+    if options.inference_rate_hz is None:
+        return RadioState(0.0, 0.0, 0.0, math.inf)
+    gap_ms = 1000.0 / options.inference_rate_hz
+    if gap_ms < link.tail_ms:
+        return RadioState(0.0, link.tail_mw * gap_ms / 1000.0, link.tail_mw, gap_ms)
+    fixed = (link.promotion_mw * link.promotion_ms + link.tail_mw * link.tail_ms) / 1000.0
+    return RadioState(link.promotion_ms, fixed, 0.0, gap_ms)
+
+
+def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
+               bytes_up: npt.ArrayLike, bytes_down: npt.ArrayLike, link: Link,
+               options: CostOptions, idle_power_mw: float,
+               up_mbps: npt.ArrayLike | None = None) -> CostTable:
+    """The cost model over arrays of partitions (inputs broadcast together).
+
+    ``up_mbps`` overrides the uplink with constant rates (any array shape that
+    broadcasts, e.g. ``(n, 1)`` against ``L + 1`` cuts for a bandwidth sweep). Without
+    it, a trace link's upload time is the median over ``options.trace_starts`` start
+    times, and the 95th percentile is reported too.
+    """
+    up_b = np.asarray(bytes_up, dtype=np.float64)
+    down_b = np.asarray(bytes_down, dtype=np.float64)
+    tm, tc, em = (np.asarray(a, dtype=np.float64) for a in (tm_ms, tc_ms, em_mj))
+    t_up, t_up_p95 = _upload_ms(up_b, link, options, up_mbps)
+    rate = link.up_mbps if up_mbps is None else np.asarray(up_mbps, dtype=np.float64)
+    radio = radio_state(link, options)
+    # Per-partition terms first, so a bandwidth sweep touches its big arrays few times.
+    t_down = down_b / (link.down_mbps * BYTES_PER_MS_PER_MBPS)
+    crosses = (up_b + down_b) > 0
+    tt = np.where(crosses, link.rtt_ms + radio.promotion_delay_ms, 0.0) + t_down + t_up
+    # Framework costs measured on the real path (validate showed them systematic): a
+    # remote call and its serialisation, and one call of each side's compiled graph.
+    tt = tt + np.where(crosses, options.rpc_ms + options.rpc_ms_per_mb * (up_b + down_b) / 1e6,
+                       0.0)
+    tm = tm + np.where(tm > 0, options.device_call_ms or 0.0, 0.0)
+    tc = tc + np.where(tc > 0, options.cloud_call_ms or 0.0, 0.0)
+    p_up_w = (link.alpha_up_mw_per_mbps * rate + link.beta_mw) / 1000.0
+    et = p_up_w * t_up + link.down_power_mw() * t_down / 1000.0
+    tail = np.broadcast_to(0.0, et.shape)  # a read-only view: no memory, no time
+    saturated = None
+    if options.inference_rate_hz is not None:
+        busy = t_up + t_down
+        tail = np.where(crosses, np.maximum(radio.fixed_mj - radio.connected_mw * busy / 1000.0,
+                                            0.0), 0.0)
+        et = et + tail
+        saturated = busy > radio.gap_ms
+    energy = em + et
+    idle = np.broadcast_to(0.0, et.shape)
+    if options.idle_wait:
+        idle = np.where(crosses, idle_power_mw * (tt + tc) / 1000.0, 0.0)
+        energy = energy + idle
+    p95 = None if t_up_p95 is None else tt - t_up + t_up_p95
+    return CostTable(
+        bytes_up=up_b, bytes_down=down_b, tm_ms=tm, tt_ms=tt, tc_ms=tc,
+        latency_ms=(tm + tc) + tt, em_mj=em, et_mj=et, tail_mj=tail, idle_mj=idle,
+        energy_mj=energy, saturated=saturated, tt_p95_ms=p95,
+        latency_p95_ms=None if p95 is None else tm + p95 + tc)
+
+
+def _upload_ms(up_b: FloatArray, link: Link, options: CostOptions,
+               up_mbps: npt.ArrayLike | None) -> tuple[FloatArray, FloatArray | None]:
+    if up_mbps is not None or link.trace is None:
+        rate = link.up_mbps if up_mbps is None else np.asarray(up_mbps, dtype=np.float64)
+        return up_b / (rate * BYTES_PER_MS_PER_MBPS), None
+    p50, p95 = link.trace.transfer_time_percentiles(up_b, options.trace_starts, (50.0, 95.0))
+    return p50, p95
+
+
+def prefix_table(inputs: CutInputs, link: Link, options: CostOptions,
+                 up_mbps: npt.ArrayLike | None = None) -> CostTable:
+    """Costs of every prefix cut on ``link`` (arrays of length ``L + 1``)."""
+    return cost_table(inputs.tm_ms, inputs.tc_ms, inputs.em_mj, inputs.bytes_up,
+                      inputs.bytes_down, link, options, inputs.costs.idle_power_mw, up_mbps)
+
+
+def partition_table(inputs: CutInputs, device_layers: Iterable[str], link: Link,
+                    options: CostOptions) -> CostTable:
+    """Costs of one device set (length-1 arrays), by the same model as the prefix cuts."""
+    on_device = set(device_layers)
+    mask = np.array([name in on_device for name in inputs.graph.layer_names], dtype=bool)
+    costs = inputs.costs
+    up, down = partition_bytes(inputs.graph, on_device)
+    return cost_table([costs.device_ms[mask].sum()], [costs.cloud_ms[~mask].sum()],
+                      [costs.device_mj[mask].sum()], [up], [down], link, options,
+                      costs.idle_power_mw)
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """One metric as ``sum device[M] + sum cloud[not M] + per_byte_up * bytes_up
+    + per_byte_down * bytes_down + fixed * [anything crosses]``."""
+
+    device: FloatArray
+    cloud: FloatArray
+    per_byte_up: float
+    per_byte_down: float
+    fixed: float
+
+
+def linear_cost(inputs: CutInputs, link: Link, options: CostOptions, metric: str) -> LinearCost:
+    """Coefficients of ``metric`` ("latency" or "energy") on ``link``.
+
+    Exact for the cost table except where it clamps: a trace uplink is taken at its
+    mean rate, and a link too slow for the inference rate (``saturated``) is not.
+    """
+    costs = inputs.costs
+    ms_up = 1.0 / (link.up_mbps * BYTES_PER_MS_PER_MBPS)  # ms per byte
+    ms_down = 1.0 / (link.down_mbps * BYTES_PER_MS_PER_MBPS)
+    radio = radio_state(link, options)
+    if metric == "latency":
+        return LinearCost(costs.device_ms, costs.cloud_ms, ms_up, ms_down,
+                          link.rtt_ms + radio.promotion_delay_ms)
+    if metric != "energy":
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    idle = costs.idle_power_mw if options.idle_wait else 0.0
+    p_up = link.up_power_mw() - radio.connected_mw + idle
+    p_down = link.down_power_mw() - radio.connected_mw + idle
+    return LinearCost(costs.device_mj, costs.cloud_ms * idle / 1000.0,
+                      p_up * ms_up / 1000.0, p_down * ms_down / 1000.0,
+                      radio.fixed_mj + idle * (link.rtt_ms + radio.promotion_delay_ms) / 1000.0)

@@ -1,0 +1,258 @@
+"""Network links between the phone and the cloud: bandwidth, RTT and radio power.
+
+A :class:`Link` is plain frozen data. The presets ``3g``, ``4g`` and ``wifi`` are built
+in (:func:`preset_links`) and identical to ``configs/links.yaml``, which carries the
+source of every number. More links come from YAML files with the same schema
+(:func:`load_links_file`) or from recorded uplink traces (:func:`trace_link`);
+:func:`resolve_links` turns the items of ``--links`` into links.
+
+Radio power follows Huang et al. (MobiSys 2012): while sending at ``u`` Mbit/s the radio
+draws ``alpha_up * u + beta`` mW, while receiving ``alpha_down * d + beta`` mW. After a
+transfer the radio stays in a high-power *tail* for ``tail_ms``; waking it from idle
+costs a *promotion* of ``promotion_ms`` at ``promotion_mw``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dnntune.analysis.traces import Trace, load_trace
+from dnntune.errors import ConfigError, DnntuneError
+
+POSITIVE = ("up_mbps", "down_mbps")
+NON_NEGATIVE = ("rtt_ms", "alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
+                "promotion_ms", "promotion_mw", "tail_ms", "tail_mw")
+REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
+            "alpha_down_mw_per_mbps", "beta_mw")
+OPTIONAL_KEYS = ("base", "trace", "description")
+DEFAULT_TRACE_BASE = "4g"
+MIN_RATE_MBPS = 1e-3  # 1 kbit/s
+MAX_VALUE = 1e9
+
+
+@dataclass(frozen=True)
+class Link:
+    """One phone-to-cloud link.
+
+    Attributes:
+        name: Name shown in reports, unique among the links analysed together.
+        up_mbps: Mean uplink throughput, Mbit/s (for a trace link: the trace's mean).
+        down_mbps: Downlink throughput, Mbit/s.
+        rtt_ms: Round-trip time, paid once per inference when anything crosses.
+        alpha_up_mw_per_mbps, alpha_down_mw_per_mbps, beta_mw: Huang et al. power model.
+        promotion_ms, promotion_mw: Idle-to-connected promotion.
+        tail_ms, tail_mw: High-power tail after the last packet.
+        source: Where the values come from (``"preset"``, a file, a trace).
+        trace: Recorded uplink capacity, or ``None`` for a constant uplink.
+
+    Example:
+        >>> link = preset_links()["4g"]
+        >>> round(link.up_power_mw(), 1)  # 438.39 * 5.85 + 1288.04
+        3852.6
+    """
+
+    name: str
+    up_mbps: float
+    down_mbps: float
+    rtt_ms: float
+    alpha_up_mw_per_mbps: float
+    alpha_down_mw_per_mbps: float
+    beta_mw: float
+    promotion_ms: float = 0.0
+    promotion_mw: float = 0.0
+    tail_ms: float = 0.0
+    tail_mw: float = 0.0
+    source: str = "preset"
+    trace: Trace | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_link_values(asdict_numbers(self), f"link {self.name!r}")
+
+    def up_power_mw(self, up_mbps: float | None = None) -> float:
+        """Radio power while sending at ``up_mbps`` (default: the link's uplink), mW."""
+        rate = self.up_mbps if up_mbps is None else up_mbps
+        return self.alpha_up_mw_per_mbps * rate + self.beta_mw
+
+    def down_power_mw(self) -> float:
+        """Radio power while receiving at the link's downlink rate, mW."""
+        return self.alpha_down_mw_per_mbps * self.down_mbps + self.beta_mw
+
+    def with_uplink(self, up_mbps: float) -> Link:
+        """The same link with a constant uplink of ``up_mbps`` (any trace dropped)."""
+        return replace(self, up_mbps=up_mbps, trace=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict_numbers(self)
+        d["name"] = self.name
+        d["source"] = self.source
+        if self.trace is not None:
+            d["trace"] = {"file": self.trace.path, "mean_mbps": self.trace.mean_mbps,
+                          "period_ms": self.trace.period_ms}
+        return d
+
+
+def asdict_numbers(link: Link) -> dict[str, Any]:
+    """The numeric fields of ``link`` as a dict (no name, source or trace)."""
+    return {k: v for k, v in asdict(link).items()
+            if k not in ("name", "source", "trace")}
+
+
+def check_link_values(values: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` and the key for any bad value."""
+    for key in (*POSITIVE, *NON_NEGATIVE):
+        if key not in values:
+            continue
+        value = values[key]
+        positive = key in POSITIVE
+        # Rates under 1 kbit/s or values past 1e9 only make sums overflow to inf/NaN.
+        low = MIN_RATE_MBPS if positive else 0.0
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)
+              and math.isfinite(value) and low <= value <= MAX_VALUE)
+        if not ok:
+            expected = (f"a rate from {MIN_RATE_MBPS:g} to {MAX_VALUE:g} Mbit/s" if positive
+                        else f"a number from 0 to {MAX_VALUE:g}")
+            raise ConfigError(where, f"key {key!r} must be {expected}, got {value!r}")
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Identical to configs/links.yaml, which gives the source of every value.
+    "3g": {"up_mbps": 1.1, "down_mbps": 2.0275, "rtt_ms": 150.0,
+           "alpha_up_mw_per_mbps": 868.98, "alpha_down_mw_per_mbps": 122.12,
+           "beta_mw": 817.88, "promotion_ms": 582.1, "promotion_mw": 659.4,
+           "tail_ms": 8912.4, "tail_mw": 785.2},
+    "4g": {"up_mbps": 5.85, "down_mbps": 13.76, "rtt_ms": 64.0,
+           "alpha_up_mw_per_mbps": 438.39, "alpha_down_mw_per_mbps": 51.97,
+           "beta_mw": 1288.04, "promotion_ms": 260.1, "promotion_mw": 1210.7,
+           "tail_ms": 11576.0, "tail_mw": 1060.0},
+    "wifi": {"up_mbps": 18.88, "down_mbps": 54.97, "rtt_ms": 30.0,
+             "alpha_up_mw_per_mbps": 283.17, "alpha_down_mw_per_mbps": 137.01,
+             "beta_mw": 132.86, "promotion_ms": 79.1, "promotion_mw": 124.4,
+             "tail_ms": 238.1, "tail_mw": 119.3},
+}
+
+
+def preset_links() -> dict[str, Link]:
+    """The built-in presets ``3g``, ``4g``, ``wifi`` (a fresh dict on every call)."""
+    return {name: Link(name=name, **values) for name, values in _PRESETS.items()}
+
+
+def load_links_file(path: str | Path, presets: Mapping[str, Link] | None = None
+                    ) -> dict[str, Link]:
+    """Read links from YAML: ``links: {name: {up_mbps: ..., ...}}``.
+
+    A link may name a ``base`` preset whose values fill the keys it leaves out, and a
+    ``trace`` file (relative to the YAML file) that supplies its uplink.
+
+    Raises:
+        ConfigError: naming the file, the key and the expected value.
+
+    Example:
+        >>> # links = load_links_file("configs/links.yaml")
+    """
+    path = Path(path)
+    presets = preset_links() if presets is None else dict(presets)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise DnntuneError(f"{path}: cannot read links file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(str(path), f"not valid YAML{line}") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("links"), Mapping):
+        raise ConfigError(str(path), "expected a mapping with key 'links' holding "
+                                     "{name: {up_mbps: ..., ...}}")
+    return {str(name): _link_from_yaml(str(name), spec, path, presets)
+            for name, spec in data["links"].items()}
+
+
+def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link]) -> Link:
+    where = f"{path}: links.{name}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(where, "expected a mapping of link keys")
+    allowed = (*REQUIRED, *NON_NEGATIVE, *OPTIONAL_KEYS)
+    unknown = sorted(set(map(str, spec)) - set(allowed))
+    if unknown:
+        raise ConfigError(where, f"unknown key {unknown[0]!r}; expected one of "
+                                 f"{', '.join(dict.fromkeys(allowed))}")
+    values: dict[str, Any] = {}
+    if "base" in spec:
+        if spec["base"] not in presets:
+            raise ConfigError(where, f"key 'base' must be one of {', '.join(presets)}, "
+                                     f"got {spec['base']!r}")
+        values.update(asdict_numbers(presets[spec["base"]]))
+    values.update({k: v for k, v in spec.items() if k not in OPTIONAL_KEYS})
+    trace = None
+    if "trace" in spec:
+        if "up_mbps" in spec:
+            raise ConfigError(where, "give 'trace' or 'up_mbps', not both: the uplink "
+                                     "comes from the trace")
+        trace = load_trace(path.parent / str(spec["trace"]))
+        values["up_mbps"] = trace.mean_mbps
+    missing = [k for k in REQUIRED if k not in values]
+    if missing:
+        raise ConfigError(where, f"missing key {missing[0]!r} (give it, or a 'base' preset)")
+    check_link_values(values, where)
+    numbers: dict[str, Any] = {k: float(v) for k, v in values.items()}
+    return Link(name=name, source=str(spec.get("description", path)), trace=trace, **numbers)
+
+
+def trace_link(trace: Trace, base: Link, name: str | None = None) -> Link:
+    """A link whose uplink is ``trace``; downlink, RTT and radio power come from ``base``."""
+    return replace(base, name=name or trace.name, up_mbps=trace.mean_mbps, trace=trace,
+                   source=f"uplink trace {trace.path}; downlink, RTT and radio power "
+                          f"from preset {base.name}")
+
+
+def resolve_links(items: Iterable[str] | None, presets: Mapping[str, Link] | None = None
+                  ) -> list[Link]:
+    """Turn ``--links`` items into links, in order.
+
+    Each item (comma-separated items are split) is a preset name, a YAML links file
+    (``.yaml``/``.yml``: all its links), or a trace file, optionally suffixed
+    ``@<preset>`` to take downlink, RTT and radio power from that preset (default 4g).
+    ``None`` or nothing means all presets.
+
+    Raises:
+        DnntuneError: for an unknown name (listing the known ones), an unreadable or
+            malformed file, or a name given twice.
+
+    Example:
+        >>> [link.name for link in resolve_links(["wifi,4g"])]
+        ['wifi', '4g']
+    """
+    presets = preset_links() if presets is None else dict(presets)
+    names = [s.strip() for item in (items or ()) for s in item.split(",") if s.strip()]
+    if not names:
+        return list(presets.values())
+    links: list[Link] = []
+    for item in names:
+        links.extend(_resolve_one(item, presets))
+    seen: set[str] = set()
+    for link in links:
+        if link.name in seen:
+            raise DnntuneError(f"link {link.name!r} is given twice in --links")
+        seen.add(link.name)
+    return links
+
+
+def _resolve_one(item: str, presets: Mapping[str, Link]) -> list[Link]:
+    if item in presets:
+        return [presets[item]]
+    file, base = item, DEFAULT_TRACE_BASE
+    head, sep, tail = item.rpartition("@")
+    if sep and tail in presets:
+        file, base = head, tail
+    path = Path(file)
+    if not path.is_file():
+        raise DnntuneError(f"unknown link {item!r}: expected a preset "
+                           f"({', '.join(presets)}), a YAML links file or a trace file")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return list(load_links_file(path, presets).values())
+    return [trace_link(load_trace(path), presets[base])]

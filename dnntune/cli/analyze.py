@@ -1,0 +1,334 @@
+"""``dnntune analyze`` on saved profiles: argument registration and the run function.
+
+Exit codes: 0 when at least one link has a feasible cut; 2 for bad input (the CLI
+prints ``dnntune: error: <one line>``), including a deadline or energy budget that no
+cut meets on any link. In that last case the full report (table or JSON, with
+``"feasible": false`` and a message per link) is still printed to stdout first. A link
+on which nothing is feasible while another link works is reported, with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+from dnntune.analysis.costs import CostOptions
+from dnntune.analysis.dagcut import DagPartition
+from dnntune.analysis.links import DEFAULT_TRACE_BASE, preset_links, resolve_links
+from dnntune.analysis.partition import (
+    OBJECTIVES,
+    Analysis,
+    LinkAnalysis,
+    Objective,
+    analyze_profiles,
+    best_indices,
+)
+from dnntune.analysis.sensitivity import add_sensitivity
+from dnntune.cli.outputs import check_output_dir
+from dnntune.errors import DnntuneError
+from dnntune.profiling.profile import load_profile
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``analyze`` options on ``parser``."""
+    parser.add_argument("--device", metavar="FILE.json|HOST:PORT",
+                        help="a saved device profile, or a device agent to profile on "
+                             "(default: an agent in this process)")
+    parser.add_argument("--cloud", metavar="FILE.json|HOST:PORT",
+                        help="a saved cloud profile, or a cloud server to profile on "
+                             "(default: a server started on a free loopback port)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="run configuration (default: configs/default.yaml, MobileNetV2)")
+    parser.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
+    parser.add_argument("--num_runs", type=int, metavar="N", help="override profiling runs")
+    parser.add_argument("--warmup_runs", type=int, metavar="N", help="override warm-up runs")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    from dnntune.cli.pipeline import add_access_flags
+
+    add_access_flags(parser)
+    parser.add_argument(
+        "--links", action="append", metavar="LINK[,LINK...]",
+        help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
+             f"files (Mahimahi or 'seconds Mbit/s'; FILE@3g takes downlink, RTT and radio "
+             f"power from a preset, default {DEFAULT_TRACE_BASE}); repeatable; "
+             "default: all presets")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
+                        help="what to minimise (default: energy-first with --deadline-ms "
+                             "alone, else latency-first)")
+    parser.add_argument("--deadline-ms", type=float, metavar="X",
+                        help="only cuts with latency <= X ms")
+    parser.add_argument("--energy-budget-mj", type=float, metavar="X",
+                        help="only cuts with phone energy <= X mJ")
+    parser.add_argument("--inference-rate", type=float, metavar="R",
+                        help="inferences per second: add radio promotion and tail energy")
+    parser.add_argument("--idle-wait", action="store_true",
+                        help="add the phone's idle power while it waits for network and cloud")
+    parser.add_argument("--device-speedup", type=float, default=1.0, metavar="K",
+                        help="what-if: device compute K times faster (default 1)")
+    parser.add_argument("--cloud-speedup", type=float, default=1.0, metavar="K",
+                        help="what-if: cloud compute K times faster (default 1)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="add uplink breakpoints (0.05-1000 Mbit/s) and what-if rows")
+    parser.add_argument("--rpc-ms", type=float, metavar="MS",
+                        help="framework cost of one remote call (default: measured on the "
+                             "cloud connection when profiling, else 0)")
+    parser.add_argument("--rpc-ms-per-mb", type=float, metavar="MS",
+                        help="serialisation cost per MB sent or received (same default)")
+    parser.add_argument("--no-call-overhead", action="store_true",
+                        help="leave out the per-call framework overheads the profiles "
+                             "measured (head and tail graph calls)")
+    parser.add_argument("--no-dag", action="store_true",
+                        help="skip the DAG-optimal (min-cut) partitions")
+    parser.add_argument("--trace-starts", type=int, default=200, metavar="N",
+                        help="start times sampled per trace period (default 200)")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="terminal table (default) or JSON on stdout")
+    parser.epilog = ("exit status: 0 on success; 2 on bad input or when no cut meets the "
+                     "deadline/budget on any link (the report is printed first)")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Run ``dnntune analyze``; returns the exit code, raises DnntuneError on bad input."""
+    if args.trace_starts < 1:
+        raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
+    saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
+    if args.out:
+        check_output_dir(args.out, "--out")
+    if saved and not (args.config or args.model):
+        device, cloud = load_profile(args.device), load_profile(args.cloud)
+        analysis = _analyze(args, device, cloud, args.objective, args.links)
+        if args.out:
+            from dnntune.report.runs import write_run
+
+            write_run(args.out, device, cloud, analysis, plots=not args.no_plots)
+        return _emit(args, analysis)
+    return _run_whole_job(args)
+
+
+def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: str | None,
+             link_items: Any, rpc: tuple[float, float] = (0.0, 0.0)) -> Analysis:
+    objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
+    calls = 0.0 if args.no_call_overhead else None
+    options = CostOptions(idle_wait=args.idle_wait, inference_rate_hz=args.inference_rate,
+                          trace_starts=args.trace_starts, device_call_ms=calls,
+                          cloud_call_ms=calls,
+                          rpc_ms=args.rpc_ms if args.rpc_ms is not None else rpc[0],
+                          rpc_ms_per_mb=(args.rpc_ms_per_mb if args.rpc_ms_per_mb is not None
+                                         else rpc[1]))
+    links = resolve_links(link_items)
+    analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
+                                device_speedup=args.device_speedup,
+                                cloud_speedup=args.cloud_speedup)
+    return add_sensitivity(analysis) if args.sensitivity else analysis
+
+
+def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
+    if args.format == "json":
+        sys.stdout.write(json.dumps(analysis.to_dict(), indent=1, allow_nan=False) + "\n")
+    else:
+        print_report(analysis)
+    problem = analysis.infeasible_message()
+    if problem:
+        raise DnntuneError(problem)
+    return 0
+
+
+def _run_whole_job(args: argparse.Namespace) -> int:
+    """Profile both sides (local, remote or saved), analyze, write the run folder."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from dnntune.cli.pipeline import Source, collect_profiles, side_access
+    from dnntune.config import config_links, default_config, load_config, with_overrides
+    from dnntune.model.loading import MODEL_SUFFIXES
+    from dnntune.report.runs import default_run_dir, save_partial_profile, write_run
+    from dnntune.report.tables import progress_bar
+
+    config = load_config(args.config) if args.config else default_config()
+    config = with_overrides(config, args.model, args.num_runs, args.warmup_runs)
+    if config.num_runs < 1:
+        raise DnntuneError(f"--num_runs must be at least 1, got {config.num_runs}")
+    link_items = args.links or [",".join(config.links)]
+    config_links(config, args.links)  # a bad link fails now, before minutes of profiling
+    device_src = Source.parse(args.device, "--device")
+    cloud_src = Source.parse(args.cloud, "--cloud")
+    access = side_access(args)
+    name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
+    out = check_output_dir(args.out, "--out") if args.out else default_run_dir(name)
+    written: list[str] = []
+
+    def keep(side: str, profile: Any) -> None:
+        written.append(str(save_partial_profile(out, profile, side)))
+    rpc: list[tuple[float, float]] = []
+    try:
+        device, cloud = collect_profiles(config, device_src, cloud_src, access, out,
+                                         progress_bar, keep, rpc.append)
+    except DnntuneError as exc:
+        kept = f" (kept what was measured: {', '.join(written)})" if written else ""
+        raise DnntuneError(f"{exc}{kept}") from None
+    analysis = _analyze(args, device, cloud, args.objective or config.objective, link_items,
+                        rpc[0] if rpc else (0.0, 0.0))
+    files = write_run(out, device, cloud, analysis, plots=not args.no_plots)
+    code = _emit(args, analysis)
+    Console(stderr=args.format == "json").print(
+        f"results in {files.directory}: device.json, cloud.json, analysis.json, cuts.csv"
+        + (f" and {len(files.plots)} plots in plots/" if files.plots else ""))
+    return code
+
+
+def sig3(value: float | None) -> str:
+    """Three significant figures without exponent.
+
+    Example:
+        >>> sig3(1234.5), sig3(0.012345), sig3(12.0)
+        ('1230', '0.0123', '12.0')
+    """
+    if value is None:
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    digits = 2 - math.floor(math.log10(abs(value)))
+    rounded = round(value, digits)
+    if rounded != 0:  # rounding may carry into the next decade: 999.7 -> 1000
+        digits = 2 - math.floor(math.log10(abs(rounded)))
+        rounded = round(value, digits)
+    return f"{rounded:.{max(digits, 0)}f}"
+
+
+def _cut_name(la: LinkAnalysis, index: int) -> str:
+    return _index_name(index, la.inputs.after[index], len(la.inputs.after) - 1)
+
+
+def _index_name(index: int | None, after: str | None, last: int) -> str:
+    if index is None or index < 0:
+        return "none feasible"
+    if index == last:
+        return "mobile-only"
+    if index == 0:
+        return "cloud-only"
+    return f"after {after} (#{index}/{last})"
+
+
+def _energy_text(analysis: Analysis) -> str:
+    costs = analysis.inputs.costs
+    label = costs.energy_label
+    if label.startswith("measured:"):
+        text = f"device energy measured ({label})"
+    elif label.startswith("estimated:"):
+        text = f"device energy estimated ({label})"
+    else:
+        return f"no device energy in the profile ({label}): radio energy only"
+    if costs.estimated_layers:
+        text += f"; {costs.estimated_layers} layers estimated from active - idle power"
+    return text
+
+
+def print_report(analysis: Analysis, console: Console | None = None) -> None:
+    """The terminal table: per link the best cut, its T and E, baselines and gains."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    metric = analysis.objective.metric
+    console.print(f"[bold]{analysis.model}[/bold]: {analysis.objective.describe()}; "
+                  f"{_energy_text(analysis)}; T in ms, E in mJ, gains in {metric}")
+    table = Table(show_lines=False)
+    for title in ("link", "up/down Mbit/s, RTT ms", "best cut", "T", "E", "mobile-only T / E",
+                  "cloud-only T / E", "gain vs mobile", "gain vs cloud", "DAG optimum T / E"):
+        table.add_column(title, overflow="fold")
+    for la in analysis.links:
+        table.add_row(*_row(la, metric))
+    console.print(table)
+    for line in _notes(analysis):
+        console.print(line, highlight=False)
+
+
+def _row(la: LinkAnalysis, metric: str) -> list[str]:
+    link = la.link
+    t, e = la.table.latency_ms, la.table.energy_mj
+    last = len(la.inputs.after) - 1
+    cells = [link.name, f"{sig3(link.up_mbps)} / {sig3(link.down_mbps)}, {sig3(link.rtt_ms)}"]
+    best = la.best_dict()
+    if best is None:
+        cells += ["no feasible cut", "-", "-"]
+        gains = ["-", "-"]
+    else:
+        cells += [_cut_name(la, best["index"]), sig3(best["latency_ms"]),
+                  sig3(best["energy_mj"])]
+        gains = [_pct(best[f"{metric}_gain_vs_mobile_only_pct"]),
+                 _pct(best[f"{metric}_gain_vs_cloud_only_pct"])]
+    cells += [f"{sig3(t[last])} / {sig3(e[last])}", f"{sig3(t[0])} / {sig3(e[0])}", *gains]
+    dag = la.dag.get(metric)
+    cells.append("-" if dag is None else
+                 f"{sig3(float(dag.table.latency_ms[0]))} / {sig3(float(dag.table.energy_mj[0]))}")
+    return cells
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{sig3(value)}%"
+
+
+def _notes(analysis: Analysis) -> list[str]:
+    lines = []
+    metric = analysis.objective.metric
+    for la in analysis.links:
+        name = la.link.name
+        if not la.feasible:
+            lines.append(f"{name}: {la.message}")
+        if la.link.trace is not None:
+            lines.append(f"{name}: {la.link.source}; mean uplink {sig3(la.link.up_mbps)} "
+                         f"Mbit/s, upload times are the median over "
+                         f"{analysis.options.trace_starts} start times")
+            if la.best is not None and la.table.latency_p95_ms is not None:
+                lines.append(f"{name}: best cut latency p50 {sig3(la.table.latency_ms[la.best])}"
+                             f" ms, p95 {sig3(la.table.latency_p95_ms[la.best])} ms")
+        dag = la.dag.get(metric)
+        if dag is not None and dag.prefix_index is None:
+            lines.append(_dag_note(la, dag, analysis.objective))
+        if la.best is not None and la.table.saturated is not None \
+                and bool(la.table.saturated[la.best]):
+            lines.append(f"{name}: at {analysis.options.inference_rate_hz:g} inferences/s "
+                         "the link cannot finish one transfer before the next starts")
+    lines += _sensitivity_notes(analysis)
+    return lines
+
+
+def _dag_note(la: LinkAnalysis, dag: DagPartition, objective: Objective) -> str:
+    metric = objective.metric
+    best_prefix = float((la.table.latency_ms if metric == "latency"
+                         else la.table.energy_mj).min())
+    text = (f"{la.link.name}: the {metric}-optimal partition is not a prefix cut: "
+            f"{len(dag.device_layers)} layers on the device, T "
+            f"{sig3(float(dag.table.latency_ms[0]))} ms, E {sig3(float(dag.table.energy_mj[0]))}"
+            f" mJ (best prefix {metric}: {sig3(best_prefix)})")
+    if objective.deadline_ms is not None or objective.energy_budget_mj is not None:
+        meets = int(best_indices(dag.table.latency_ms, dag.table.energy_mj, objective)) == 0
+        text += "; it meets the constraints" if meets else "; it does not meet the constraints"
+    return text
+
+
+def _sensitivity_notes(analysis: Analysis) -> list[str]:
+    if not analysis.sensitivity:
+        return []
+    last = len(analysis.inputs.after) - 1
+    lines = []
+    for name, info in analysis.sensitivity.items():
+        segments: list[dict[str, Any]] = info["uplink_segments"]
+        parts = [f"{sig3(s['from_mbps'])}-{sig3(s['to_mbps'])} Mbit/s: "
+                 f"{_index_name(s['index'], s['after'], last)}" for s in segments]
+        lines.append(f"{name}: best cut by uplink: " + "; ".join(parts))
+        for row in info["what_if"]:
+            lines.append(f"{name}: what-if device x{row['device_speedup']:g}, cloud "
+                         f"x{row['cloud_speedup']:g}: "
+                         f"{_index_name(row['index'], row['after'], last)} "
+                         f"(T {sig3(row['latency_ms'])} ms, E {sig3(row['energy_mj'])} mJ)")
+    return lines

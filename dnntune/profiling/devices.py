@@ -1,0 +1,170 @@
+"""Device power profiles: active and idle power per processing unit, from YAML.
+
+``configs/devices/<name>.yaml`` describes a device's CPU clusters (a shared cost while
+any core of the cluster runs, plus a cost per busy core) and its idle power; every
+figure carries its source in a comment. The power-model estimator in
+:mod:`dnntune.profiling.energy` turns a profile into an "estimated" meter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dnntune.errors import ConfigError, DnntuneError
+
+
+@dataclass(frozen=True)
+class CpuCluster:
+    """CPU cores of one kind: a shared cost while any runs, plus a cost per busy core."""
+
+    name: str
+    cores: int
+    active_mw: float
+    core_active_mw: float
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device's power model, from ``configs/devices/<name>.yaml``.
+
+    Attributes:
+        name: The file's stem; energy figures are labelled ``estimated:<name>``.
+        idle_power_mw: The awake, idle device (subtracted, as in DNNTune).
+        cpu_active_mw: Added once while any CPU core is busy.
+        clusters: CPU clusters in the order busy threads are placed on them.
+        gpu_active_mw: Added while the GPU runs the model, if the profile has one.
+    """
+
+    name: str
+    description: str
+    idle_power_mw: float
+    cpu_active_mw: float
+    clusters: tuple[CpuCluster, ...]
+    gpu_active_mw: float | None
+    source: Path
+
+    def active_increment_mw(self, unit: str, threads: int) -> tuple[float, str]:
+        """``P_active − P_idle`` for ``unit`` ("cpu" or "gpu") and a note on clamping."""
+        if unit == "gpu":
+            if self.gpu_active_mw is None:
+                raise DnntuneError(f"{self.source}: no 'gpu' section, so unit 'gpu' cannot "
+                                   "be estimated")
+            return self.gpu_active_mw, ""
+        if unit != "cpu":
+            raise DnntuneError(f"processing unit must be 'cpu' or 'gpu', got {unit!r}")
+        total_cores = sum(c.cores for c in self.clusters)
+        note = ""
+        if threads > total_cores:
+            note = f"{threads} threads > {total_cores} cores in {self.source.name}: estimated " \
+                   f"for {total_cores}"
+        left, delta = min(threads, total_cores), self.cpu_active_mw
+        for cluster in self.clusters:
+            k = min(left, cluster.cores)
+            if k:
+                delta += cluster.active_mw + k * cluster.core_active_mw
+            left -= k
+        return delta, note
+
+
+def default_profile_dirs() -> tuple[Path, ...]:
+    """``./configs/devices`` (so a user's own profiles win), then the shipped ones."""
+    from dnntune.resources import data_path
+
+    return (Path.cwd() / "configs" / "devices", data_path("configs", "devices"))
+
+
+def find_device_profile(name: str, search_dirs: Sequence[Path] | None = None) -> Path:
+    """The YAML file for profile ``name`` (or ``name`` itself if it is a ``.yaml`` path).
+
+    Example:
+        >>> find_device_profile("pixel3").name
+        'pixel3.yaml'
+    """
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise DnntuneError(f"device profile {path} does not exist")
+        return path
+    dirs = tuple(search_dirs) if search_dirs is not None else default_profile_dirs()
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise DnntuneError(f"device profile name {name!r} must be a plain name or a .yaml path")
+    for d in dirs:
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
+    raise DnntuneError(f"device profile {name!r} not found in {', '.join(map(str, dirs))}; "
+                       f"available: {', '.join(known) or 'none'}")
+
+
+def load_device_profile(path: str | Path) -> DeviceProfile:
+    """Read and validate a device power profile; errors name the file and the key.
+
+    Example:
+        >>> load_device_profile(find_device_profile("raspberry_pi4")).clusters[0].cores
+        4
+    """
+
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise DnntuneError(f"{path}: cannot read device profile ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(where, f"not valid YAML ({exc})") from None
+    top = _mapping(data, "", where, required=("description", "idle_power_mw", "cpu"),
+                   optional=("gpu",))
+    cpu = _mapping(top["cpu"], "cpu", where, required=("clusters",), optional=("active_mw",))
+    raw_clusters = cpu["clusters"]
+    if not isinstance(raw_clusters, list) or not raw_clusters:
+        raise ConfigError(where, "key 'cpu.clusters' must be a non-empty list of clusters")
+    clusters = []
+    for i, raw in enumerate(raw_clusters):
+        key = f"cpu.clusters[{i}]"
+        c = _mapping(raw, key, where, required=("name", "cores", "active_mw", "core_active_mw"))
+        cores = c["cores"]
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ConfigError(where, f"key '{key}.cores' must be an integer >= 1, got {cores!r}")
+        clusters.append(CpuCluster(str(c["name"]), cores, _power(c, "active_mw", key, where),
+                                   _power(c, "core_active_mw", key, where)))
+    gpu = None
+    if top.get("gpu") is not None:
+        gpu = _power(_mapping(top["gpu"], "gpu", where, required=("active_mw",)),
+                     "active_mw", "gpu", where)
+    if not isinstance(top["description"], str):
+        raise ConfigError(where, f"key 'description' must be text, got {top['description']!r}")
+    return DeviceProfile(path.stem, top["description"], _power(top, "idle_power_mw", "", where),
+                         _power(cpu, "active_mw", "cpu", where, default=0.0), tuple(clusters),
+                         gpu, path)
+
+
+def _mapping(data: object, key: str, where: str, required: Sequence[str] = (),
+             optional: Sequence[str] = ()) -> dict[str, object]:
+    name = f"key '{key}'" if key else "the document"
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"{name} must be a mapping, got {type(data).__name__}")
+    prefix = f"{key}." if key else ""
+    for k in data:  # unknown keys first: a misspelt key is also a "missing" one
+        if k not in required and k not in optional:
+            raise ConfigError(where, f"unknown key '{prefix}{k}' (expected "
+                                     f"{', '.join(map(repr, [*required, *optional]))})")
+    for k in required:
+        if k not in data:
+            raise ConfigError(where, f"missing key '{prefix}{k}'")
+    return data
+
+
+def _power(data: dict[str, object], k: str, key: str, where: str,
+           default: float | None = None) -> float:
+    full = f"{key}.{k}" if key else k
+    value = data.get(k, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value >= 0):
+        raise ConfigError(where, f"key '{full}' must be a power in mW (a number >= 0), "
+                                 f"got {value!r}")
+    return float(value)

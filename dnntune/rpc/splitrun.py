@@ -1,0 +1,60 @@
+"""Running a split for real: the head here, the tail on a cloud server, timed end to end."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dnntune.model.loading import LoadedModel, compile_model
+
+
+@dataclass(frozen=True)
+class SplitTiming:
+    total_ms: float
+    head_ms: float
+    transfer_ms: float
+    tail_ms: float
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    runs: tuple[SplitTiming, ...]
+    max_abs_error: float
+    bytes_up: int
+    bytes_down: int
+
+
+def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: int,
+              warmup_runs: int = 1, warmup_cloud: Any = None) -> SplitResult:
+    """Run ``split`` ``warmup_runs + num_runs`` times; time the last ``num_runs``.
+
+    ``cloud`` is a :class:`dnntune.rpc.client.ProfilerClient` of the cloud server. Warm-up
+    runs go through ``warmup_cloud`` when given (e.g. an unshaped channel, so compiling
+    the tail does not cost minutes on an emulated 3G link). The outputs of the last run
+    are compared with the unsplit model run here.
+    """
+    inputs = loaded.example_inputs()
+    reference = compile_model(loaded.model)(inputs)
+    runs = []
+    outputs: list[np.ndarray] = []
+    for i in range(warmup_runs + num_runs):
+        t0 = time.perf_counter()
+        held = split.run_head(inputs)
+        t1 = time.perf_counter()
+        tail_ms = 0.0
+        if split.tail is not None:
+            crossing = [(n, held[n]) for n in split.tail_inputs]
+            through = warmup_cloud if (i < warmup_runs and warmup_cloud is not None) else cloud
+            results, timing = through.run_tail(spec, split.cut.index, crossing)
+            held.update(results)
+            tail_ms = timing.compute_ms if timing is not None else 0.0
+        outputs = [held[n] for n in split.model_outputs]
+        t2 = time.perf_counter()
+        if i >= warmup_runs:
+            runs.append(SplitTiming((t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, tail_ms))
+    error = max(float(np.max(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64))))
+                for o, r in zip(outputs, reference, strict=True))
+    return SplitResult(tuple(runs), error, split.cut.bytes_up, split.cut.bytes_down)

@@ -1,0 +1,2 @@
+"""`dnntune validate`: running chosen splits over emulated links and comparing measured
+with predicted latency."""

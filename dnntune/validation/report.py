@@ -1,0 +1,63 @@
+"""How a validation reads: a table per link and a predicted-against-measured plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from dnntune.report.tables import sig3
+from dnntune.validation.validate import LinkValidation, Validation
+
+
+def print_validation(validation: Validation, console: Console | None = None) -> None:
+    console = console or Console()
+    for link in validation.links:
+        s = link.shaping
+        table = Table(title=f"{validation.model} on {link.name} (target up/down "
+                            f"{sig3(link.up_mbps)}/{sig3(link.down_mbps)} Mbit/s, RTT "
+                            f"{sig3(link.rtt_ms)} ms; emulated "
+                            f"{sig3(s.get('achieved_up_mbps', 0))}/"
+                            f"{sig3(s.get('achieved_down_mbps', 0))} Mbit/s, RTT "
+                            f"{sig3(s.get('achieved_rtt_ms', 0))} ms)", title_justify="left")
+        for column in ("cut", "after", "bytes up", "predicted ms", "measured ms", "p90 ms",
+                       "error"):
+            table.add_column(column, justify="left" if column == "after" else "right")
+        for c in link.cuts:
+            mark = " ◀ predicted best" if c.index == link.predicted_best.index else ""
+            table.add_row(str(c.index), (c.after or "(input)") + mark, f"{c.bytes_up:,}",
+                          sig3(c.predicted_ms), sig3(c.measured_ms), sig3(c.measured_p90_ms),
+                          f"{c.error_pct:+.1f}%")
+        console.print(table)
+        console.print(f"{link.name}: median |error| {link.median_abs_error_pct:.1f}%, regret "
+                      f"{link.regret_pct:.1f}% (predicted best cut {link.predicted_best.index},"
+                      f" measured best {link.measured_best.index}); outputs match the unsplit "
+                      f"model within {max(c.max_abs_error for c in link.cuts):.2g}")
+
+
+def plot_validation(model: str, link: LinkValidation, path: str | Path) -> Path:
+    """Predicted and measured latency per cut (log scale), p90 as error bars."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    x = [c.index for c in link.cuts]
+    ax.plot(x, [c.predicted_ms for c in link.cuts], "o-", label="predicted T = Tm + Tt + Tc")
+    upper = np.array([c.measured_p90_ms - c.measured_ms for c in link.cuts])
+    ax.errorbar(x, [c.measured_ms for c in link.cuts], yerr=np.vstack([upper * 0, upper]),
+                fmt="s--", capsize=3, label="measured mean (bar to p90)")
+    best = link.predicted_best
+    ax.axvline(best.index, color="tab:red", linestyle=":",
+               label=f"predicted best: cut {best.index} ({best.after or 'input'})")
+    ax.set_yscale("log")
+    ax.set_xlabel("cut point (number of layers on the device)")
+    ax.set_ylabel("end-to-end latency, ms (log scale)")
+    ax.set_title(f"{model} on {link.name}: predicted vs measured; median |error| "
+                 f"{link.median_abs_error_pct:.1f}%, regret {link.regret_pct:.1f}%")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    fig.savefig(path)
+    return path

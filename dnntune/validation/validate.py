@@ -1,0 +1,258 @@
+"""Validation: run chosen splits for real over an emulated link and compare with predictions.
+
+For each link, a :class:`~dnntune.netem.shaper.ShapingProxy` shapes the gRPC traffic between
+this process (the device: it runs the head) and the cloud server (it runs the tail) to
+the link's uplink, downlink and RTT. Each selected cut runs end to end; the measured
+latency is set against the analyzer's prediction for that cut and link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dnntune.analysis.partition import LinkAnalysis
+from dnntune.errors import DnntuneError
+from dnntune.rpc.splitrun import run_split
+
+CUT_CHOICES = "best|all|spread[:K]|N,M,..."
+
+
+@dataclass(frozen=True)
+class CutValidation:
+    """One cut on one link: predicted against measured end-to-end latency (ms)."""
+
+    index: int
+    after: str | None
+    bytes_up: int
+    predicted_ms: float
+    predicted_tm_ms: float
+    predicted_tt_ms: float
+    predicted_tc_ms: float
+    measured_ms: float
+    measured_p90_ms: float
+    head_ms: float
+    transfer_ms: float
+    tail_ms: float
+    error_pct: float
+    max_abs_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinkValidation:
+    name: str
+    up_mbps: float
+    down_mbps: float
+    rtt_ms: float
+    shaping: dict[str, Any]
+    cuts: tuple[CutValidation, ...]
+
+    @property
+    def median_abs_error_pct(self) -> float:
+        return float(statistics.median(abs(c.error_pct) for c in self.cuts))
+
+    @property
+    def predicted_best(self) -> CutValidation:
+        return min(self.cuts, key=lambda c: (c.predicted_ms, c.index))
+
+    @property
+    def measured_best(self) -> CutValidation:
+        return min(self.cuts, key=lambda c: (c.measured_ms, c.index))
+
+    @property
+    def regret_pct(self) -> float:
+        """How much slower the predicted-best cut ran than the best cut among those run."""
+        return 100.0 * (self.predicted_best.measured_ms / self.measured_best.measured_ms - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "up_mbps": self.up_mbps, "down_mbps": self.down_mbps,
+                "rtt_ms": self.rtt_ms, "shaping": self.shaping,
+                "cuts": [c.to_dict() for c in self.cuts],
+                "median_abs_error_pct": self.median_abs_error_pct,
+                "regret_pct": self.regret_pct,
+                "predicted_best": self.predicted_best.index,
+                "measured_best": self.measured_best.index}
+
+
+@dataclass(frozen=True)
+class Validation:
+    model: str
+    num_runs: int
+    links: tuple[LinkValidation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "num_runs": self.num_runs,
+                "links": [link.to_dict() for link in self.links]}
+
+
+def parse_cut_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
+    """Check ``--cuts`` before anything runs: ``(kind, spread count, explicit indices)``."""
+    if spec in ("best", "all"):
+        return spec, 0, ()
+    if spec.startswith("spread"):
+        _, sep, count = spec.partition(":")
+        if spec != "spread" and (not sep or not count.isdigit() or int(count) < 2):
+            raise DnntuneError(f"--cuts {spec!r}: expected spread or spread:K with K >= 2")
+        return "spread", int(count or 20), ()
+    try:
+        picks = tuple(sorted({int(x) for x in spec.split(",")}))
+    except ValueError:
+        raise DnntuneError(f"--cuts {spec!r}: expected {CUT_CHOICES}") from None
+    if any(i < 0 for i in picks):
+        raise DnntuneError(f"--cuts {spec!r}: cut indices start at 0")
+    return "list", 0, picks
+
+
+def select_cuts(spec: str, la: LinkAnalysis) -> list[int]:
+    """Cut indices to run: ``best`` (the predicted-fastest cut and both baselines),
+    ``all``, ``spread[:K]`` (K evenly spaced cuts plus those three, K default 20) or a
+    comma-separated list."""
+    kind, count, picks = parse_cut_spec(spec)
+    last = len(la.inputs.after) - 1
+    anchors = {0, last, int(np.argmin(la.table.latency_ms))}
+    if kind == "best":
+        return sorted(anchors)
+    if kind == "all":
+        return list(range(last + 1))
+    if kind == "spread":
+        return sorted(anchors | set(np.linspace(0, last, count).round().astype(int).tolist()))
+    bad = [i for i in picks if i > last]
+    if bad:
+        raise DnntuneError(f"--cuts: cut(s) {bad} out of range 0 to {last}")
+    return list(picks)
+
+
+def validate_cut(la: LinkAnalysis, index: int, result: Any) -> CutValidation:
+    """Set one cut's measured runs (a :class:`~dnntune.rpc.splitrun.SplitResult`) against la."""
+    totals = np.array([r.total_ms for r in result.runs])
+    predicted = float(la.table.latency_ms[index])
+    measured = float(totals.mean())
+    return CutValidation(
+        index=index, after=la.inputs.after[index], bytes_up=int(la.table.bytes_up[index]),
+        predicted_ms=predicted, predicted_tm_ms=float(la.table.tm_ms[index]),
+        predicted_tt_ms=float(la.table.tt_ms[index]),
+        predicted_tc_ms=float(la.table.tc_ms[index]), measured_ms=measured,
+        measured_p90_ms=float(np.percentile(totals, 90)),
+        head_ms=float(np.mean([r.head_ms for r in result.runs])),
+        transfer_ms=float(np.mean([r.transfer_ms for r in result.runs])),
+        tail_ms=float(np.mean([r.tail_ms for r in result.runs])),
+        error_pct=100.0 * (predicted / measured - 1.0), max_abs_error=result.max_abs_error)
+
+
+def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: str,
+                   cloud_port: int, cut_spec: str, num_runs: int, spec: Any,
+                   connect: Callable[..., Any],
+                   report: Callable[[str, int, int], None] | None = None,
+                   shaper: str = "proxy", cloud_threads: int = 1) -> list[LinkValidation]:
+    """Run the selected cuts of every link over an emulated link to a cloud server.
+
+    Args:
+        loaded: The model on the device side (this process runs the heads).
+        analyses: The analyzer's per-link results (the predictions).
+        cloud_host, cloud_port: The cloud server (``proxy`` shaping).
+        cut_spec: Which cuts, see :func:`select_cuts`.
+        num_runs: Timed runs per cut.
+        spec: The ``ModelSpec`` the cloud server knows the model by.
+        connect: ``connect(address)`` returns a client with ``run_tail`` and ``echo``.
+        report: Progress callback ``(stage, done, total)``.
+        shaper: ``proxy`` (user-space rate and delay, anywhere) or ``tbf`` (root: a cloud
+            server in a network namespace behind tc tbf rates, delay from the proxy).
+        cloud_threads: Threads of the cloud server started for ``tbf``.
+    """
+    from dnntune.model.split import Splitter
+
+    if shaper not in ("proxy", "tbf"):
+        raise DnntuneError(f"--shaper must be proxy or tbf, got {shaper!r}")
+    splitter = Splitter(loaded.model, loaded.graph)
+    results = []
+    for la in analyses:
+        cuts = select_cuts(cut_spec, la)
+        runner = _proxy_link if shaper == "proxy" else _tbf_link
+        with runner(la, cloud_host, cloud_port, connect, cloud_threads) as (shaped, warm,
+                                                                             shaping):
+            validated = []
+            for done, index in enumerate(cuts):
+                if report:
+                    report(f"{la.link.name}: cut {index}", done, len(cuts))
+                result = run_split(loaded, splitter.split(index), shaped, spec, num_runs,
+                                   warmup_runs=1, warmup_cloud=warm)
+                validated.append(validate_cut(la, index, result))
+        results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
+                                      la.link.rtt_ms, shaping, tuple(validated)))
+    return results
+
+
+@contextlib.contextmanager
+def _proxy_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any],
+                threads: int) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A shaping proxy in front of the cloud server; warm-ups go around it."""
+    from dnntune.netem.linkprobe import measure_emulated_link
+    from dnntune.netem.shaper import LinkShape, ShapingProxy
+
+    shape = LinkShape.from_link(la.link)
+    shaping = measure_emulated_link(shape, up_bytes=_probe_bytes(shape.up_mbps),
+                                    down_bytes=_probe_bytes(shape.down_mbps), pings=3)
+    direct = connect(f"{host}:{port}")
+    with ShapingProxy(host, port, shape) as proxy:
+        shaped = connect(f"127.0.0.1:{proxy.port}")
+        shaped.echo([("warm", np.zeros(1, np.float32))])  # HTTP/2 set-up off the clock
+        try:
+            yield shaped, direct, {"method": "proxy", **shaping.to_dict()}
+        finally:
+            shaped.close()
+            direct.close()
+
+
+@contextlib.contextmanager
+def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any],
+              threads: int) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A cloud server in a network namespace behind tbf; the proxy adds only the delay."""
+    from dnntune.netem.linkprobe import measure_link
+    from dnntune.netem.netns import NamespaceLink, entered_netns
+    from dnntune.netem.shaper import LinkShape, ShapingProxy
+
+    if la.link.trace is not None:
+        raise DnntuneError(f"--shaper tbf: link {la.link.name!r} follows a trace, which tbf "
+                           "(a constant rate) cannot; use --shaper proxy")
+    with NamespaceLink(la.link.up_mbps, la.link.down_mbps) as veth:
+        probe_port = veth.start_measurement_server()
+        with entered_netns(veth.client_ns):
+            shaping = measure_link((veth.server_addr, probe_port),
+                                   LinkShape(la.link.up_mbps, la.link.down_mbps, 0.0),
+                                   up_bytes=_probe_bytes(la.link.up_mbps),
+                                   down_bytes=_probe_bytes(la.link.down_mbps), pings=3)
+        veth.popen(veth.server_ns, [sys.executable, "-m", "cloud_server", "--host",
+                                    veth.server_addr, "--port", "50051", "--num_threads",
+                                    str(threads)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+        with ShapingProxy(veth.server_addr, 50051, LinkShape.delay_only(la.link.rtt_ms),
+                          upstream_netns=veth.client_ns) as proxy:
+            # Refused connections are expected while the server starts in its namespace.
+            shaper_log = logging.getLogger("dnntune.netem.shaper")
+            level = shaper_log.level
+            shaper_log.setLevel(logging.ERROR)
+            try:
+                shaped = connect(f"127.0.0.1:{proxy.port}", connect_timeout_s=120)
+            finally:
+                shaper_log.setLevel(level)
+            shaped.echo([("warm", np.zeros(1, np.float32))])
+            try:
+                yield shaped, None, {"method": "tbf+proxy delay", **shaping.to_dict()}
+            finally:
+                shaped.close()
+
+
+def _probe_bytes(mbps: float) -> int:
+    """About half a second of traffic, between 64 kB and 4 MB."""
+    return int(min(max(mbps * 1e6 / 8 * 0.5, 64_000), 4_000_000))
