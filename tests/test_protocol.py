@@ -154,6 +154,9 @@ def test_sizes_a_request_controls_are_refused_before_anything_is_built(proto, st
         "10,000 input dims": (profiler.Describe, proto.DescribeRequest(
             model=spec(zoo_name="tiny_mlp", input_shape=[1] * 10_000)),
             grpc.StatusCode.INVALID_ARGUMENT, "at most 8 allowed"),
+        "energy": (profiler.Profile, proto.ProfileRequest(
+            model=spec(zoo_name="tiny_mlp"), energy="x" * 10_000),
+            grpc.StatusCode.INVALID_ARGUMENT, "ProfileRequest.energy"),
         "runs": (profiler.Profile, proto.ProfileRequest(
             model=spec(zoo_name="tiny_mlp"), num_runs=1_000_000),
             grpc.StatusCode.INVALID_ARGUMENT, "num_runs"),

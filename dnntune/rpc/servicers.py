@@ -26,6 +26,7 @@ from dnntune.errors import DnntuneError
 from dnntune.model.loading import DEFAULT_SEED
 from dnntune.rpc.gate import BusyError, ComputeGate
 from dnntune.rpc.limits import (
+    MAX_NAME_CHARS,
     LimitError,
     RequestLimits,
     check_identity,
@@ -173,6 +174,8 @@ class ProfilerServicer:
 
         with rpc_errors(context):
             check_runs(request.num_runs, request.warmup_runs)
+            if len(request.energy) > MAX_NAME_CHARS:
+                raise DnntuneError(f"ProfileRequest.energy is over {MAX_NAME_CHARS} characters")
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads,
