@@ -26,4 +26,10 @@ def create_server(options: ServerOptions, upload_dir: str | None = None) -> Runn
         services.add_CloudServicer_to_server(CloudServicer(state), server)
         return ["dnntune.v1.Profiler", "dnntune.v1.Cloud"]
 
-    return build_server(options, register)
+    try:
+        running = build_server(options, register)
+    except BaseException:
+        state.store.close()
+        raise
+    running.on_stop.append(state.store.close)  # a temporary upload folder goes with it
+    return running

@@ -44,4 +44,16 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
         services.add_DeviceServicer_to_server(DeviceServicer(state, cloud_client), server)
         return ["dnntune.v1.Profiler", "dnntune.v1.Device"]
 
-    return build_server(options, register)
+    def close() -> None:
+        with lock:
+            for client in clients.values():
+                client.close()
+        state.store.close()
+
+    try:
+        running = build_server(options, register)
+    except BaseException:
+        close()
+        raise
+    running.on_stop.append(close)  # a temporary upload folder goes with it
+    return running

@@ -11,9 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dnntune.errors import DnntuneError
 from dnntune.model.cuts import enumerate_cuts
@@ -23,11 +26,13 @@ from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
 @contextlib.contextmanager
-def server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server_process(*args: str, tmpdir: Path | None = None
+                   ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``python -m dnntune ARGS --port 0``; yield it and its address once listening."""
+    env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None
     proc = subprocess.Popen([sys.executable, "-m", "dnntune", *args, "--port", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         match = re.search(r"listening on (\S+)", line)
@@ -62,15 +67,15 @@ def test_device_and_cloud_profiles_name_the_same_layers(tmp_path):
         # the agent runs a split: head on the device, tail on the cloud server
         agent = ProfilerClient(Endpoint(device))
         spec = model_spec(agent.pb2, "tiny_resnet")
-        reply = agent.call(agent.device.RunSplit, agent.pb2.SplitRequest(
-            model=spec, cut_index=8, num_runs=3, warmup_runs=1))
+        reply = agent.run_split(spec, cut_index=8, num_runs=3, warmup_runs=1)
         assert len(reply.runs) == 3 and reply.max_abs_error < 1e-5
         assert reply.bytes_up == enumerate_cuts(c.graph)[8].bytes_up > 0
         assert all(r.total_ms >= r.head_ms > 0 and r.tail_ms > 0 for r in reply.runs)
 
 
-def test_sigterm_finishes_calls_in_flight_then_exits_0():
-    with server_process("serve", "--grace-s", "20") as (proc, address):
+def test_sigterm_finishes_calls_in_flight_then_exits_0(tmp_path):
+    with server_process("serve", "--grace-s", "20", tmpdir=tmp_path) as (proc, address):
+        assert len(list(tmp_path.glob("dnntune-models-*"))) == 1
         client = ProfilerClient(Endpoint(address))
         pb2 = client.pb2
         release = threading.Event()
@@ -94,6 +99,12 @@ def test_sigterm_finishes_calls_in_flight_then_exits_0():
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert proc.poll() is None  # still finishing the call in flight
+        with grpc.insecure_channel(address) as channel:  # health says so meanwhile
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                              timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(DnntuneError, match="UNAVAILABLE: server is shutting down"):
+                client.echo([("late", np.zeros(1, np.uint8))])
         release.set()
         thread.join(30)
         assert proc.wait(30) == 0
@@ -102,6 +113,7 @@ def test_sigterm_finishes_calls_in_flight_then_exits_0():
         assert np.frombuffer(data, np.uint8).tolist() == [1, 2, 3]
         with pytest.raises(DnntuneError, match="cannot reach"):
             ProfilerClient(Endpoint(address, connect_timeout_s=0.5))
+    assert not list(tmp_path.glob("dnntune-models-*"))  # its upload folder went with it
 
 
 def test_python_dash_m_entry_points_take_the_same_flags():
@@ -124,6 +136,43 @@ def test_server_bad_flags_and_unreachable_addresses_are_one_line(tmp_path):
     assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--device",
                                    "127.0.0.1:9", "--side", "cloud"]),
                           "--device goes with --side device")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert_one_line_error(run_cli(["serve", "--port", "0", "--upload-dir", str(a_file)]),
+                          f"--upload-dir {a_file}: exists and is not a folder")
+    assert_one_line_error(run_cli(["serve", "--grace-s", "-5"]),
+                          "--grace-s must be 0 to 3600 seconds, got -5")
+    assert_one_line_error(run_cli(["agent", "--port", "0", "--cloud", "127.0.0.1:9",
+                                   "--cloud-tls-cert", str(tmp_path / "missing.pem")]),
+                          "--cloud-tls-cert", "cannot read TLS certificate")
+    assert_one_line_error(run_cli(["serve", "--port", "0", "--tls-cert", str(a_file),
+                                   "--tls-key", str(a_file)]),
+                          "not a PEM certificate and its matching private key")
+
+
+def test_tls_mistakes_are_named_as_tls_mistakes_in_one_line(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_bytes(os.urandom(64))
+    profile = ["profile", "--model", "tiny_mlp", "--side", "cloud", "--num_runs", "2"]
+    with server_process("serve", "--host", "localhost", "--tls-cert", str(cert),
+                        "--tls-key", str(key)) as (_, address):
+        assert_one_line_error(run_cli([*profile, "--cloud", address]),
+                              "the server speaks TLS but this client does not")
+        assert_one_line_error(run_cli([*profile, "--cloud", address, "--tls-cert",
+                                       str(not_pem)]), "not a PEM certificate")
+        other_key, other = tmp_path / "other-key.pem", tmp_path / "other.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=localhost", "-keyout", str(other_key), "-out",
+                        str(other)], check=True, capture_output=True)
+        assert_one_line_error(run_cli([*profile, "--cloud", address, "--tls-cert",
+                                       str(other)]), "TLS certificate check failed")
+    with server_process("serve", "--host", "localhost") as (_, address):
+        assert_one_line_error(run_cli([*profile, "--cloud", address, "--tls-cert",
+                                       str(cert)]), "the server does not speak TLS")
 
 
 def test_server_dying_mid_profile_is_reported(tmp_path):

@@ -83,12 +83,14 @@ def raw_tail(client, messages):
 def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(client, cloud):
     pb2 = client.pb2
     tiny = pb2.ModelSpec(zoo_name="tiny_mlp")
-    header = pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=2))
+    head = pb2.ModelIdentity(zoo_name="tiny_mlp")
+    header = pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=2, head=head))
     good = pb2.TensorChunk(name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128,
                            data=bytes(128))
     cases = {
         "unknown model hash": ([pb2.TailRequest(header=pb2.TailHeader(
-            model=pb2.ModelSpec(sha256="ab" * 32), cut_index=1))],
+            model=pb2.ModelSpec(sha256="ab" * 32), cut_index=1,
+            head=pb2.ModelIdentity(sha256="ab" * 32)))],
             grpc.StatusCode.NOT_FOUND, "no uploaded model"),
         "dtype not allowed": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc1:0", dtype="complex64", shape=[1, 32], total_bytes=256))],
@@ -99,18 +101,24 @@ def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(clie
         "fewer bytes than declared": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc1:0", dtype="float32", shape=[1, 32], total_bytes=128, data=bytes(64)))],
             grpc.StatusCode.INVALID_ARGUMENT, "received 64 of 128 bytes"),
-        "oversized payload": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
-            name="fc1:0", dtype="float32", shape=[1 << 22], total_bytes=1 << 24))],
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit"),
-        "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99))],
+        "not the cut's shape (refused before any data)": ([header, pb2.TailRequest(
+            tensor=pb2.TensorChunk(name="fc1:0", dtype="float32", shape=[1 << 22],
+                                   total_bytes=1 << 24))],
+            grpc.StatusCode.INVALID_ARGUMENT, "must be float32[1, 32], got float32[4194304]"),
+        "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99,
+                                                                 head=head))],
                           grpc.StatusCode.INVALID_ARGUMENT, "cut index 99 out of range"),
         "wrong tensor for the cut": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc2:0", dtype="float32", shape=[1, 16], total_bytes=64, data=bytes(64)))],
             grpc.StatusCode.INVALID_ARGUMENT, "expected tensors ['fc1:0']"),
+        "tail of another model": ([pb2.TailRequest(header=pb2.TailHeader(
+            model=tiny, cut_index=2, head=pb2.ModelIdentity(zoo_name="tiny_mlp", seed=7)))],
+            grpc.StatusCode.FAILED_PRECONDITION, "run both halves of the same model"),
         "no header": ([pb2.TailRequest(tensor=good)], grpc.StatusCode.INVALID_ARGUMENT,
                       "first message must be a header"),
         "unknown zoo model": ([pb2.TailRequest(header=pb2.TailHeader(
-            model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1))],
+            model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1,
+            head=pb2.ModelIdentity(zoo_name="alexnet")))],
             grpc.StatusCode.INVALID_ARGUMENT, "unknown model 'alexnet'"),
     }
     for name, (messages, code, needle) in cases.items():
@@ -214,10 +222,26 @@ def test_tls(tmp_path):
     try:
         secure = ProfilerClient(Endpoint(f"localhost:{running.port}", tls_cert=str(cert)))
         assert secure.echo([("x", np.arange(4, dtype=np.int32))])["x"].tolist() == [0, 1, 2, 3]
-        with pytest.raises(DnntuneError, match="cannot reach"):
-            ProfilerClient(Endpoint(f"localhost:{running.port}", connect_timeout_s=1))
+        address = f"localhost:{running.port}"
+        with pytest.raises(DnntuneError, match="the server speaks TLS but this client does not"):
+            ProfilerClient(Endpoint(address, connect_timeout_s=1))
+        other_key, other = tmp_path / "other-key.pem", tmp_path / "other.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=localhost", "-keyout", str(other_key), "-out",
+                        str(other)], check=True, capture_output=True)
+        with pytest.raises(DnntuneError, match="TLS certificate check failed"):
+            ProfilerClient(Endpoint(address, tls_cert=str(other), connect_timeout_s=1))
+        with pytest.raises(DnntuneError, match="not a PEM certificate"):
+            ProfilerClient(Endpoint(address, tls_cert=__file__, connect_timeout_s=1))
     finally:
         running.stop(0)
+    plain = create_server(ServerOptions(host="localhost", port=0))
+    try:
+        with pytest.raises(DnntuneError, match="the server does not speak TLS"):
+            ProfilerClient(Endpoint(f"localhost:{plain.port}", tls_cert=str(cert),
+                                    connect_timeout_s=1))
+    finally:
+        plain.stop(0)
 
 
 def test_unreachable_server_is_a_clear_error():
@@ -229,9 +253,121 @@ def test_a_deadline_stops_the_profile_and_frees_the_server(client):
     spec = model_spec(client.pb2, "mobilenet_v2")
     started = time.perf_counter()
     with pytest.raises(DnntuneError, match="DEADLINE_EXCEEDED"):
-        client.profile(spec, num_runs=100_000, warmup_runs=0, energy="none", timeout_s=4)
-    # the abandoned profile stops at its next run, so a new one does not wait for 100k runs
+        client.profile(spec, num_runs=10_000, warmup_runs=0, energy="none", timeout_s=4)
+    # the abandoned profile stops at its next run, so a new one does not wait for 10k runs
     profile = client.profile(model_spec(client.pb2, "tiny_mlp"), num_runs=3, warmup_runs=0,
                              energy="none", timeout_s=60)
     assert profile.meta.num_runs == 3
     assert time.perf_counter() - started < 60
+
+
+class SilentProxy:
+    """A TCP proxy on loopback that forwards until :meth:`go_silent`, then drops every
+    byte both ways while keeping the connections open (a link that dies without a RST)."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port = target_port
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if not self.silent.is_set():
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+    def go_silent(self) -> None:
+        self.silent.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_link_that_goes_silent_ends_the_call_within_its_deadline():
+    running = create_server(ServerOptions(port=0))
+    proxy = SilentProxy(running.port)
+    try:
+        # keepalive: a dead peer is detected after about 2 × keepalive_s
+        client = ProfilerClient(Endpoint(f"127.0.0.1:{proxy.port}", keepalive_s=1.0))
+        assert client.echo([("x", np.ones(2, np.float32))])["x"].sum() == 2
+        proxy.go_silent()
+        started = time.monotonic()
+        with pytest.raises(DnntuneError, match="unavailable|UNAVAILABLE|DEADLINE_EXCEEDED"):
+            client.echo([("x", np.ones(2, np.float32))], timeout_s=30)
+        assert time.monotonic() - started < 15
+        client.close()
+        # without keepalive the deadline still ends it
+        proxy2 = SilentProxy(running.port)
+        slow = ProfilerClient(Endpoint(f"127.0.0.1:{proxy2.port}", keepalive_s=600))
+        proxy2.go_silent()
+        started = time.monotonic()
+        with pytest.raises(DnntuneError, match="DEADLINE_EXCEEDED"):
+            slow.echo([("x", np.ones(2, np.float32))], timeout_s=2)
+        assert time.monotonic() - started < 6
+        slow.close()
+        proxy2.close()
+    finally:
+        proxy.close()
+        running.stop(0)
+
+
+def test_a_profile_runs_alone_on_its_server():
+    """Compute calls wait for nothing and disturb nothing: the profile waits for the call
+    in flight, and calls that arrive while it measures get UNAVAILABLE."""
+    running = create_server(ServerOptions(port=0))
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    release = threading.Event()
+    stages: list[tuple[float, str]] = []
+    results: list[object] = []
+    try:
+        holder = threading.Thread(target=lambda: results.append(list(client.cloud.Echo(
+            slow_chunks(client.pb2, release), timeout=60))))
+        holder.start()
+        time.sleep(0.5)
+        profiler = threading.Thread(target=lambda: results.append(client.profile(
+            model_spec(client.pb2, "tiny_mlp"), num_runs=400, warmup_runs=0, energy="none",
+            progress=lambda stage, done, total: stages.append((time.monotonic(), stage)))))
+        profiler.start()
+        time.sleep(3)
+        assert not stages  # still waiting for the Echo in flight
+        with pytest.raises(DnntuneError, match="UNAVAILABLE.*profiling in progress"):
+            client.echo([("x", np.zeros(2, np.float32))])
+        released_at = time.monotonic()
+        release.set()
+        holder.join(30)
+        profiler.join(120)
+        assert stages and stages[0][0] >= released_at
+        assert len(results) == 2
+        assert client.echo([("x", np.zeros(2, np.float32))])["x"].shape == (2,)
+    finally:
+        release.set()
+        client.close()
+        running.stop(0)

@@ -93,6 +93,9 @@ def _layer_json(layer: object) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dnntune`` console script; returns the exit code."""
+    # gRPC's C core logs handshake failures and the like to stderr; dnntune reports each
+    # failure itself in one line. Set GRPC_VERBOSITY yourself to see gRPC's own logs.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

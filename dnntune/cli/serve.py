@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+ABANDONED_EXIT_CODE = 3  # = dnntune.rpc.serving.ABANDONED_EXIT_CODE (not imported: no grpc here)
 
 
 def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
@@ -20,12 +23,25 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--max-message-mb", type=int, default=16, metavar="N",
                    help="largest gRPC message either way (default: 16; bigger is chunked)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=16, metavar="N",
-                   help="calls beyond this get RESOURCE_EXHAUSTED (default: 16)")
+                   help="calls beyond this get RESOURCE_EXHAUSTED; health checks are not "
+                        "counted (default: 16)")
+    p.add_argument("--max-tensor-mb", type=int, default=256, metavar="N",
+                   help="largest tensor a call may send (default: 256)")
+    p.add_argument("--max-call-mb", type=int, default=256, metavar="N",
+                   help="largest total of the tensors of one call (default: 256)")
+    p.add_argument("--max-input-elements", type=int, default=1 << 21, metavar="N",
+                   help="largest model input a request may ask for, elements x batch "
+                        "(default: 2097152)")
+    p.add_argument("--max-model-mb", type=int, default=1024, metavar="N",
+                   help="largest uploaded model file (default: 1024)")
+    p.add_argument("--max-models", type=int, default=4, metavar="N",
+                   help="models kept built, least recently used dropped first (default: 4)")
     p.add_argument("--upload-dir", metavar="DIR",
                    help="where uploaded models are kept (default: a temporary folder)")
     p.add_argument("--reflection", action="store_true", help="serve gRPC reflection")
     p.add_argument("--grace-s", type=float, default=30.0, metavar="S",
-                   help="how long in-flight calls may finish after SIGTERM (default: 30)")
+                   help="how long in-flight calls may finish after SIGTERM (default: 30; "
+                        f"exit code {ABANDONED_EXIT_CODE} if some had to be abandoned)")
 
 
 def add_client_flags(p: argparse.ArgumentParser) -> None:
@@ -58,34 +74,70 @@ def _options(args: argparse.Namespace) -> object:
                          token=read_token(args.token_file), tls_cert=args.tls_cert,
                          tls_key=args.tls_key, max_message_mb=args.max_message_mb,
                          max_concurrent_rpcs=args.max_concurrent_rpcs,
+                         max_tensor_mb=args.max_tensor_mb, max_call_mb=args.max_call_mb,
+                         max_input_elements=args.max_input_elements,
+                         max_model_mb=args.max_model_mb, max_models=args.max_models,
                          reflection=args.reflection, grace_s=args.grace_s)
+
+
+def _check_early(args: argparse.Namespace, options: object) -> None:
+    """Refuse bad flags before TensorFlow starts (seconds sooner, nothing half-built)."""
+    from pathlib import Path
+
+    from dnntune.errors import DnntuneError
+    from dnntune.rpc.serving import check_tls_files
+
+    options.validate()  # type: ignore[attr-defined]
+    if args.upload_dir and Path(args.upload_dir).exists() and not Path(args.upload_dir).is_dir():
+        raise DnntuneError(f"--upload-dir {args.upload_dir}: exists and is not a folder")
+    if args.tls_cert and args.tls_key:
+        check_tls_files(args.tls_cert, args.tls_key)
 
 
 def _announce(kind: str, running: object) -> None:
     print(f"dnntune {kind} listening on {running.address}", flush=True)  # type: ignore[attr-defined]
 
 
+def _serve_until_signal(kind: str, running: object) -> int:
+    """Serve until SIGTERM/SIGINT; exit 0, or :data:`ABANDONED_EXIT_CODE` at once if the
+    grace period ran out with calls still running or gRPC did not stop within its bound
+    (grpcio can leave threads that never return, e.g. after a request that failed to
+    deserialize; the process must not wait for them)."""
+    _announce(kind, running)
+    if running.wait_for_signal():  # type: ignore[attr-defined]
+        print(f"dnntune {kind} stopped", file=sys.stderr)
+        return 0
+    print(f"dnntune {kind} stopped; calls (or gRPC's own threads) still running after "
+          "--grace-s were abandoned", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(ABANDONED_EXIT_CODE)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from cloud_server import create_server
 
-    running = create_server(_options(args), upload_dir=args.upload_dir)  # type: ignore[arg-type]
-    _announce("cloud server", running)
-    running.wait_for_signal()
-    print("dnntune cloud server stopped", file=sys.stderr)
-    return 0
+    options = _options(args)
+    _check_early(args, options)
+    running = create_server(options, upload_dir=args.upload_dir)  # type: ignore[arg-type]
+    return _serve_until_signal("cloud server", running)
 
 
 def run_agent(args: argparse.Namespace) -> int:
     from device_agent import create_server
+    from dnntune.errors import DnntuneError
     from dnntune.rpc.client import Endpoint, parse_address
     from dnntune.rpc.serving import read_token
+    from dnntune.rpc.tls_probe import read_certificate
 
+    options = _options(args)
+    _check_early(args, options)
     cloud = None
     if args.cloud:
+        if args.cloud_tls_cert:
+            read_certificate(args.cloud_tls_cert, "--cloud-tls-cert")  # now, not at first use
         cloud = Endpoint(parse_address(args.cloud, "--cloud"),
                          token=read_token(args.cloud_token_file), tls_cert=args.cloud_tls_cert)
-    running = create_server(_options(args), cloud, upload_dir=args.upload_dir)  # type: ignore[arg-type]
-    _announce("device agent", running)
-    running.wait_for_signal()
-    print("dnntune device agent stopped", file=sys.stderr)
-    return 0
+    elif args.cloud_tls_cert or args.cloud_token_file:
+        raise DnntuneError("--cloud-tls-cert and --cloud-token-file go with --cloud HOST:PORT")
+    running = create_server(options, cloud, upload_dir=args.upload_dir)  # type: ignore[arg-type]
+    return _serve_until_signal("device agent", running)

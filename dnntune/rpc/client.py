@@ -2,7 +2,10 @@
 
 :func:`connect` opens a channel with explicit message-size limits (and TLS and a token
 when given) and waits until the server answers, so an unreachable address is one clear
-error, not a hang.
+error, not a hang; a TLS mistake (plaintext against TLS, TLS against plaintext, a
+certificate the server's is not signed by) is named as such (:mod:`dnntune.rpc.tls_probe`).
+Channels send keepalive pings during calls, so a peer that goes silent is detected, and
+every call carries a deadline derived from the work it asks for.
 """
 
 from __future__ import annotations
@@ -22,8 +25,25 @@ from dnntune.model.loading import MODEL_SUFFIXES
 from dnntune.profiling.profile import Profile
 from dnntune.rpc.protocol import load_protocol
 from dnntune.rpc.tensors import DEFAULT_CHUNK_BYTES, TensorAssembler, encode_tensors
+from dnntune.rpc.tls_probe import diagnose_unreachable, read_certificate
 
 DEFAULT_MAX_MESSAGE_MB = 16
+SHORT_CALL_S = 60.0            # HasModel, Describe, and the base of every deadline
+SLOWEST_LINK_BYTES_PER_S = 30_000  # 0.24 Mbit/s: the slowest link a deadline allows for
+PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device expected
+ENERGY_S = 120.0               # an energy measurement on top of the runs
+SERVER_BUSY = ("profiling in progress", "server is shutting down")  # UNAVAILABLE, retry
+
+
+def transfer_deadline_s(nbytes: int) -> float:
+    """Deadline of a call that moves ``nbytes`` over the slowest link expected."""
+    return SHORT_CALL_S + nbytes / SLOWEST_LINK_BYTES_PER_S
+
+
+def profile_deadline_s(num_runs: int, warmup_runs: int, energy: str) -> float:
+    """Deadline of a Profile: building, every run, and an energy measurement if asked."""
+    measured = ENERGY_S if energy not in ("", "none") else 0.0
+    return 2 * SHORT_CALL_S + PROFILE_S_PER_RUN * (num_runs + warmup_runs) + measured
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,7 @@ class Endpoint:
     tls_cert: str | None = None  # PEM of the server's certificate (or its CA)
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     connect_timeout_s: float = 5.0
+    keepalive_s: float = 10.0  # ping after this long without data; dead after 2× this
     # The name the server's certificate carries, when ``address`` is not it (a proxy).
     tls_server_name: str | None = None
 
@@ -53,14 +74,15 @@ def parse_address(text: str, flag: str) -> str:
 def connect(endpoint: Endpoint) -> grpc.Channel:
     """A ready channel to ``endpoint``, or a :class:`DnntuneError` saying why not."""
     limit = endpoint.max_message_mb * (1 << 20)
-    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
-                                      ("grpc.max_receive_message_length", limit)]
+    keepalive_ms = int(endpoint.keepalive_s * 1000)
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # grpcio 1.85 times pings out by this one, not keepalive_timeout_ms
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        ("grpc.http2.max_pings_without_data", 0)]
     if endpoint.tls_cert:
-        try:
-            pem = Path(endpoint.tls_cert).read_bytes()
-        except OSError as exc:
-            raise DnntuneError(f"{endpoint.tls_cert}: cannot read TLS certificate "
-                               f"({exc.strerror})") from None
+        pem = read_certificate(endpoint.tls_cert)
         if endpoint.tls_server_name:
             options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
         channel = grpc.secure_channel(endpoint.address, grpc.ssl_channel_credentials(pem),
@@ -71,14 +93,17 @@ def connect(endpoint: Endpoint) -> grpc.Channel:
         grpc.channel_ready_future(channel).result(timeout=endpoint.connect_timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise DnntuneError(f"cannot reach {endpoint.address}: no gRPC server answered within "
-                           f"{endpoint.connect_timeout_s:g} s") from None
+        raise diagnose_unreachable(endpoint.address, endpoint.tls_cert,
+                                   endpoint.connect_timeout_s,
+                                   endpoint.tls_server_name) from None
     return channel
 
 
 def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and detail and detail.startswith(SERVER_BUSY):
+        return DnntuneError(f"{address}: UNAVAILABLE: {detail}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return DnntuneError(f"{address}: server unavailable or died during the call ({detail})")
     name = code.name if code is not None else "ERROR"
@@ -99,6 +124,14 @@ def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
     return pb2.ModelSpec(zoo_name=model, input_shape=shape, batch_size=batch_size, seed=seed)
 
 
+def head_identity(pb2: Any, spec: Any) -> Any:
+    """The ``ModelIdentity`` of the model a ``ModelSpec`` names (for ``TailHeader.head``)."""
+    if spec.WhichOneof("source") == "sha256":
+        return pb2.ModelIdentity(sha256=spec.sha256)
+    return pb2.ModelIdentity(zoo_name=spec.zoo_name, seed=spec.seed,
+                             input_shape=list(spec.input_shape))
+
+
 class ProfilerClient:
     """Model transfer and remote profiling against either process."""
 
@@ -113,11 +146,17 @@ class ProfilerClient:
     def close(self) -> None:
         self.channel.close()
 
-    def call(self, fn: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., Any], request: Any, timeout_s: float = SHORT_CALL_S,
+             **kwargs: Any) -> Any:
+        """``fn(request)`` with the token and a deadline; gRPC errors become one line."""
         try:
-            return fn(request, metadata=self.endpoint.metadata, **kwargs)
+            return fn(request, metadata=self.endpoint.metadata, timeout=timeout_s, **kwargs)
         except grpc.RpcError as exc:
             raise describe_rpc_error(exc, self.endpoint.address) from None
+
+    def describe(self, spec: Any) -> Any:
+        """The server's ``ModelDescription`` of ``spec``: layers, cuts, crossing tensors."""
+        return self.call(self.profiler.Describe, self.pb2.DescribeRequest(model=spec))
 
     def upload_file(self, path: str | Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
         """Send a model file unless the server has it already; returns its sha256."""
@@ -131,7 +170,8 @@ class ProfilerClient:
                 yield self.pb2.ModelChunk(sha256=digest, suffix=Path(path).suffix,
                                           total_bytes=len(data),
                                           data=data[start:start + chunk_bytes])
-        self.call(self.profiler.UploadModel, chunks())
+        self.call(self.profiler.UploadModel, chunks(),
+                  timeout_s=transfer_deadline_s(len(data)))
         return digest
 
     def ensure_model(self, spec: Any, store: Any) -> None:
@@ -142,11 +182,23 @@ class ProfilerClient:
                 raise DnntuneError(f"model {spec.sha256} is not held here")
             self.upload_file(path)
 
+    def run_split(self, spec: Any, cut_index: int, num_runs: int, warmup_runs: int,
+                  timeout_s: float | None = None) -> Any:
+        """Ask a device agent to run a split (deadline: a short call's worth per run)."""
+        request = self.pb2.SplitRequest(model=spec, cut_index=cut_index, num_runs=num_runs,
+                                        warmup_runs=warmup_runs)
+        if timeout_s is None:
+            timeout_s = SHORT_CALL_S * (2 + num_runs + warmup_runs)
+        return self.call(self.device.RunSplit, request, timeout_s=timeout_s)
+
     def profile(self, spec: Any, num_runs: int, warmup_runs: int, energy: str,
                 progress: Callable[[str, int, int], None] | None = None,
                 timeout_s: float | None = None) -> Profile:
+        """Profile ``spec`` on the server (deadline: :func:`profile_deadline_s` by default)."""
         request = self.pb2.ProfileRequest(model=spec, num_runs=num_runs,
                                           warmup_runs=warmup_runs, energy=energy)
+        if timeout_s is None:
+            timeout_s = profile_deadline_s(num_runs, warmup_runs, energy)
         parts: list[bytes] = []
         try:
             for event in self.profiler.Profile(request, metadata=self.endpoint.metadata,
@@ -161,14 +213,24 @@ class ProfilerClient:
                                  f"profile from {self.endpoint.address}")
 
     def run_tail(self, spec: Any, cut_index: int, tensors: list[tuple[str, np.ndarray]],
-                 timeout_s: float | None = None) -> tuple[dict[str, np.ndarray], Any]:
-        """Send crossing tensors; returns the tail's outputs by name and the cloud's timing."""
+                 timeout_s: float | None = None, head: Any = None
+                 ) -> tuple[dict[str, np.ndarray], Any]:
+        """Send crossing tensors; returns the tail's outputs by name and the cloud's timing.
+
+        ``head`` is the ``ModelIdentity`` of the model the tensors came from; by default,
+        the one ``spec`` names (the caller ran its head from the same spec).
+        """
         pb2 = self.pb2
+        if head is None:
+            head = head_identity(pb2, spec)
 
         def requests() -> Iterator[Any]:
-            yield pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index))
+            yield pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index,
+                                                        head=head))
             for chunk in encode_tensors(pb2, tensors):
                 yield pb2.TailRequest(tensor=chunk)
+        if timeout_s is None:
+            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
         assembler = TensorAssembler()
         timing = None
         try:
@@ -184,6 +246,8 @@ class ProfilerClient:
 
     def echo(self, tensors: list[tuple[str, np.ndarray]], timeout_s: float | None = None
              ) -> dict[str, np.ndarray]:
+        if timeout_s is None:
+            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
         assembler = TensorAssembler()
         try:
             for chunk in self.cloud.Echo(encode_tensors(self.pb2, tensors),

@@ -1,16 +1,22 @@
 """Models a server holds: uploaded files by sha256 and loaded models, both bounded.
 
-Uploaded files are kept on disk under their sha256 (checked on arrival) and loaded in
-Keras safe mode; loaded models are kept in a small LRU cache together with their
-splitter and the splits built so far. Thread-safe: gRPC handlers share one store.
+Uploaded files are kept on disk under their sha256 (checked on arrival: size, digest,
+and that the bytes are a Keras archive) and loaded in Keras safe mode; loaded models
+are kept in a small LRU cache together with their splitter and the splits built so far.
+Only a well-formed sha256 ever becomes a file name, so no request can reach outside the
+store, and no error message names a server path. One model is built at a time, so
+concurrent requests for new models cannot multiply the memory a build takes.
+Thread-safe: gRPC handlers share one store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,16 +25,46 @@ from typing import Any
 
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import DEFAULT_SEED, MODEL_SUFFIXES, LoadedModel, load_model
-
-SHA256_HEX = 64
+from dnntune.rpc.limits import LimitError, RequestLimits, check_input_elements, check_sha256, quoted
 
 
 class NotFoundError(DnntuneError):
     """A model the caller named is not held here."""
 
 
-class TooLargeError(DnntuneError):
+class TooLargeError(LimitError):
     """An upload over the store's byte limit."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a head and a tail must share to run as one model (see ``TailHeader.head``).
+
+    An uploaded file is its sha256; a zoo model is its name, seed and input shape
+    (without batch), with the defaults filled in.
+    """
+
+    sha256: str = ""
+    zoo_name: str = ""
+    seed: int = 0
+    input_shape: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, sha256: str, zoo_name: str, seed: int, input_shape: Any) -> ModelIdentity:
+        """The canonical identity of these ``ModelSpec``/``ModelIdentity`` field values."""
+        if sha256:
+            return cls(sha256=sha256)
+        from dnntune.model.zoo import ZOO
+
+        shape = tuple(int(d) for d in input_shape)
+        if not shape and zoo_name in ZOO:
+            shape = ZOO[zoo_name].input_shape
+        return cls(zoo_name=zoo_name, seed=seed or DEFAULT_SEED, input_shape=shape)
+
+    def describe(self) -> str:
+        if self.sha256:
+            return f"uploaded model {self.sha256[:12]}…"
+        return f"zoo model {self.zoo_name} (seed {self.seed}, input {list(self.input_shape)})"
 
 
 @dataclass(frozen=True)
@@ -45,7 +81,11 @@ class ModelKey:
 
 @dataclass
 class ModelEntry:
+    """A loaded model, its identity, how long loading took and its splits."""
+
     loaded: LoadedModel
+    identity: ModelIdentity
+    load_ms: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _splitter: Any = None
     _splits: dict[int, Any] = field(default_factory=dict)
@@ -66,16 +106,36 @@ class ModelStore:
     """Uploaded model files and loaded models, with bounds on both."""
 
     def __init__(self, upload_dir: str | Path | None = None, max_models: int = 4,
-                 max_upload_bytes: int = 1 << 30, max_files: int = 16) -> None:
-        self.upload_dir = Path(upload_dir or tempfile.mkdtemp(prefix="dnntune-models-"))
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+                 limits: RequestLimits | None = None, max_files: int = 16) -> None:
+        self.limits = limits or RequestLimits()
+        self.owns_dir = not upload_dir  # a folder it made itself: removed by close()
+        if upload_dir:
+            self.upload_dir = Path(upload_dir)
+            try:
+                self.upload_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                problem = ("exists and is not a folder" if isinstance(exc, FileExistsError)
+                           else f"cannot create it ({exc.strerror})")
+                raise DnntuneError(f"--upload-dir {upload_dir}: {problem}") from None
+        else:
+            self.upload_dir = Path(tempfile.mkdtemp(prefix="dnntune-models-"))
         self.max_models = max_models
-        self.max_upload_bytes = max_upload_bytes
+        self.max_upload_bytes = self.limits.max_model_bytes
         self.max_files = max_files
         self._loaded: OrderedDict[ModelKey, ModelEntry] = OrderedDict()
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()  # one build at a time bounds build memory
+
+    def close(self) -> None:
+        """Forget loaded models; remove the upload folder if this store created it."""
+        with self._lock:
+            self._loaded.clear()
+        if self.owns_dir:
+            shutil.rmtree(self.upload_dir, ignore_errors=True)
 
     def file_for(self, sha256: str) -> Path | None:
+        """The stored file of ``sha256`` (checked to be 64 hex digits), or ``None``."""
+        check_sha256(sha256, "sha256")
         for suffix in MODEL_SUFFIXES:
             path = self.upload_dir / f"{sha256}{suffix}"
             if path.is_file():
@@ -84,12 +144,11 @@ class ModelStore:
 
     def save_upload(self, sha256: str, suffix: str, total_bytes: int,
                     parts: Iterable[bytes]) -> Path:
-        """Store an uploaded model file; checks its size, suffix and sha256."""
-        if len(sha256) != SHA256_HEX or any(c not in "0123456789abcdef" for c in sha256):
-            raise DnntuneError(f"model sha256 must be 64 lowercase hex digits, got {sha256!r}")
+        """Store an uploaded model file; checks its size, suffix, sha256 and format."""
+        check_sha256(sha256, "ModelChunk.sha256")
         if suffix not in MODEL_SUFFIXES:
             raise DnntuneError(f"model suffix must be one of {', '.join(MODEL_SUFFIXES)}, "
-                               f"got {suffix!r}")
+                               f"got {quoted(suffix)}")
         if not 0 < total_bytes <= self.max_upload_bytes:
             raise TooLargeError(f"model of {total_bytes} bytes: the limit is "
                                 f"{self.max_upload_bytes} bytes")
@@ -110,6 +169,7 @@ class ModelStore:
             if digest.hexdigest() != sha256:
                 raise DnntuneError(f"model upload: sha256 of the bytes is "
                                    f"{digest.hexdigest()}, not {sha256}")
+            check_model_archive(Path(tmp), suffix)
             path = self.upload_dir / f"{sha256}{suffix}"
             os.replace(tmp, path)
         finally:
@@ -137,14 +197,77 @@ class ModelStore:
                                     "first")
             source = str(path)
         elif key.zoo_name:
+            from dnntune.model.zoo import ZOO
+
             source = key.zoo_name
+            if source in ZOO:
+                check_input_elements(key.input_shape or ZOO[source].input_shape,
+                                     key.batch_size, self.limits)
         else:
             raise DnntuneError("model spec names neither a zoo model nor an uploaded sha256")
-        shapes = [key.input_shape] if key.input_shape else None
-        entry = ModelEntry(load_model(source, shapes, batch_size=key.batch_size, seed=key.seed,
-                                      name=key.name or None))
-        with self._lock:
-            self._loaded[key] = entry
-            while len(self._loaded) > self.max_models:
-                self._loaded.popitem(last=False)
+        with self._build_lock:
+            with self._lock:  # built by another caller while this one waited
+                if key in self._loaded:
+                    return self._loaded[key]
+            entry = self._load(key, source)
+            with self._lock:
+                self._loaded[key] = entry
+                while len(self._loaded) > self.max_models:
+                    self._loaded.popitem(last=False)
         return entry
+
+    def _load(self, key: ModelKey, source: str) -> ModelEntry:
+        shapes = [key.input_shape] if key.input_shape else None
+        t0 = time.perf_counter()
+        try:
+            loaded = load_model(source, shapes, batch_size=key.batch_size, seed=key.seed,
+                                name=key.name or key.sha256 or None)
+        except DnntuneError as exc:
+            what = f"uploaded model {key.sha256}" if key.sha256 else key.zoo_name
+            raise DnntuneError(redact(str(exc), source, what)) from None
+        for shape in loaded.input_shapes:  # a file fixes its own input size
+            check_input_elements(shape[1:], shape[0], self.limits)
+        identity = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
+        return ModelEntry(loaded, identity, (time.perf_counter() - t0) * 1e3)
+
+
+def redact(message: str, path: str, name: str) -> str:
+    """``message`` with this server's paths replaced by ``name`` or ``<server path>``."""
+    message = message.replace(path, name)
+    for root in {tempfile.gettempdir(), str(Path.home()), os.getcwd()}:
+        if len(root) > 1:
+            message = message.replace(root, "<server path>")
+    return message
+
+
+def check_model_archive(path: Path, suffix: str) -> None:
+    """Refuse bytes that cannot be a saved Keras model, naming what is wrong with them."""
+    import zipfile
+
+    if suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise DnntuneError("model upload: a .keras file must be a zip archive (Keras 3 "
+                               "format); these bytes are not one")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DnntuneError(f"model upload: a damaged .keras zip archive ({exc})") from None
+        if bad is not None:
+            raise DnntuneError(f"model upload: a damaged .keras zip archive (member {bad!r})")
+        if "config.json" not in names:
+            raise DnntuneError("model upload: the .keras archive has no config.json, so it is "
+                               "not a saved Keras model")
+        return
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            has_config = "model_config" in f.attrs
+    except OSError:
+        raise DnntuneError(f"model upload: a {suffix} file must be HDF5; these bytes are "
+                           "not") from None
+    if not has_config:
+        raise DnntuneError(f"model upload: the {suffix} file has no model_config, so it is "
+                           "not a saved Keras model (weights only?)")

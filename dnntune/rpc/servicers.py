@@ -1,14 +1,17 @@
 """gRPC servicers: convert protocol messages to dnntune's types and call the core.
 
 Shared by the cloud server (Profiler + Cloud) and the device agent (Profiler + Device).
-Every bad request ends in a status with a one-line message, and the server keeps
-serving: :func:`rpc_errors` maps dnntune's errors to gRPC status codes.
+Every request field is checked at the edge (:mod:`dnntune.rpc.limits`) before anything
+is opened, built or allocated; every bad request ends in a status with a one-line
+message that names no server path, and the server keeps serving: :func:`rpc_errors`
+maps dnntune's errors to gRPC status codes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -21,40 +24,72 @@ import numpy as np
 
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import DEFAULT_SEED
-from dnntune.rpc.modelstore import ModelKey, ModelStore, NotFoundError, TooLargeError
+from dnntune.rpc.gate import BusyError, ComputeGate
+from dnntune.rpc.limits import (
+    MAX_NAME_CHARS,
+    LimitError,
+    RequestLimits,
+    check_identity,
+    check_runs,
+    check_sha256,
+    check_spec,
+)
+from dnntune.rpc.modelstore import ModelIdentity, ModelKey, ModelStore, NotFoundError
 from dnntune.rpc.tensors import TensorAssembler, WireError, encode_tensors
 
 PROFILE_CHUNK_BYTES = 1 << 20
+log = logging.getLogger("dnntune.server")
+
+
+class HeadMismatchError(DnntuneError):
+    """RunTail's crossing tensors come from another model than the tail's."""
+
+
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BusyError, grpc.StatusCode.UNAVAILABLE),
+    (HeadMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DnntuneError, grpc.StatusCode.INVALID_ARGUMENT),
+)
 
 
 @contextlib.contextmanager
 def rpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
-    """Abort the call with the right status for dnntune's errors (never a traceback)."""
+    """Abort the call with the right status for dnntune's errors (never a traceback).
+
+    Anything else is a bug of ours: logged here, INTERNAL for the caller, with no detail
+    (a server path or a stack must not reach a client). Never call ``context.abort``
+    inside this block.
+    """
     try:
         yield
-    except NotFoundError as exc:
-        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    except TooLargeError as exc:
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except WireError as exc:
         context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
     except DnntuneError as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        context.abort(status_code(exc), str(exc))
+    except Exception:  # the server must answer and keep serving
+        log.exception("internal error in a dnntune call")
+        context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server's log)")
 
 
-def key_from_spec(spec: Any) -> ModelKey:
-    """A store key from a ``ModelSpec`` message."""
-    source = spec.WhichOneof("source")
-    if source is None:
-        raise DnntuneError("model spec names neither zoo_name nor sha256")
-    shape = tuple(int(d) for d in spec.input_shape)
-    if any(d <= 0 for d in shape):
-        raise DnntuneError(f"model input_shape must be positive, got {list(shape)}")
-    if spec.batch_size < 0:
-        raise DnntuneError(f"model batch_size must be positive, got {spec.batch_size}")
-    return ModelKey(zoo_name=spec.zoo_name, sha256=spec.sha256, input_shape=shape,
+def status_code(exc: DnntuneError) -> grpc.StatusCode:
+    """The gRPC status for one of dnntune's errors."""
+    return next(c for kind, c in _CODES if isinstance(exc, kind))
+
+
+def key_from_spec(spec: Any, limits: RequestLimits) -> ModelKey:
+    """A store key from a ``ModelSpec`` message, every field checked."""
+    check_spec(spec, limits)
+    return ModelKey(zoo_name=spec.zoo_name, sha256=spec.sha256,
+                    input_shape=tuple(int(d) for d in spec.input_shape),
                     batch_size=spec.batch_size or 1, seed=spec.seed or DEFAULT_SEED,
                     name=spec.name)
+
+
+def identity_message(pb2: Any, identity: ModelIdentity) -> Any:
+    return pb2.ModelIdentity(sha256=identity.sha256, zoo_name=identity.zoo_name,
+                             seed=identity.seed, input_shape=list(identity.input_shape))
 
 
 @dataclass
@@ -65,8 +100,9 @@ class ServerState:
     store: ModelStore
     side: str
     num_threads: int
-    max_tensor_bytes: int
+    limits: RequestLimits
     profile_lock: threading.Lock
+    gate: ComputeGate
 
 
 def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
@@ -78,10 +114,10 @@ def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerS
     options.validate()
     runtime = configure_runtime(options.num_threads)
     pb2, services = load_protocol()
-    state = ServerState(pb2=pb2, store=ModelStore(upload_dir), side=side,
-                        num_threads=int(runtime["intra_op"]),
-                        max_tensor_bytes=options.max_tensor_mb << 20,
-                        profile_lock=threading.Lock())
+    limits = options.limits()
+    state = ServerState(pb2=pb2, store=ModelStore(upload_dir, options.max_models, limits),
+                        side=side, num_threads=int(runtime["intra_op"]), limits=limits,
+                        profile_lock=threading.Lock(), gate=ComputeGate())
     return state, services
 
 
@@ -90,15 +126,17 @@ class _Abandoned(Exception):  # noqa: N818 - control flow, never shown to anyone
 
 
 class ProfilerServicer:
-    """Model transfer and profiling on this process's side."""
+    """Model transfer, description and profiling on this process's side."""
 
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
     def HasModel(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        path = self.s.store.file_for(request.sha256)
+        with rpc_errors(context):
+            path = self.s.store.file_for(check_sha256(request.sha256, "ModelRef.sha256"))
+            size = path.stat().st_size if path else 0
         return self.s.pb2.ModelStatus(sha256=request.sha256, cached=path is not None,
-                                      total_bytes=path.stat().st_size if path else 0)
+                                      total_bytes=size)
 
     def UploadModel(self, request_iterator: Iterator[Any],  # noqa: N802
                     context: grpc.ServicerContext) -> Any:
@@ -106,62 +144,109 @@ class ProfilerServicer:
             first = next(request_iterator, None)
             if first is None:
                 raise DnntuneError("model upload: no chunks")
+            check_sha256(first.sha256, "ModelChunk.sha256")
 
             def parts() -> Iterator[bytes]:
                 yield first.data
                 for chunk in request_iterator:
+                    if ((chunk.sha256 and chunk.sha256 != first.sha256)
+                            or (chunk.suffix and chunk.suffix != first.suffix)
+                            or (chunk.total_bytes and chunk.total_bytes != first.total_bytes)):
+                        raise DnntuneError("model upload: a following chunk names another "
+                                           "file than the first (sha256, suffix, total_bytes)")
                     yield chunk.data
             path = self.s.store.save_upload(first.sha256, first.suffix, first.total_bytes,
                                             parts())
-            return self.s.pb2.ModelStatus(sha256=first.sha256, cached=True,
-                                          total_bytes=path.stat().st_size)
+            size = path.stat().st_size
+        return self.s.pb2.ModelStatus(sha256=first.sha256, cached=True, total_bytes=size)
+
+    def Describe(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        from dnntune.model.cuts import enumerate_cuts
+
+        with rpc_errors(context), self.s.gate.compute():
+            entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
+            graph = entry.loaded.graph
+            cuts = enumerate_cuts(graph)
+        return describe_message(self.s.pb2, entry.identity, graph, cuts)
 
     def Profile(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
-        from dnntune.profiling.profiler import ProfileSettings, profile_model
+        from dnntune.profiling.profiler import ProfileSettings
 
-        pb2 = self.s.pb2
         with rpc_errors(context):
+            check_runs(request.num_runs, request.warmup_runs)
+            if len(request.energy) > MAX_NAME_CHARS:
+                raise DnntuneError(f"ProfileRequest.energy is over {MAX_NAME_CHARS} characters")
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads,
                                        energy=request.energy or "none")
             settings.validate()
-            entry = self.s.store.get(key_from_spec(request.model))
-        events: queue.Queue[Any] = queue.Queue()
-        done = object()
+            key = key_from_spec(request.model, self.s.limits)
         gone = threading.Event()  # the caller cancelled or its deadline passed
         context.add_callback(gone.set)
+        for item in self._profile_events(key, settings, gone):
+            if isinstance(item, DnntuneError):
+                context.abort(status_code(item), str(item))
+            yield item
+
+    def _profile_events(self, key: ModelKey, settings: Any, gone: threading.Event
+                        ) -> Iterator[Any]:
+        """Progress events then the profile's JSON chunks (or a DnntuneError)."""
+        from dnntune.profiling.profiler import profile_model
+
+        pb2 = self.s.pb2
+        events: queue.Queue[Any] = queue.Queue()
+        done = object()
 
         def progress(stage: str, n: int, total: int) -> None:
             if gone.is_set():
                 raise _Abandoned
-            events.put(("progress", stage, n, total))
+            events.put(pb2.ProfileEvent(progress=pb2.Progress(stage=stage, done=n,
+                                                              total=total)))
 
         def work() -> None:
             try:
-                with self.s.profile_lock:  # one profile at a time: timings must not overlap
-                    if not gone.is_set():
-                        events.put(("profile", profile_model(entry.loaded, settings,
-                                                             progress=progress)))
+                # One profile at a time, and no other compute beside it: timings must
+                # not overlap with anything this server runs.
+                # Building the model happens there too: it is compute like any other.
+                with self.s.profile_lock, self.s.gate.profiling(gone) as alone:
+                    if alone:
+                        entry = self.s.store.get(key)
+                        events.put(profile_model(entry.loaded, settings, progress=progress))
             except DnntuneError as exc:
-                events.put(("error", exc))
+                events.put(exc)
             except _Abandoned:
                 pass  # nobody is listening; free the lock for the next caller at once
+            except Exception:  # report; never let the worker die silently
+                log.exception("internal error while profiling")
+                events.put(DnntuneError("internal server error while profiling"))
             finally:
                 events.put(done)
 
         threading.Thread(target=work, name="dnntune-profile", daemon=True).start()
         while (item := events.get()) is not done:
-            if item[0] == "progress":
-                yield pb2.ProfileEvent(progress=pb2.Progress(stage=item[1], done=item[2],
-                                                             total=item[3]))
-            elif item[0] == "error":
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item[1]))
-            else:
-                doc = json.dumps(item[1].to_dict()).encode()
+            if hasattr(item, "to_dict"):
+                doc = json.dumps(item.to_dict()).encode()
                 for start in range(0, len(doc), PROFILE_CHUNK_BYTES):
                     yield pb2.ProfileEvent(profile_json_chunk=doc[start:start +
                                                                    PROFILE_CHUNK_BYTES])
+            else:
+                yield item
+
+
+def describe_message(pb2: Any, identity: ModelIdentity, graph: Any, cuts: Any) -> Any:
+    """A ``ModelDescription`` of a layer graph and its cuts."""
+    def spec(t: Any) -> Any:
+        return pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape), bytes=t.bytes)
+
+    return pb2.ModelDescription(
+        identity=identity_message(pb2, identity),
+        layers=[pb2.Layer(name=node.name, type=node.type, inputs=list(node.inputs),
+                          outputs=[spec(t) for t in node.outputs]) for node in graph.layers],
+        cuts=[pb2.Cut(index=c.index, after=c.after or "", tensors=[spec(t) for t in c.tensors],
+                      bytes_up=c.bytes_up, bytes_down=c.bytes_down) for c in cuts],
+        model_inputs=[spec(graph.tensor(n)) for n in graph.model_inputs],
+        model_outputs=[spec(graph.tensor(n)) for n in graph.model_outputs])
 
 
 class CloudServicer:
@@ -173,33 +258,50 @@ class CloudServicer:
     def RunTail(self, request_iterator: Iterator[Any],  # noqa: N802
                 context: grpc.ServicerContext) -> Iterator[Any]:
         pb2 = self.s.pb2
-        with rpc_errors(context):
-            t0 = time.perf_counter()
+        with rpc_errors(context), self.s.gate.compute():
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise DnntuneError("RunTail: the first message must be a header (model, "
-                                   "cut_index)")
-            entry = self.s.store.get(key_from_spec(first.header.model))
-            split = entry.split(first.header.cut_index)
-            assembler = TensorAssembler(self.s.max_tensor_bytes)
+                                   "cut_index, head)")
+            t_load = time.perf_counter()
+            entry, split = self._tail_for(first.header)
+            t0 = time.perf_counter()
+            graph = entry.loaded.graph
+            assembler = TensorAssembler(self.s.limits, expected={
+                n: (graph.tensor(n).dtype, graph.tensor(n).shape) for n in split.tail_inputs})
             for request in request_iterator:
                 if request.WhichOneof("part") != "tensor":
                     raise DnntuneError("RunTail: only tensors may follow the header")
                 assembler.add(request.tensor)
             tensors = assembler.finish()
-            check_crossing(entry.loaded.graph, split.tail_inputs, tensors)
+            check_crossing(graph, split.tail_inputs, tensors)
             t1 = time.perf_counter()
             outputs = split.run_tail([tensors[n] for n in split.tail_inputs])
             t2 = time.perf_counter()
         yield from (pb2.TailReply(tensor=c) for c in
                     encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True)))
         yield pb2.TailReply(timing=pb2.TailTiming(receive_ms=(t1 - t0) * 1e3,
-                                                  compute_ms=(t2 - t1) * 1e3))
+                                                  compute_ms=(t2 - t1) * 1e3,
+                                                  load_ms=(t0 - t_load) * 1e3))
+
+    def _tail_for(self, header: Any) -> tuple[Any, Any]:
+        """The model entry and split a TailHeader asks for, its head identity checked."""
+        key = key_from_spec(header.model, self.s.limits)
+        check_identity(header.head)
+        head = ModelIdentity.of(header.head.sha256, header.head.zoo_name, header.head.seed,
+                                header.head.input_shape)
+        tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
+        if head != tail:
+            raise HeadMismatchError(f"RunTail: the crossing tensors come from {head.describe()}"
+                                    f", but the tail is {tail.describe()}; run both halves "
+                                    "of the same model")
+        entry = self.s.store.get(key)
+        return entry, entry.split(header.cut_index)
 
     def Echo(self, request_iterator: Iterator[Any],  # noqa: N802
              context: grpc.ServicerContext) -> Iterator[Any]:
-        with rpc_errors(context):
-            assembler = TensorAssembler(self.s.max_tensor_bytes)
+        with rpc_errors(context), self.s.gate.compute():
+            assembler = TensorAssembler(self.s.limits)
             for chunk in request_iterator:
                 assembler.add(chunk)
             tensors = assembler.finish()
@@ -230,10 +332,9 @@ class DeviceServicer:
         from dnntune.rpc.splitrun import run_split
 
         pb2 = self.s.pb2
-        with rpc_errors(context):
-            if request.num_runs < 0 or request.warmup_runs < 0:
-                raise DnntuneError("num_runs and warmup_runs must be 0 or more")
-            entry = self.s.store.get(key_from_spec(request.model))
+        with rpc_errors(context), self.s.gate.compute():
+            check_runs(request.num_runs, request.warmup_runs)
+            entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
             split = entry.split(request.cut_index)
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nntune/v1/dnntune.proto\x12\ndnntune.v1\"\x80\x01\n\tModelSpec\x12\x12\n\x08zoo_name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0c\n\x04name\x18\x06 \x01(\tB\x08\n\x06source\"O\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"B\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\"m\n\x0eProfileRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x10\n\x08num_runs\x18\x02 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x03 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\t\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"_\n\x0cProfileEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1c\n\x12profile_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\\\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"E\n\nTailHeader\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\"j\n\x0bTailRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.dnntune.v1.TailHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x42\x06\n\x04part\"4\n\nTailTiming\x12\x12\n\nreceive_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\"h\n\tTailReply\x12)\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12(\n\x06timing\x18\x02 \x01(\x0b\x32\x16.dnntune.v1.TailTimingH\x00\x42\x06\n\x04part\"n\n\x0cSplitRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\x10\n\x08num_runs\x18\x03 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x04 \x01(\x05\"S\n\x08SplitRun\x12\x10\n\x08total_ms\x18\x01 \x01(\x01\x12\x0f\n\x07head_ms\x18\x02 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\"m\n\nSplitReply\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.dnntune.v1.SplitRun\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x03 \x01(\x03\x12\x12\n\nbytes_down\x18\x04 \x01(\x03\x32\xca\x01\n\x08Profiler\x12\x39\n\x08HasModel\x12\x14.dnntune.v1.ModelRef\x1a\x17.dnntune.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.dnntune.v1.ModelChunk\x1a\x17.dnntune.v1.ModelStatus(\x01\x12\x41\n\x07Profile\x12\x1a.dnntune.v1.ProfileRequest\x1a\x18.dnntune.v1.ProfileEvent0\x01\x32\x84\x01\n\x05\x43loud\x12=\n\x07RunTail\x12\x17.dnntune.v1.TailRequest\x1a\x15.dnntune.v1.TailReply(\x01\x30\x01\x12<\n\x04\x45\x63ho\x12\x17.dnntune.v1.TensorChunk\x1a\x17.dnntune.v1.TensorChunk(\x01\x30\x01\x32\x46\n\x06\x44\x65vice\x12<\n\x08RunSplit\x12\x18.dnntune.v1.SplitRequest\x1a\x16.dnntune.v1.SplitReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nntune/v1/dnntune.proto\x12\ndnntune.v1\"\x80\x01\n\tModelSpec\x12\x12\n\x08zoo_name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0c\n\x04name\x18\x06 \x01(\tB\x08\n\x06source\"T\n\rModelIdentity\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x10\n\x08zoo_name\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\"O\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"B\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\"7\n\x0f\x44\x65scribeRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\"G\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\"\\\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"r\n\x03\x43ut\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12\x10\n\x08\x62ytes_up\x18\x04 \x01(\x03\x12\x12\n\nbytes_down\x18\x05 \x01(\x03\"\xde\x01\n\x10ModelDescription\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\x12!\n\x06layers\x18\x02 \x03(\x0b\x32\x11.dnntune.v1.Layer\x12\x1d\n\x04\x63uts\x18\x03 \x03(\x0b\x32\x0f.dnntune.v1.Cut\x12,\n\x0cmodel_inputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12-\n\rmodel_outputs\x18\x05 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"m\n\x0eProfileRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x10\n\x08num_runs\x18\x02 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x03 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\t\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"_\n\x0cProfileEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1c\n\x12profile_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\\\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"n\n\nTailHeader\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\'\n\x04head\x18\x03 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\"j\n\x0bTailRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.dnntune.v1.TailHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x42\x06\n\x04part\"E\n\nTailTiming\x12\x12\n\nreceive_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"h\n\tTailReply\x12)\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12(\n\x06timing\x18\x02 \x01(\x0b\x32\x16.dnntune.v1.TailTimingH\x00\x42\x06\n\x04part\"n\n\x0cSplitRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\x10\n\x08num_runs\x18\x03 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x04 \x01(\x05\"S\n\x08SplitRun\x12\x10\n\x08total_ms\x18\x01 \x01(\x01\x12\x0f\n\x07head_ms\x18\x02 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\"m\n\nSplitReply\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.dnntune.v1.SplitRun\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x03 \x01(\x03\x12\x12\n\nbytes_down\x18\x04 \x01(\x03\x32\x91\x02\n\x08Profiler\x12\x39\n\x08HasModel\x12\x14.dnntune.v1.ModelRef\x1a\x17.dnntune.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.dnntune.v1.ModelChunk\x1a\x17.dnntune.v1.ModelStatus(\x01\x12\x45\n\x08\x44\x65scribe\x12\x1b.dnntune.v1.DescribeRequest\x1a\x1c.dnntune.v1.ModelDescription\x12\x41\n\x07Profile\x12\x1a.dnntune.v1.ProfileRequest\x1a\x18.dnntune.v1.ProfileEvent0\x01\x32\x84\x01\n\x05\x43loud\x12=\n\x07RunTail\x12\x17.dnntune.v1.TailRequest\x1a\x15.dnntune.v1.TailReply(\x01\x30\x01\x12<\n\x04\x45\x63ho\x12\x17.dnntune.v1.TensorChunk\x1a\x17.dnntune.v1.TensorChunk(\x01\x30\x01\x32\x46\n\x06\x44\x65vice\x12<\n\x08RunSplit\x12\x18.dnntune.v1.SplitRequest\x1a\x16.dnntune.v1.SplitReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELSPEC']._serialized_start=41
   _globals['_MODELSPEC']._serialized_end=169
-  _globals['_MODELCHUNK']._serialized_start=171
-  _globals['_MODELCHUNK']._serialized_end=250
-  _globals['_MODELREF']._serialized_start=252
-  _globals['_MODELREF']._serialized_end=278
-  _globals['_MODELSTATUS']._serialized_start=280
-  _globals['_MODELSTATUS']._serialized_end=346
-  _globals['_PROFILEREQUEST']._serialized_start=348
-  _globals['_PROFILEREQUEST']._serialized_end=457
-  _globals['_PROGRESS']._serialized_start=459
-  _globals['_PROGRESS']._serialized_end=513
-  _globals['_PROFILEEVENT']._serialized_start=515
-  _globals['_PROFILEEVENT']._serialized_end=610
-  _globals['_TENSORCHUNK']._serialized_start=612
-  _globals['_TENSORCHUNK']._serialized_end=704
-  _globals['_TAILHEADER']._serialized_start=706
-  _globals['_TAILHEADER']._serialized_end=775
-  _globals['_TAILREQUEST']._serialized_start=777
-  _globals['_TAILREQUEST']._serialized_end=883
-  _globals['_TAILTIMING']._serialized_start=885
-  _globals['_TAILTIMING']._serialized_end=937
-  _globals['_TAILREPLY']._serialized_start=939
-  _globals['_TAILREPLY']._serialized_end=1043
-  _globals['_SPLITREQUEST']._serialized_start=1045
-  _globals['_SPLITREQUEST']._serialized_end=1155
-  _globals['_SPLITRUN']._serialized_start=1157
-  _globals['_SPLITRUN']._serialized_end=1240
-  _globals['_SPLITREPLY']._serialized_start=1242
-  _globals['_SPLITREPLY']._serialized_end=1351
-  _globals['_PROFILER']._serialized_start=1354
-  _globals['_PROFILER']._serialized_end=1556
-  _globals['_CLOUD']._serialized_start=1559
-  _globals['_CLOUD']._serialized_end=1691
-  _globals['_DEVICE']._serialized_start=1693
-  _globals['_DEVICE']._serialized_end=1763
+  _globals['_MODELIDENTITY']._serialized_start=171
+  _globals['_MODELIDENTITY']._serialized_end=255
+  _globals['_MODELCHUNK']._serialized_start=257
+  _globals['_MODELCHUNK']._serialized_end=336
+  _globals['_MODELREF']._serialized_start=338
+  _globals['_MODELREF']._serialized_end=364
+  _globals['_MODELSTATUS']._serialized_start=366
+  _globals['_MODELSTATUS']._serialized_end=432
+  _globals['_DESCRIBEREQUEST']._serialized_start=434
+  _globals['_DESCRIBEREQUEST']._serialized_end=489
+  _globals['_TENSORSPEC']._serialized_start=491
+  _globals['_TENSORSPEC']._serialized_end=562
+  _globals['_LAYER']._serialized_start=564
+  _globals['_LAYER']._serialized_end=656
+  _globals['_CUT']._serialized_start=658
+  _globals['_CUT']._serialized_end=772
+  _globals['_MODELDESCRIPTION']._serialized_start=775
+  _globals['_MODELDESCRIPTION']._serialized_end=997
+  _globals['_PROFILEREQUEST']._serialized_start=999
+  _globals['_PROFILEREQUEST']._serialized_end=1108
+  _globals['_PROGRESS']._serialized_start=1110
+  _globals['_PROGRESS']._serialized_end=1164
+  _globals['_PROFILEEVENT']._serialized_start=1166
+  _globals['_PROFILEEVENT']._serialized_end=1261
+  _globals['_TENSORCHUNK']._serialized_start=1263
+  _globals['_TENSORCHUNK']._serialized_end=1355
+  _globals['_TAILHEADER']._serialized_start=1357
+  _globals['_TAILHEADER']._serialized_end=1467
+  _globals['_TAILREQUEST']._serialized_start=1469
+  _globals['_TAILREQUEST']._serialized_end=1575
+  _globals['_TAILTIMING']._serialized_start=1577
+  _globals['_TAILTIMING']._serialized_end=1646
+  _globals['_TAILREPLY']._serialized_start=1648
+  _globals['_TAILREPLY']._serialized_end=1752
+  _globals['_SPLITREQUEST']._serialized_start=1754
+  _globals['_SPLITREQUEST']._serialized_end=1864
+  _globals['_SPLITRUN']._serialized_start=1866
+  _globals['_SPLITRUN']._serialized_end=1949
+  _globals['_SPLITREPLY']._serialized_start=1951
+  _globals['_SPLITREPLY']._serialized_end=2060
+  _globals['_PROFILER']._serialized_start=2063
+  _globals['_PROFILER']._serialized_end=2336
+  _globals['_CLOUD']._serialized_start=2339
+  _globals['_CLOUD']._serialized_end=2471
+  _globals['_DEVICE']._serialized_start=2473
+  _globals['_DEVICE']._serialized_end=2543
 # @@protoc_insertion_point(module_scope)

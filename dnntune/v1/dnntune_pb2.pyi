@@ -22,6 +22,18 @@ class ModelSpec(_message.Message):
     name: str
     def __init__(self, zoo_name: _Optional[str] = ..., sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
+class ModelIdentity(_message.Message):
+    __slots__ = ("sha256", "zoo_name", "seed", "input_shape")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ZOO_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    zoo_name: str
+    seed: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sha256: _Optional[str] = ..., zoo_name: _Optional[str] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ModelChunk(_message.Message):
     __slots__ = ("sha256", "suffix", "total_bytes", "data")
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +61,64 @@ class ModelStatus(_message.Message):
     cached: bool
     total_bytes: int
     def __init__(self, sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    bytes: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class Layer(_message.Message):
+    __slots__ = ("name", "type", "inputs", "outputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+
+class Cut(_message.Message):
+    __slots__ = ("index", "after", "tensors", "bytes_up", "bytes_down")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    after: str
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    bytes_up: int
+    bytes_down: int
+    def __init__(self, index: _Optional[int] = ..., after: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ...) -> None: ...
+
+class ModelDescription(_message.Message):
+    __slots__ = ("identity", "layers", "cuts", "model_inputs", "model_outputs")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    identity: ModelIdentity
+    layers: _containers.RepeatedCompositeFieldContainer[Layer]
+    cuts: _containers.RepeatedCompositeFieldContainer[Cut]
+    model_inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    model_outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, identity: _Optional[_Union[ModelIdentity, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., cuts: _Optional[_Iterable[_Union[Cut, _Mapping]]] = ..., model_inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
     __slots__ = ("model", "num_runs", "warmup_runs", "energy")
@@ -95,12 +165,14 @@ class TensorChunk(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TailHeader(_message.Message):
-    __slots__ = ("model", "cut_index")
+    __slots__ = ("model", "cut_index", "head")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     cut_index: int
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ...) -> None: ...
+    head: ModelIdentity
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., head: _Optional[_Union[ModelIdentity, _Mapping]] = ...) -> None: ...
 
 class TailRequest(_message.Message):
     __slots__ = ("header", "tensor")
@@ -111,12 +183,14 @@ class TailRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[TailHeader, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class TailTiming(_message.Message):
-    __slots__ = ("receive_ms", "compute_ms")
+    __slots__ = ("receive_ms", "compute_ms", "load_ms")
     RECEIVE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     receive_ms: float
     compute_ms: float
-    def __init__(self, receive_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    load_ms: float
+    def __init__(self, receive_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., load_ms: _Optional[float] = ...) -> None: ...
 
 class TailReply(_message.Message):
     __slots__ = ("tensor", "timing")

@@ -46,6 +46,11 @@ class ProfilerStub:
                 request_serializer=dnntune_dot_v1_dot_dnntune__pb2.ModelChunk.SerializeToString,
                 response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.ModelStatus.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/dnntune.v1.Profiler/Describe',
+                request_serializer=dnntune_dot_v1_dot_dnntune__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.ModelDescription.FromString,
+                _registered_method=True)
         self.Profile = channel.unary_stream(
                 '/dnntune.v1.Profiler/Profile',
                 request_serializer=dnntune_dot_v1_dot_dnntune__pb2.ProfileRequest.SerializeToString,
@@ -59,7 +64,8 @@ class ProfilerServicer:
     """
 
     def HasModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether a model file is held here (never opens anything but the store).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -70,8 +76,19 @@ class ProfilerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Layers, cuts and crossing tensors of a model (builds or loads it, within the limits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Profile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One profile at a time per server. While it measures, other compute calls (RunTail,
+        Echo, RunSplit) are refused with UNAVAILABLE ("profiling in progress"), and it starts
+        measuring only once the compute calls in flight have finished: no timing is distorted
+        by this server's own work.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -88,6 +105,11 @@ def add_ProfilerServicer_to_server(servicer, server):
                     servicer.UploadModel,
                     request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.ModelChunk.FromString,
                     response_serializer=dnntune_dot_v1_dot_dnntune__pb2.ModelStatus.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.DescribeRequest.FromString,
+                    response_serializer=dnntune_dot_v1_dot_dnntune__pb2.ModelDescription.SerializeToString,
             ),
             'Profile': grpc.unary_stream_rpc_method_handler(
                     servicer.Profile,
@@ -162,6 +184,33 @@ class Profiler:
             _registered_method=True)
 
     @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnntune.v1.Profiler/Describe',
+            dnntune_dot_v1_dot_dnntune__pb2.DescribeRequest.SerializeToString,
+            dnntune_dot_v1_dot_dnntune__pb2.ModelDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Profile(request,
             target,
             options=(),
@@ -221,7 +270,7 @@ class CloudServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Echo(self, request_iterator, context):
-        """Tensors back as they came: for measuring the link and the transfer path.
+        """Tensors back as they came (same names, in order): for measuring the transfer path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,116 @@
+"""What a request may ask of a server: ids, sizes and counts, checked at the edge.
+
+Every field of a request that names a model or controls a size passes through here
+before anything is opened, built or allocated. Limits are documented in the .proto
+(``LIMITS``) and set from the server's flags through :class:`RequestLimits`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+from dnntune.errors import DnntuneError
+
+MAX_RANK = 8
+MAX_TENSORS_PER_CALL = 64
+MAX_BATCH_SIZE = 1024
+MAX_RUNS = 10_000
+MAX_WARMUP_RUNS = 1_000
+MAX_NAME_CHARS = 256
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class LimitError(DnntuneError):
+    """A request over one of the server's size limits (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Sizes a request may ask for.
+
+    Attributes:
+        max_tensor_bytes: Bytes of one tensor (elements × dtype size).
+        max_call_bytes: Bytes of all tensors of one call.
+        max_tensors: Tensors in one call.
+        max_input_elements: Model input elements × batch size of a ModelSpec.
+        max_model_bytes: Size of an uploaded model file.
+    """
+
+    max_tensor_bytes: int = 256 << 20
+    max_call_bytes: int = 256 << 20
+    max_tensors: int = MAX_TENSORS_PER_CALL
+    max_input_elements: int = 1 << 21
+    max_model_bytes: int = 1 << 30
+
+
+def quoted(value: str, limit: int = 72) -> str:
+    """``repr`` of a client-sent string, shortened so a message stays one short line."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} chars)"
+
+
+def check_sha256(value: str, field: str) -> str:
+    """``value`` if it is 64 lowercase hex digits, else INVALID_ARGUMENT naming ``field``."""
+    if not _SHA256.fullmatch(value):
+        raise DnntuneError(f"{field} must be 64 lowercase hex digits, got {quoted(value)}")
+    return value
+
+
+def check_shape(shape: Any, what: str, min_dim: int = 0) -> tuple[int, ...]:
+    """A shape of at most :data:`MAX_RANK` dimensions, each at least ``min_dim``."""
+    if len(shape) > MAX_RANK:
+        raise DnntuneError(f"{what}: {len(shape)} dimensions, at most {MAX_RANK} allowed")
+    dims = tuple(int(d) for d in shape)
+    if any(d < min_dim for d in dims):
+        raise DnntuneError(f"{what}: every dimension must be at least {min_dim}, got "
+                           f"{list(dims)}")
+    return dims
+
+
+def check_runs(num_runs: int, warmup_runs: int) -> None:
+    """``num_runs`` 0 (the default) or 1..MAX_RUNS; ``warmup_runs`` 0..MAX_WARMUP_RUNS."""
+    if not 0 <= num_runs <= MAX_RUNS:
+        raise DnntuneError(f"num_runs must be 0 (default) to {MAX_RUNS}, got {num_runs}")
+    if not 0 <= warmup_runs <= MAX_WARMUP_RUNS:
+        raise DnntuneError(f"warmup_runs must be 0 to {MAX_WARMUP_RUNS}, got {warmup_runs}")
+
+
+def check_spec(spec: Any, limits: RequestLimits) -> None:
+    """Every field of a ``ModelSpec``: the model's id, its shape, batch and input size."""
+    source = spec.WhichOneof("source")
+    if source is None:
+        raise DnntuneError("model spec names neither zoo_name nor sha256")
+    if source == "sha256":
+        check_sha256(spec.sha256, "ModelSpec.sha256")
+    elif len(spec.zoo_name) > MAX_NAME_CHARS:
+        raise DnntuneError(f"ModelSpec.zoo_name is too long: {quoted(spec.zoo_name)}")
+    if len(spec.name) > MAX_NAME_CHARS:
+        raise DnntuneError(f"ModelSpec.name is over {MAX_NAME_CHARS} characters")
+    shape = check_shape(spec.input_shape, "ModelSpec.input_shape", min_dim=1)
+    if not 0 <= spec.batch_size <= MAX_BATCH_SIZE:
+        raise DnntuneError(f"ModelSpec.batch_size must be 0 (= 1) to {MAX_BATCH_SIZE}, got "
+                           f"{spec.batch_size}")
+    if shape:
+        check_input_elements(shape, spec.batch_size or 1, limits)
+
+
+def check_input_elements(shape: tuple[int, ...], batch_size: int, limits: RequestLimits
+                         ) -> None:
+    """Input elements × batch within ``limits`` (RESOURCE_EXHAUSTED otherwise)."""
+    elements = prod(shape) * batch_size
+    if elements > limits.max_input_elements:
+        raise LimitError(f"model input {list(shape)} × batch {batch_size} is {elements} "
+                         f"elements; this server's limit is {limits.max_input_elements} "
+                         "(--max-input-elements)")
+
+
+def check_identity(identity: Any) -> None:
+    """A ``ModelIdentity`` message: its id fields are well formed."""
+    if identity.sha256:
+        check_sha256(identity.sha256, "ModelIdentity.sha256")
+    elif not identity.zoo_name:
+        raise DnntuneError("TailHeader.head (ModelIdentity) is required: set sha256 or "
+                           "zoo_name (Describe returns it)")
+    check_shape(identity.input_shape, "ModelIdentity.input_shape", min_dim=1)
