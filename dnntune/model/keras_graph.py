@@ -330,21 +330,29 @@ def node_flops(mn: ModelNode, input_shapes: list[tuple[int, ...]],
 
 
 def _argument_names(mn: ModelNode) -> list[str]:
-    """The call parameter each of ``mn.node.input_tensors`` is passed as, or ``""``."""
+    """The call parameter each of ``mn.node.input_tensors`` is passed as, or ``""``.
+
+    Walks the call arguments in the order Keras flattens them into ``input_tensors``,
+    so ``mha(x, x)`` names its two inputs ``query`` and ``value``.
+    """
     import inspect
 
     import keras
 
     try:
-        bound = inspect.signature(mn.operation.call).bind(*mn.node.arguments.args,
-                                                          **mn.node.arguments.kwargs)
+        positional = list(inspect.signature(mn.operation.call).parameters)
     except (TypeError, ValueError):
-        return [""] * len(mn.node.input_tensors)
-    by_id: dict[int, str] = {}
-    for param, value in bound.arguments.items():
-        for t in keras.tree.flatten(value):
-            by_id.setdefault(id(t), param)
-    return [by_id.get(id(t), "") for t in mn.node.input_tensors]
+        positional = []
+    names = []
+    arguments = (mn.node.arguments.args, mn.node.arguments.kwargs)
+    for path, value in keras.tree.flatten_with_path(arguments):
+        if not isinstance(value, keras.KerasTensor):
+            continue
+        where = path[1] if len(path) > 1 else ""
+        if path[0] == 0:
+            where = positional[where] if isinstance(where, int) and where < len(positional) else ""
+        names.append(str(where))
+    return names if len(names) == len(mn.node.input_tensors) else [""] * len(names)
 
 
 def _flat(structure: Any) -> list[Any]:
