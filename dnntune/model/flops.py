@@ -102,11 +102,8 @@ def _bidirectional(config: Mapping[str, Any], ins: Sequence[Shape], outs: Sequen
 def _layer_norm(config: Mapping[str, Any], ins: Sequence[Shape], outs: Sequence[Shape]) -> int:
     """Per element: mean (1 add), centre (1), square (1), variance (1 add), normalise
     (1 multiply by the row's rsqrt), then scale (1) and centre (1) when enabled."""
-    if config.get("rms_scaling"):
-        per_element = 3 + (1 if config.get("scale", True) else 0)
-    else:
-        per_element = 5 + (1 if config.get("scale", True) else 0) + (
-            1 if config.get("center", True) else 0)
+    per_element = 5 + (1 if config.get("scale", True) else 0) + (
+        1 if config.get("center", True) else 0)
     return per_element * prod(outs[0])
 
 
@@ -167,6 +164,8 @@ ESTIMATORS: dict[str, Estimator] = {
     "SeparableConv2D": _separable, "SeparableConv1D": _separable,
     "Dense": _dense, "EinsumDense": _einsum_dense,
     "BatchNormalization": _elementwise(2), "LayerNormalization": _layer_norm,
+    # RMSNormalization per element: square, mean (1 add), normalise, scale.
+    "RMSNormalization": _elementwise(4),
     "Rescaling": _elementwise(2), "Normalization": _elementwise(2),
     "ReLU": _elementwise(1), "Activation": _elementwise(1), "Softmax": _elementwise(3),
     "LeakyReLU": _elementwise(1), "PReLU": _elementwise(1), "ELU": _elementwise(1),

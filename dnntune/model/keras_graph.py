@@ -274,8 +274,9 @@ def infer_specs(walk: ModelWalk, batch_size: int,
     """Concrete shape, dtype and bytes of every tensor of ``walk``, by name.
 
     A node's recorded Keras shapes are used when its inputs have the shapes it was
-    built with; otherwise (a nested model built at another input size, or with unknown
-    dimensions) its output shapes are inferred from the actual input shapes.
+    built with and they are fully known; otherwise (a nested model built at another
+    input size or with unknown dimensions, a layer Keras left partly unknown) its
+    output shapes are inferred from the actual input shapes.
 
     Args:
         walk: The flattened model.
@@ -291,7 +292,8 @@ def infer_specs(walk: ModelWalk, batch_size: int,
             shapes = [given[mn.output_names[0]]]
         elif not mn.is_input:
             actual = [specs[n].shape for n in mn.inputs]
-            if actual != [_with_batch(t.shape, batch_size) for t in mn.node.input_tensors]:
+            if (actual != [_with_batch(t.shape, batch_size) for t in mn.node.input_tensors]
+                    or any(d is None for shape in shapes for d in shape)):
                 shapes = _output_shapes(mn, [specs[n] for n in mn.inputs])
         for t, name, shape in zip(mn.node.outputs, mn.output_names, shapes, strict=True):
             specs[name] = _tensor_spec(shape, str(t.dtype), name, mn.name)
