@@ -13,7 +13,7 @@ from dnntune.errors import DnntuneError
 from dnntune.keras_graph import build_layer_graph
 from dnntune.models import compile_model, load_model
 from dnntune.split import Splitter
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line_error, run_cli
 from tests.user_models import save_user_model
 
 FAST = ["transfer_tiny", "siamese", "two_outputs", "attention_encoder"]
@@ -217,3 +217,18 @@ def test_run_tail_over_loopback(user_model, cloud_client, name):
                                        atol=1e-6 * float(np.abs(e).max()),
                                        err_msg=f"{name} cut {index}")
         assert timing.compute_ms > 0
+
+
+def test_graph_table_says_how_nested_and_shared_layers_appear(user_model):
+    path, _ = user_model("siamese")
+    result = run_cli(["graph", "--model", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert ("nested models listed layer by layer: encoder@0 (2 layers), encoder@1 (2 layers)"
+            in result.stdout)
+    assert "shared layers, one node per call: project (2 calls)" in result.stdout
+    path, _ = user_model("transfer_tiny")
+    kept = run_cli(["graph", "--model", str(path), "--atomic", "tiny_resnet"])
+    assert "transfer_tiny: 4 layers" in kept.stdout.replace("\n", " ")
+    assert "nested models kept whole (--atomic): tiny_resnet" in kept.stdout
+    assert_one_line_error(run_cli(["graph", "--model", str(path), "--atomic", "resnet"]),
+                          "--atomic resnet: no nested model of that name", "tiny_resnet")

@@ -84,9 +84,12 @@ def run_graph(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
+    from dnntune.model.graph import structure_notes
     from dnntune.report.tables import print_cut_table
 
     print_cut_table(loaded.graph, cuts)
+    for note in structure_notes(loaded.graph):
+        print(note)
     return 0
 
 

@@ -188,6 +188,40 @@ class LayerGraph:
             raise ConfigError(where, f"missing key {exc.args[0]!r}") from None
 
 
+def structure_notes(graph: LayerGraph) -> list[str]:
+    """One line each on how nested models and shared layers appear in ``graph``.
+
+    Reads only the names: ``scope/layer`` for a layer of a nested model, ``layer@i``
+    for the i-th call of a shared layer.
+
+    Example:
+        >>> x = TensorSpec("in:0", (1, 4), "float32", 16)
+        >>> y = TensorSpec("enc/fc:0", (1, 2), "float32", 8)
+        >>> structure_notes(LayerGraph("toy", (LayerNode("in", "InputLayer", (), (x,)),
+        ...     LayerNode("enc/fc", "Dense", ("in:0",), (y,))), ("in:0",), ("enc/fc:0",)))
+        ['nested models listed layer by layer: enc (1 layers)']
+    """
+    scopes: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    for layer in graph.layers:
+        scope, _, base = layer.name.rpartition("/")
+        if scope:
+            scopes[scope] = scopes.get(scope, 0) + 1
+        if "@" in base:
+            shared = f"{scope}/{base.split('@', 1)[0]}" if scope else base.split("@", 1)[0]
+            calls[shared] = calls.get(shared, 0) + 1
+    notes = []
+    if scopes:
+        notes.append("nested models listed layer by layer: " + ", ".join(
+            f"{scope} ({count} layers)" for scope, count in scopes.items()))
+    if graph.atomic:
+        notes.append("nested models kept whole (--atomic): " + ", ".join(graph.atomic))
+    if calls:
+        notes.append("shared layers, one node per call: " + ", ".join(
+            f"{name} ({count} calls)" for name, count in calls.items()))
+    return notes
+
+
 def validate_layers(layers: Iterable[LayerNode], model_inputs: Iterable[str],
                     model_outputs: Iterable[str], where: str) -> None:
     """Check names are unique and every tensor is produced before it is consumed."""
