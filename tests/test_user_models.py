@@ -13,7 +13,7 @@ from dnntune.errors import DnntuneError
 from dnntune.keras_graph import build_layer_graph
 from dnntune.models import compile_model, load_model
 from dnntune.split import Splitter
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import run_cli
 from tests.user_models import save_user_model
 
 FAST = ["transfer_tiny", "siamese", "two_outputs", "attention_encoder"]
@@ -112,8 +112,7 @@ def test_mobilenet_v2_backbone_cuts_split_exactly(user_model):
     inner = [c for c in Splitter(loaded.model, graph).cuts
              if c.after and c.after.startswith("mobilenetv2_1.00_96/")]
     two = [c.index for c in inner if len(c.tensors) == 2]
-    picks = sorted({inner[0].index, inner[len(inner) // 2].index, two[0], two[-1],
-                    inner[-1].index})
+    picks = sorted({two[0], inner[len(inner) // 2].index, inner[-1].index})
     assert_splits_exact(loaded, picks)
 
 
@@ -156,14 +155,15 @@ def test_backbone_built_for_any_size_gets_the_callers_shapes():
     np.testing.assert_allclose(split.run(x)[0], compile_model(model)(x)[0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", [*FAST, "transfer_mnv2"])
-def test_graph_cli_lists_the_inner_cut_points(user_model, name):
-    path, loaded = user_model(name)
+def test_graph_cli_lists_the_backbones_cut_points(user_model):
+    path, loaded = user_model("transfer_mnv2")
     result = run_cli(["graph", "--model", str(path), "--format", "json"])
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert [layer["name"] for layer in doc["layers"]] == list(loaded.graph.layer_names)
-    assert len(doc["cuts"]) == len(doc["layers"]) + 1
+    assert len(doc["cuts"]) == len(doc["layers"]) + 1 == 157
+    inside = [c for c in doc["cuts"] if (c["after"] or "").startswith("mobilenetv2_1.00_96/")]
+    assert len(inside) == 153
 
 
 @pytest.mark.parametrize("name", [*FAST, "transfer_mnv2"])
@@ -171,7 +171,7 @@ def test_profile_times_every_inner_layer(user_model, name):
     from dnntune.profiler import ProfileSettings, profile_model
 
     _, loaded = user_model(name)
-    profile = profile_model(loaded, ProfileSettings(num_runs=20, warmup_runs=3,
+    profile = profile_model(loaded, ProfileSettings(num_runs=10, warmup_runs=2,
                                                     energy="none"))
     assert profile.layer_names == loaded.graph.layer_names
     assert all(lp.latency.mean_ms > 0 for lp in profile.layers if not lp.layer.is_input)
@@ -230,5 +230,3 @@ def test_graph_table_says_how_nested_and_shared_layers_appear(user_model):
     kept = run_cli(["graph", "--model", str(path), "--atomic", "tiny_resnet"])
     assert "transfer_tiny: 4 layers" in kept.stdout.replace("\n", " ")
     assert "nested models kept whole (--atomic): tiny_resnet" in kept.stdout
-    assert_one_line_error(run_cli(["graph", "--model", str(path), "--atomic", "resnet"]),
-                          "--atomic resnet: no nested model of that name", "tiny_resnet")
