@@ -30,11 +30,11 @@ def main() -> None:
     parser.add_argument("--num_runs", type=int, default=50)
     args = parser.parse_args()
 
-    from dnntune.instrument import configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     runtime = configure_runtime(1)
-    from dnntune.models import load_model
-    from dnntune.profiler import ProfileSettings, profile_model
+    from dnntune.model.loading import load_model
+    from dnntune.profiling.profiler import ProfileSettings, profile_model
 
     print(f"threads: intra-op {runtime['intra_op']}, inter-op {runtime['inter_op']}; "
           f"{args.num_runs} runs after 5 warm-up runs")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-from dnntune.keras_graph import build_layer_graph
+from dnntune.model.keras_graph import build_layer_graph
 
 
 def flops_of(model) -> dict[str, int]:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from dnntune.errors import DnntuneError
-from dnntune.keras_graph import build_layer_graph
-from dnntune.models import compile_model, load_model
-from dnntune.split import Splitter
+from dnntune.model.keras_graph import build_layer_graph
+from dnntune.model.loading import compile_model, load_model
+from dnntune.model.split import Splitter
 from tests.conftest import run_cli
 from tests.user_models import save_user_model
 
@@ -55,7 +55,7 @@ def assert_splits_exact(loaded, indices) -> Splitter:
 
 def test_nested_backbone_is_flattened_with_scoped_names(user_model):
     _, loaded = user_model("transfer_tiny")
-    from dnntune.zoo import ZOO
+    from dnntune.model.zoo import ZOO
 
     inner = build_layer_graph(ZOO["tiny_resnet"].build((32, 32, 3)))
     names = loaded.graph.layer_names
@@ -117,7 +117,7 @@ def test_mobilenet_v2_backbone_cuts_split_exactly(user_model):
 
 
 def test_atomic_keeps_a_nested_model_whole(user_model):
-    from dnntune.instrument import InstrumentedModel
+    from dnntune.profiling.instrument import InstrumentedModel
 
     _, loaded = user_model("transfer_tiny")
     whole = build_layer_graph(loaded.model, atomic=["tiny_resnet"])
@@ -168,7 +168,7 @@ def test_graph_cli_lists_the_backbones_cut_points(user_model):
 
 @pytest.mark.parametrize("name", [*FAST, "transfer_mnv2"])
 def test_profile_times_every_inner_layer(user_model, name):
-    from dnntune.profiler import ProfileSettings, profile_model
+    from dnntune.profiling.profiler import ProfileSettings, profile_model
 
     _, loaded = user_model(name)
     profile = profile_model(loaded, ProfileSettings(num_runs=10, warmup_runs=2,
@@ -182,8 +182,8 @@ def test_profile_times_every_inner_layer(user_model, name):
 @pytest.fixture(scope="module")
 def cloud_client():
     from cloud_server import create_server
-    from dnntune.client import Endpoint, ProfilerClient
-    from dnntune.serving import ServerOptions
+    from dnntune.rpc.client import Endpoint, ProfilerClient
+    from dnntune.rpc.serving import ServerOptions
 
     running = create_server(ServerOptions(port=0))
     client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
@@ -195,7 +195,7 @@ def cloud_client():
 @pytest.mark.parametrize("name", [*FAST, "transfer_mnv2"])
 def test_run_tail_over_loopback(user_model, cloud_client, name):
     """The cloud server loads the uploaded file, flattens it the same way, runs tails."""
-    from dnntune.client import model_spec
+    from dnntune.rpc.client import model_spec
 
     path, loaded = user_model(name)
     cloud_client.upload_file(path)

@@ -15,7 +15,7 @@ SEED = 7
 
 
 def _keras() -> Any:
-    from dnntune.models import import_keras
+    from dnntune.model.loading import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(SEED)
@@ -25,7 +25,7 @@ def _keras() -> Any:
 def transfer_tiny_resnet() -> Any:
     """Transfer learning on a small zoo backbone: ``x = base(inputs)``, pool, classify."""
     keras = _keras()
-    from dnntune.zoo import ZOO, fresh_layer_names
+    from dnntune.model.zoo import ZOO, fresh_layer_names
 
     with fresh_layer_names():
         base = ZOO["tiny_resnet"].build((32, 32, 3))
@@ -107,7 +107,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 
 def save_user_model(name: str, folder: Path) -> Path:
     """Build ``name``, calibrate its BatchNorm statistics, save it as ``.keras``."""
-    from dnntune.models import calibrate_batchnorm, generate_inputs
+    from dnntune.model.loading import calibrate_batchnorm, generate_inputs
 
     model = BUILDERS[name]()
     shapes = [tuple(1 if d is None else d for d in t.shape) for t in model.inputs]

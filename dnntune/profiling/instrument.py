@@ -59,7 +59,7 @@ class InstrumentedModel:
 
     Calling it returns ``(outputs, stamps)`` where ``stamps`` holds ``layers + 1``
     timestamps in seconds: layer ``i`` ran between stamps ``i`` and ``i + 1``, one per
-    node of :func:`~dnntune.keras_graph.walk_model` (input layers get a zero-length
+    node of :func:`~dnntune.model.keras_graph.walk_model` (input layers get a zero-length
     interval). Layers of nested models are timed one by one, in place.
 
     Args:
