@@ -19,23 +19,21 @@ import numpy as np
 
 def eager_layer_sum_ms(loaded, inputs, runs: int) -> float:
     """Sum over layers of the mean eager wall-clock time of each layer call."""
-    from dnntune.model.keras_graph import model_nodes
+    from dnntune.model.keras_graph import walk_model
 
-    nodes = model_nodes(loaded.model)
-    totals = np.zeros(len(nodes))
+    walk = walk_model(loaded.model, loaded.graph.atomic)
+    totals = np.zeros(len(walk.nodes))
     for _ in range(runs + 2):
-        values = dict(zip((id(t) for t in loaded.model.inputs), inputs, strict=True))
+        values = dict(zip(walk.inputs, inputs, strict=True))
         times = []
-        for mn in nodes:
+        for mn in walk.nodes:
             if mn.is_input:
                 times.append(0.0)
                 continue
-            args, kwargs = mn.node.arguments.fill_in(values)
             t0 = time.perf_counter()
-            out = mn.operation(*args, **kwargs)
-            flat = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+            flat = [np.asarray(o) for o in mn.call(values)]
             times.append(time.perf_counter() - t0)
-            values.update(zip((id(t) for t in mn.node.outputs), flat, strict=True))
+            values.update(zip(mn.output_names, flat, strict=True))
         totals += np.asarray(times)
     return float(totals.sum() / (runs + 2) * 1e3)
 

@@ -44,6 +44,9 @@ def _add_graph(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        description="Load a model (zoo name or .keras/.h5 file) and list every "
                                    "cut point with the tensors that cross it.")
     add_model_arguments(p)
+    p.add_argument("--atomic", metavar="NAMES", default="",
+                   help="nested models to keep as one layer, comma-separated (default: every "
+                        "nested functional or Sequential model is listed layer by layer)")
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="table for people, json (stdout) for programs (default: table)")
     p.set_defaults(handler=run_graph)
@@ -70,7 +73,9 @@ def run_graph(args: argparse.Namespace) -> int:
     from dnntune.model.loading import load_model, parse_input_shape
 
     shapes = parse_input_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shapes, batch_size=args.batch_size, calibrate=False)
+    atomic = tuple(n.strip() for n in args.atomic.split(",") if n.strip())
+    loaded = load_model(args.model, shapes, batch_size=args.batch_size, calibrate=False,
+                        atomic=atomic)
     cuts = enumerate_cuts(loaded.graph)
     if args.format == "json":
         doc = {"model": loaded.name,
@@ -79,9 +84,12 @@ def run_graph(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
+    from dnntune.model.graph import structure_notes
     from dnntune.report.tables import print_cut_table
 
     print_cut_table(loaded.graph, cuts)
+    for note in structure_notes(loaded.graph):
+        print(note)
     return 0
 
 

@@ -117,6 +117,9 @@ class LayerNode:
 class LayerGraph:
     """A model's layers in topological order, with its input and output tensors.
 
+    Layers of nested models are listed in place (``backbone/conv``) unless the nested
+    model is named in ``atomic``, which the user asked to keep as one layer.
+
     Example:
         >>> from dnntune.model.graph import LayerGraph, LayerNode, TensorSpec
         >>> x = TensorSpec("in:0", (1, 4), "float32", 16)
@@ -132,6 +135,7 @@ class LayerGraph:
     layers: tuple[LayerNode, ...]
     model_inputs: tuple[str, ...]
     model_outputs: tuple[str, ...]
+    atomic: tuple[str, ...] = ()
     _tensors: dict[str, TensorSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -164,9 +168,13 @@ class LayerGraph:
         return g
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model_name, "model_inputs": list(self.model_inputs),
-                "model_outputs": list(self.model_outputs),
-                "layers": [layer.to_dict() for layer in self.layers]}
+        data: dict[str, Any] = {"model": self.model_name,
+                                "model_inputs": list(self.model_inputs),
+                                "model_outputs": list(self.model_outputs),
+                                "layers": [layer.to_dict() for layer in self.layers]}
+        if self.atomic:
+            data["atomic"] = list(self.atomic)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "graph") -> LayerGraph:
@@ -174,9 +182,44 @@ class LayerGraph:
             layers = tuple(LayerNode.from_dict(d, f"{where} layers[{i}]")
                            for i, d in enumerate(data["layers"]))
             return cls(str(data["model"]), layers, tuple(data["model_inputs"]),
-                       tuple(data["model_outputs"]))
+                       tuple(data["model_outputs"]),
+                       tuple(str(a) for a in data.get("atomic", ())))
         except KeyError as exc:
             raise ConfigError(where, f"missing key {exc.args[0]!r}") from None
+
+
+def structure_notes(graph: LayerGraph) -> list[str]:
+    """One line each on how nested models and shared layers appear in ``graph``.
+
+    Reads only the names: ``scope/layer`` for a layer of a nested model, ``layer@i``
+    for the i-th call of a shared layer.
+
+    Example:
+        >>> x = TensorSpec("in:0", (1, 4), "float32", 16)
+        >>> y = TensorSpec("enc/fc:0", (1, 2), "float32", 8)
+        >>> structure_notes(LayerGraph("toy", (LayerNode("in", "InputLayer", (), (x,)),
+        ...     LayerNode("enc/fc", "Dense", ("in:0",), (y,))), ("in:0",), ("enc/fc:0",)))
+        ['nested models listed layer by layer: enc (1 layers)']
+    """
+    scopes: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    for layer in graph.layers:
+        scope, _, base = layer.name.rpartition("/")
+        if scope:
+            scopes[scope] = scopes.get(scope, 0) + 1
+        if "@" in base:
+            shared = f"{scope}/{base.split('@', 1)[0]}" if scope else base.split("@", 1)[0]
+            calls[shared] = calls.get(shared, 0) + 1
+    notes = []
+    if scopes:
+        notes.append("nested models listed layer by layer: " + ", ".join(
+            f"{scope} ({count} layers)" for scope, count in scopes.items()))
+    if graph.atomic:
+        notes.append("nested models kept whole (--atomic): " + ", ".join(graph.atomic))
+    if calls:
+        notes.append("shared layers, one node per call: " + ", ".join(
+            f"{name} ({count} calls)" for name, count in calls.items()))
+    return notes
 
 
 def validate_layers(layers: Iterable[LayerNode], model_inputs: Iterable[str],

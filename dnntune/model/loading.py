@@ -122,7 +122,7 @@ def parse_input_shape(text: str) -> list[tuple[int, ...]]:
 
 def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
                batch_size: int = 1, seed: int = DEFAULT_SEED, calibrate: bool = True,
-               name: str | None = None) -> LoadedModel:
+               name: str | None = None, atomic: Sequence[str] = ()) -> LoadedModel:
     """Load a zoo model by name or a Keras model file.
 
     Args:
@@ -135,6 +135,7 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
             calibrated zoo model is built once and cached (:mod:`dnntune.model.cache`);
             every later load, in any process, reads the same bytes.
         name: Name to record instead of the zoo name or file stem.
+        atomic: Nested models to keep as one layer (all others are listed layer by layer).
 
     Example:
         >>> # lm = load_model("mobilenet_v2"); len(lm.graph.layers) == 156
@@ -168,7 +169,7 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
     else:
         raise DnntuneError(f"unknown model {spec!r}: expected a .keras/.h5 file or one of "
                            f"{', '.join(known_models())}")
-    graph = build_layer_graph(model, batch_size, name)
+    graph = build_layer_graph(model, batch_size, name, atomic)
     return LoadedModel(name, source, model, graph, batch_size, seed,
                        str(path) if path is not None else None)
 

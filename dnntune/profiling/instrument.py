@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dnntune.model.keras_graph import ModelNode, as_functional, model_nodes
+from dnntune.model.keras_graph import ModelNode, as_functional, walk_model
 from dnntune.model.loading import import_keras
 
 
@@ -57,22 +57,28 @@ def configure_runtime(num_threads: int, cpu_affinity: tuple[int, ...] = ()) -> d
 class InstrumentedModel:
     """A compiled pass over a functional model that also returns per-layer timestamps.
 
-    Calling it returns ``(outputs, stamps)`` where ``stamps`` is a ``(layers, 2)`` array
-    of start/end times in seconds, one row per node of :func:`model_nodes` (input layers
-    get a zero-length interval).
+    Calling it returns ``(outputs, stamps)`` where ``stamps`` holds ``layers + 1``
+    timestamps in seconds: layer ``i`` ran between stamps ``i`` and ``i + 1``, one per
+    node of :func:`~dnntune.model.keras_graph.walk_model` (input layers get a zero-length
+    interval). Layers of nested models are timed one by one, in place.
+
+    Args:
+        model: A functional or Sequential Keras model (never modified).
+        atomic: Nested models to time as one layer (the graph's ``atomic``).
 
     Example:
-        >>> # inst = InstrumentedModel(loaded.model)
+        >>> # inst = InstrumentedModel(loaded.model, loaded.graph.atomic)
         >>> # outputs, stamps = inst([x])
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, atomic: tuple[str, ...] = ()) -> None:
         import_keras()
         import tensorflow as tf
 
         self.model = as_functional(model)
-        self.nodes: list[ModelNode] = model_nodes(self.model)
-        self._input_ids = [id(t) for t in self.model.inputs]
+        walk = walk_model(self.model, atomic)
+        self.nodes: list[ModelNode] = list(walk.nodes)
+        self._inputs, self._outputs = walk.inputs, walk.outputs
         self._fn: Callable[..., Any] = tf.function(self._run, autograph=False)
 
     @property
@@ -82,7 +88,7 @@ class InstrumentedModel:
     def _run(self, *inputs: Any) -> tuple[list[Any], Any]:
         import tensorflow as tf
 
-        values: dict[int, Any] = dict(zip(self._input_ids, inputs, strict=True))
+        values: dict[str, Any] = dict(zip(self._inputs, inputs, strict=True))
         stamps = [tf.timestamp()]
         for mn in self.nodes:
             if mn.is_input:
@@ -90,15 +96,13 @@ class InstrumentedModel:
                 continue
             # The layer reads its inputs through identities that wait for the previous
             # stamp; the next stamp waits for all of the layer's outputs.
-            wanted = {id(t) for t in mn.node.input_tensors}
             with tf.control_dependencies([stamps[-1]]):
-                guarded = {k: tf.identity(v) for k, v in values.items() if k in wanted}
-            args, kwargs = mn.node.arguments.fill_in({**values, **guarded})
-            flat = tf.nest.flatten(mn.operation(*args, **kwargs))
+                guarded = {name: tf.identity(values[name]) for name in dict.fromkeys(mn.inputs)}
+            flat = mn.call(guarded)
             with tf.control_dependencies(flat):
                 stamps.append(tf.timestamp())
-            values.update(zip((id(t) for t in mn.node.outputs), flat, strict=True))
-        outs = [values[id(t)] for t in self.model.outputs]
+            values.update(zip(mn.output_names, flat, strict=True))
+        outs = [values[name] for name in self._outputs]
         return outs, tf.stack(stamps)
 
     def __call__(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:

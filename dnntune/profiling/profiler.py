@@ -110,7 +110,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
     choice = get_meter(settings.energy, meter_root, threads=settings.num_threads)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     inputs = loaded.example_inputs()
-    instrumented = InstrumentedModel(loaded.model)
+    instrumented = InstrumentedModel(loaded.model, loaded.graph.atomic)
     plain = compile_plain(loaded.model)
     report = progress or (lambda stage, done, total: None)
     for i in range(settings.warmup_runs):
