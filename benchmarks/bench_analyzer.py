@@ -188,7 +188,7 @@ def main() -> None:
                   for s in (got, want)]
         assert math.isclose(*values, rel_tol=1e-9), values  # equal cuts; ties may differ
         rows.append((f"DAG min-cut, {metric} (wifi)", fast, slow,
-                     " (scipy Dinic, integer capacities, vs a plain Edmonds-Karp loop)", "<= 100 ms"))
+                     " (scipy Dinic vs a plain Edmonds-Karp loop)", "<= 100 ms"))
     report(rows)
     whole, _ = best_time(lambda: analyze_profiles(device, cloud, links), 3)
     print(f"whole analysis (3 links, tables, objectives, Pareto, 6 min-cuts): "
