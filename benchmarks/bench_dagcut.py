@@ -31,12 +31,14 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -124,14 +126,26 @@ def saved_profiles(name: str, num_runs: int) -> tuple[Path, Path]:
     return paths
 
 
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Smallest wall time of ``repeat`` calls, in seconds, and the last result."""
-    best, result = math.inf, None
+@dataclass(frozen=True)
+class Timing:
+    """Best wall-clock and CPU seconds of repeated calls (CPU: this process, or the
+    child for a process)."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def best_time(fn: Callable[[], Any], repeat: int) -> tuple[Timing, Any]:
+    """Smallest wall and CPU time (this process) of ``repeat`` calls, and the last
+    result."""
+    wall = cpu = math.inf
+    result = None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        cpu = min(cpu, time.process_time() - start_cpu)
+        wall = min(wall, time.perf_counter() - start)
+    return Timing(wall, cpu), result
 
 
 def networkx_solve(network: Any, caps: Any, steps: int = 0) -> Any:
@@ -217,18 +231,21 @@ def check_same_optima(ours: Any, theirs: Any) -> None:
                 a.link.name, metric, mine.value, other)
 
 
-def analyze_process_s(device: Path, cloud: Path, extra: list[str], networkx: bool) -> float:
-    """Wall time of one ``dnntune analyze`` on saved profiles, as a user runs it (with
-    ``networkx``, through this file, which swaps in :func:`networkx_solve` first)."""
+def analyze_process_s(device: Path, cloud: Path, extra: list[str], networkx: bool) -> Timing:
+    """Wall and CPU time of one ``dnntune analyze`` on saved profiles, as a user runs it
+    (with ``networkx``, through this file, which swaps in :func:`networkx_solve` first)."""
     entry = [__file__, "--analyze-with-networkx"] if networkx else ["-m", "dnntune"]
     command = [sys.executable, *entry, "analyze", "--device", str(device), "--cloud",
                str(cloud), *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, cwd=REPO)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Timing(wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
 
-Row = tuple[str, float, float, str, str]
+Row = tuple[str, Timing, Timing, str, str]  # figure, dnntune, baseline, baseline name, target
 
 
 def model_rows(name: str, paths: tuple[Path, Path], repeat: int) -> list[Row]:
@@ -259,8 +276,10 @@ def model_rows(name: str, paths: tuple[Path, Path], repeat: int) -> list[Row]:
         slow, ref = best_time(partial(solve_min_cut_of, graph, caps, networkx_solve), 2)
         mine, other = (cut_value(network, caps, c.device_mask) for c in (cut, ref))
         assert other * (1 - 1e-9) <= mine <= other + cut.resolution, (metric, mine, other)
-        rows.append((f"one min-cut, {metric} (wifi)", fast, slow, "networkx preflow-push",
-                     target))
+        unit = "ms" if metric == "latency" else "mJ"
+        rows.append((f"one min-cut, {metric} (wifi)", fast, slow,
+                     f"networkx preflow-push (resolution {cut.resolution:.2g} {unit} "
+                     f"on {mine + caps.offset:.4g} {unit})", target))
     fast, (ours, _) = best_time(lambda: whole_analysis(device, cloud, links), repeat)
     with networkx_min_cut():
         slow, (theirs, _) = best_time(lambda: whole_analysis(device, cloud, links), 2)
@@ -276,10 +295,12 @@ def process_rows(paths: tuple[Path, Path], repeat: int) -> list[Row]:
     """Best of ``repeat`` rounds, each running the three variants one after the other, so
     that load from other processes hits them alike."""
     variants = {"dag": ([], False), "no-dag": (["--no-dag"], False), "networkx": ([], True)}
-    best = dict.fromkeys(variants, math.inf)
+    runs: dict[str, list[Timing]] = {key: [] for key in variants}
     for _ in range(repeat):
         for key, (extra, networkx) in variants.items():
-            best[key] = min(best[key], analyze_process_s(*paths, extra, networkx))
+            runs[key].append(analyze_process_s(*paths, extra, networkx))
+    best = {key: Timing(min(t.wall_s for t in ts), min(t.cpu_s for t in ts))
+            for key, ts in runs.items()}
     return [("dnntune analyze process, DAG", best["dag"], best["networkx"],
              "networkx min-cuts", ""),
             ("dnntune analyze process, --no-dag", best["no-dag"], best["dag"],
@@ -288,10 +309,12 @@ def process_rows(paths: tuple[Path, Path], repeat: int) -> list[Row]:
 
 def report(name: str, layers: int, rows: list[Row]) -> None:
     print(f"== {name} ({layers} layers)")
-    print(f"{'figure':<40} {'dnntune':>12} {'baseline':>12} {'ratio':>8}  baseline, target")
+    print(f"{'figure':<36} {'dnntune':>10} {'CPU':>10} {'baseline':>10} {'ratio':>7}  "
+          "baseline, target (ratio = baseline / dnntune, wall-clock)")
     for figure, fast, slow, baseline, target in rows:
-        print(f"{figure:<40} {fast * 1e3:>9.2f} ms {slow * 1e3:>9.1f} ms "
-              f"{slow / fast:>7.3g}x  {baseline}{', ' + target if target else ''}")
+        print(f"{figure:<36} {fast.wall_s * 1e3:>7.2f} ms {fast.cpu_s * 1e3:>7.2f} ms "
+              f"{slow.wall_s * 1e3:>7.1f} ms {slow.wall_s / fast.wall_s:>6.3g}x  "
+              f"{baseline}{', ' + target if target else ''}")
 
 
 def main() -> None:
