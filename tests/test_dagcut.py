@@ -214,7 +214,7 @@ def linear_value(graph, cost: LinearCost, device: set[str]) -> float:
                  + cost.per_byte_down * down)
 
 
-def device_mask(network: FlowNetwork, graph, device: set[str]) -> np.ndarray:
+def device_mask(graph, device: set[str]) -> np.ndarray:
     return np.array([name in device for name in graph.layer_names])
 
 
@@ -234,7 +234,7 @@ def test_scaled_min_cut_is_within_its_resolution_of_the_exact_optimum(seed: int,
     caps = capacities(network, cost)
     values = {}
     for device in closed_sets(graph):
-        value = cut_value(network, caps, device_mask(network, graph, device))
+        value = cut_value(network, caps, device_mask(graph, device))
         # The flow graph prices every closed set as the cost model does, less the offset.
         assert value + caps.offset == pytest.approx(linear_value(graph, cost, device),
                                                     rel=1e-9, abs=1e-12)
@@ -259,7 +259,7 @@ def test_coarse_rounding_does_pick_worse_sets_but_never_beyond_the_resolution() 
         graph = random_graph(rng, rng.randint(4, 8))
         network = flow_network(graph)
         caps = capacities(network, random_linear_cost(rng, len(graph.layers)))
-        best = min(cut_value(network, caps, device_mask(network, graph, d))
+        best = min(cut_value(network, caps, device_mask(graph, d))
                    for d in closed_sets(graph))
         coarse = solve_min_cut(network, caps, steps=rng.choice([1, 2, 5]))
         found = cut_value(network, caps, coarse.device_mask)
@@ -283,7 +283,7 @@ def test_flow_network_prices_prefixes_and_bytes_as_the_cost_model(seed: int, n: 
     prefix_values = prefix_cut_values(network, caps)
     for p in range(len(names) + 1):
         device = set(names[:p]) | inputs
-        mask = device_mask(network, graph, device)
+        mask = device_mask(graph, device)
         assert prefix_values[p] == pytest.approx(cut_value(network, caps, mask), rel=1e-12)
         assert network_partition_bytes(network, mask) == partition_bytes(graph, device)
 
