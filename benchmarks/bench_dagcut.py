@@ -3,22 +3,27 @@ real profiles of inception_v3 (313 layers), NASNetMobile (771) and EfficientNetB
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_dagcut.py [--num_runs 3] [--models ...]
+    .venv/bin/python benchmarks/bench_dagcut.py [--num_runs 3] [--repeat 20]
+                                                [--process-rounds 7] [--models ...]
 
 The first run profiles each model on this machine (device and cloud side, 1 thread
 each, ``--num_runs`` runs after one warm-up; NASNetMobile and EfficientNetB7 are built
 here from ``keras.applications`` with ``weights=None``, they are not in the zoo) and
 saves the profiles under ``dnntune-runs/bench-dagcut/`` (gitignored); later runs reuse
-them. Every figure is the best of several calls (``time.perf_counter``), printed with
-the same step done the networkx way in the same run:
+them. Every figure is the best of several calls, wall-clock (``time.perf_counter``) and
+CPU time (``time.process_time``, or the child's rusage for a process; it does not grow
+with the load of a shared machine), printed with a baseline timed in the same run:
 
-* one min-cut: :func:`dnntune.dagcut.min_cut_device_set` against networkx's
-  preflow-push on the same capacities (:func:`networkx_device_set`);
+* one min-cut (building the flow network, then solving): scipy's Dinic on integer
+  capacities against networkx's preflow-push on the same float capacities
+  (:func:`networkx_solve`, the previous implementation);
 * the whole analysis (all cuts x 3 links x 2 objectives, Pareto fronts and both DAG
-  optima per link) with and without the DAG optima, against the same analysis with
-  the networkx min-cut;
-* ``dnntune analyze`` on the saved profiles as a process, with the DAG optima and
-  with ``--no-dag``.
+  optima per link) against the same analysis with the networkx min-cut, and without
+  the DAG optima;
+* ``dnntune analyze`` on the saved profiles as a process: with the DAG optima, with
+  ``--no-dag``, and with the networkx min-cut, in interleaved rounds;
+* ``enumerate_cuts`` against the previous per-prefix rebuild, and loading both profiles
+  against ``json.loads`` alone.
 
 Both min-cuts are checked to give partitions of equal cost. Targets (issue 15): one
 min-cut <= 5 ms at 313 layers and <= 20 ms at 816; the whole analysis <= 50 ms at 816;
