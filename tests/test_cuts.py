@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import random
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnntune.analysis.costs import partition_bytes
 from dnntune.errors import ConfigError
 from dnntune.model.cuts import crossing_tensors, enumerate_cuts
 from dnntune.model.graph import LayerGraph, LayerNode, TensorSpec
+from tests.analyzer_fixtures import random_graph
 
 
 def t(name: str, nbytes: int) -> TensorSpec:
@@ -83,3 +89,17 @@ def test_graph_round_trips_through_dict_and_networkx():
     nxg = g.to_networkx()
     assert nxg.edges["a", "add"]["bytes"] == 40
     assert sorted(nxg.successors("a")) == ["add", "b"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 25))
+def test_one_sweep_lists_what_each_prefix_sends(seed: int, n: int):
+    """The sweep against the definition, prefix by prefix: the tensors crossing the
+    device set, the bytes of outputs computed in the cloud."""
+    graph = random_graph(random.Random(seed), n)
+    names = graph.layer_names
+    for cut in enumerate_cuts(graph):
+        device = set(names[:cut.index])
+        assert cut.tensors == crossing_tensors(graph, device)
+        up, down = partition_bytes(graph, device)
+        assert (cut.bytes_up, cut.bytes_down) == (up, down)

@@ -86,21 +86,28 @@ def enumerate_cuts(graph: LayerGraph) -> list[Cut]:
     for i, layer in enumerate(layers):
         for tname in layer.inputs:
             last_use[tname] = i
-    input_tensors = [t for layer in layers if layer.is_input for t in layer.outputs]
-    output_bytes = {name: graph.tensor(name).bytes for name in graph.model_outputs}
-
+    # One sweep: ``live`` holds the tensors made on the device that a later layer still
+    # reads (model inputs from the start), keyed by producer position then output order.
+    live = {(position[t.layer], k): t for layer in layers if layer.is_input
+            for k, t in enumerate(layer.outputs) if t.name in last_use}
+    down = [0] * (len(layers) + 2)  # difference array: outputs computed in the cloud
+    for name in dict.fromkeys(graph.model_outputs):
+        producer = position[graph.tensor(name).layer]
+        if not layers[producer].is_input:
+            down[0] += graph.tensor(name).bytes
+            down[producer + 1] -= graph.tensor(name).bytes
     cuts: list[Cut] = []
+    bytes_down = 0
     for p in range(len(layers) + 1):
-        on_device = layers[:p]
-        produced = [t for t in input_tensors if position[t.layer] >= p]
-        produced += [t for layer in on_device for t in layer.outputs]
-        crossing = sorted((t for t in produced if last_use.get(t.name, -1) >= p),
-                          key=lambda t: position[t.layer])
-        device_names = {layer.name for layer in on_device}
-        down = sum(b for name, b in output_bytes.items()
-                   if graph.tensor(name).layer not in device_names
-                   and not layers[position[graph.tensor(name).layer]].is_input)
-        cuts.append(Cut(index=p, after=layers[p - 1].name if p else None,
-                        tensors=tuple(crossing), bytes_up=sum(t.bytes for t in crossing),
-                        bytes_down=down))
+        if p:
+            done = layers[p - 1]
+            if not done.is_input:
+                live.update(((p - 1, k), t) for k, t in enumerate(done.outputs)
+                            if last_use.get(t.name, -1) >= p)
+            for key in [key for key, t in live.items() if last_use[t.name] < p]:
+                del live[key]
+        bytes_down += down[p]
+        crossing = tuple(live[key] for key in sorted(live))
+        cuts.append(Cut(index=p, after=layers[p - 1].name if p else None, tensors=crossing,
+                        bytes_up=sum(t.bytes for t in crossing), bytes_down=bytes_down))
     return cuts
