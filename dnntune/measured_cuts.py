@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,7 +63,7 @@ def segment_graph(graph: LayerGraph, indices: Sequence[int]) -> LayerGraph:
     ``InputLayer`` nodes, so the raw input is still produced on the phone.
     """
     layers = graph.layers
-    segments = [layers[a:b] for a, b in zip(indices[:-1], indices[1:], strict=True) if b > a]
+    segments = [layers[a:b] for a, b in itertools.pairwise(indices) if b > a]
     readers: dict[str, set[int]] = {}
     for k, seg in enumerate(segments):
         for layer in seg:
