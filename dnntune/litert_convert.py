@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -118,7 +120,7 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
     """
     import tensorflow as tf
 
-    from dnntune.models import generate_inputs, import_keras
+    from dnntune.models import import_keras
 
     import_keras()
     check_precision(precision)
@@ -132,9 +134,23 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
         return tf.nest.flatten(model(keras.tree.pack_sequence_as(structure, list(xs)),
                                      training=False))
 
+    absl = logging.getLogger("absl")  # its deprecation note on the freezing path is noise
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return _convert(tf, run.get_concrete_function(), precision, input_shapes,
+                        input_dtypes, seed, name)
+    finally:
+        absl.setLevel(level)
+
+
+def _convert(tf: Any, function: Any, precision: str, input_shapes: Sequence[tuple[int, ...]],
+             input_dtypes: Sequence[str], seed: int, name: str) -> bytes:
+    from dnntune.models import generate_inputs
+
     # Without a trackable object the converter freezes variables into constants, which
     # is what lets it fold BatchNorm into the convolutions as on a phone.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
     if precision != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
@@ -145,7 +161,9 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
                 yield generate_inputs(input_shapes, input_dtypes, seed + i)
         converter.representative_dataset = representative
     try:
-        return bytes(converter.convert())
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
+            warnings.simplefilter("ignore", UserWarning)
+            return bytes(converter.convert())
     except Exception as exc:  # noqa: BLE001 - the converter raises its own error types
         raise DnntuneError(f"{name}: LiteRT cannot convert it ({_unsupported(exc)})") from None
 
