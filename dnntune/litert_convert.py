@@ -15,11 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,11 +164,27 @@ def _convert(tf: Any, function: Any, precision: str, input_shapes: Sequence[tupl
                 yield generate_inputs(input_shapes, input_dtypes, seed + i)
         converter.representative_dataset = representative
     try:
-        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), _native_stderr_quiet():
+            warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs"
             return bytes(converter.convert())
     except Exception as exc:  # noqa: BLE001 - the converter raises its own error types
         raise DnntuneError(f"{name}: LiteRT cannot convert it ({_unsupported(exc)})") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: the converter's C++ side prints its MLIR
+    diagnostics there, which the raised exception repeats anyway."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _unsupported(exc: Exception) -> str:

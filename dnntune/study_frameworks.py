@@ -47,7 +47,9 @@ class StudyRow:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-safe: a NaN (the precision could not be converted) becomes ``None``."""
+        return {k: None if isinstance(v, float) and v != v else v
+                for k, v in asdict(self).items()}
 
 
 def parse_list(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
@@ -183,6 +185,6 @@ def write_study(rows: Sequence[StudyRow], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"rows": [r.to_dict() for r in rows]}
-    (out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+    (out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     study_frame(rows).to_csv(out / "study.csv", index=False)
     return [out / "study.json", out / "study.csv", plot_study(rows, out / "study.png")]
