@@ -88,3 +88,21 @@ def test_malformed_cuts_are_refused() -> None:
                                      device.measured_cuts.cuts[3]))
     with pytest.raises(DnntuneError, match="measured cut 3 is after 'c'"):
         measured_cut_inputs(dataclasses.replace(device, measured_cuts=cuts), cloud)
+
+
+def test_cut_analysis_and_op_profile_parsing_import_no_tensorflow_or_litert() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\n"
+            "import dnntune.measured_cuts, dnntune.tflite_ops, dnntune.tflite_import\n"
+            "import dnntune.litert_cli\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+            "               ('tensorflow', 'keras', 'grpc', 'ai_edge_litert'))\n"
+            "print(heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
