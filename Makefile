@@ -5,16 +5,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv bench clean
+.PHONY: demo test lint typecheck unit venv bench proto clean
 
 venv: $(STAMP)
 
 # Reinstall whenever the project's metadata changes; the stamp keeps repeat runs fast.
-$(STAMP): pyproject.toml proto/dnntune/v1/dnntune.proto
+$(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m dnntune.protocol
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +30,10 @@ test: lint unit
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# After editing proto/: regenerate the committed dnntune/v1/ (tests fail until you do).
+proto: $(STAMP)
+	$(BIN)/python -m dnntune.protocol
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

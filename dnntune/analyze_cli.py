@@ -27,9 +27,9 @@ from dnntune.costs import CostOptions
 from dnntune.dagcut import DagPartition
 from dnntune.errors import DnntuneError
 from dnntune.links import DEFAULT_TRACE_BASE, preset_links, resolve_links
+from dnntune.outputs import check_output_dir
 from dnntune.profile import load_profile
 from dnntune.sensitivity import add_sensitivity
-from dnntune.server_cli import add_client_flags
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,7 +51,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    add_client_flags(parser)
+    from dnntune.pipeline import add_access_flags
+
+    add_access_flags(parser)
     parser.add_argument(
         "--links", action="append", metavar="LINK[,LINK...]",
         help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
@@ -98,6 +100,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     if args.trace_starts < 1:
         raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
     saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
+    if args.out:
+        check_output_dir(args.out, "--out")
     if saved and not (args.config or args.model):
         device, cloud = load_profile(args.device), load_profile(args.cloud)
         analysis = _analyze(args, device, cloud, args.objective, args.links)
@@ -143,24 +147,23 @@ def _run_whole_job(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from dnntune.config import default_config, load_config, with_overrides
+    from dnntune.config import config_links, default_config, load_config, with_overrides
     from dnntune.models import MODEL_SUFFIXES
-    from dnntune.pipeline import Access, Source, collect_profiles
+    from dnntune.pipeline import Source, collect_profiles, side_access
     from dnntune.report import progress_bar
     from dnntune.runs import default_run_dir, save_partial_profile, write_run
-    from dnntune.serving import read_token
 
     config = load_config(args.config) if args.config else default_config()
     config = with_overrides(config, args.model, args.num_runs, args.warmup_runs)
     if config.num_runs < 1:
         raise DnntuneError(f"--num_runs must be at least 1, got {config.num_runs}")
     link_items = args.links or [",".join(config.links)]
-    resolve_links(link_items)  # a bad link fails now, before minutes of profiling
+    config_links(config, args.links)  # a bad link fails now, before minutes of profiling
     device_src = Source.parse(args.device, "--device")
     cloud_src = Source.parse(args.cloud, "--cloud")
-    access = Access(read_token(args.token_file), args.tls_cert)
+    access = side_access(args)
     name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
-    out = Path(args.out) if args.out else default_run_dir(name)
+    out = check_output_dir(args.out, "--out") if args.out else default_run_dir(name)
     written: list[str] = []
 
     def keep(side: str, profile: Any) -> None:

@@ -35,6 +35,8 @@ class Endpoint:
     tls_cert: str | None = None  # PEM of the server's certificate (or its CA)
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     connect_timeout_s: float = 5.0
+    # The name the server's certificate carries, when ``address`` is not it (a proxy).
+    tls_server_name: str | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -51,14 +53,16 @@ def parse_address(text: str, flag: str) -> str:
 def connect(endpoint: Endpoint) -> grpc.Channel:
     """A ready channel to ``endpoint``, or a :class:`DnntuneError` saying why not."""
     limit = endpoint.max_message_mb * (1 << 20)
-    options = [("grpc.max_send_message_length", limit),
-               ("grpc.max_receive_message_length", limit)]
+    options: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
+                                      ("grpc.max_receive_message_length", limit)]
     if endpoint.tls_cert:
         try:
             pem = Path(endpoint.tls_cert).read_bytes()
         except OSError as exc:
             raise DnntuneError(f"{endpoint.tls_cert}: cannot read TLS certificate "
                                f"({exc.strerror})") from None
+        if endpoint.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
         channel = grpc.secure_channel(endpoint.address, grpc.ssl_channel_credentials(pem),
                                       options)
     else:
@@ -82,13 +86,16 @@ def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
 
 
 def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
-               batch_size: int = 1, seed: int = 0) -> Any:
-    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256)."""
+               batch_size: int = 1, seed: int = 0, name: str | None = None) -> Any:
+    """A ``ModelSpec`` for a zoo name or a local model file (by its sha256).
+
+    ``name`` is the display name recorded for a file (default: its stem).
+    """
     shape = list(input_shape or ())
     if model.endswith(MODEL_SUFFIXES):
         digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
         return pb2.ModelSpec(sha256=digest, input_shape=shape, batch_size=batch_size,
-                             seed=seed, name=Path(model).stem)
+                             seed=seed, name=name or Path(model).stem)
     return pb2.ModelSpec(zoo_name=model, input_shape=shape, batch_size=batch_size, seed=seed)
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from dnntune.errors import ConfigError
+from dnntune.errors import ConfigError, DnntuneError
+from dnntune.links import Link, resolve_links
 from dnntune.models import DEFAULT_SEED
 
 
@@ -54,15 +55,41 @@ class RunConfig:
     cloud: SideConfig = field(default_factory=lambda: SideConfig(threads=2, energy="none"))
     objective: str = "energy-first"
     links: tuple[str, ...] = ("3g", "4g", "wifi")
+    source: str = field(default="", compare=False)  # the file it was read from, if any
 
 
 OBJECTIVES = ("latency-first", "energy-first")
+ENERGY_KINDS = ("auto", "none", "rapl", "battery", "ina3221")  # and model:<profile>
+
+
+def _is_energy_spec(text: str) -> bool:
+    kind, sep, arg = text.partition(":")
+    if kind == "model":
+        return bool(arg)
+    return kind in ENERGY_KINDS and not (kind in ("auto", "none") and sep)
+
+
+def config_links(config: RunConfig, flag_links: list[str] | None) -> list[Link]:
+    """The links to analyze: ``--links`` if given, else the config's, checked now.
+
+    A bad link in a config file is reported against that file and its ``links`` key.
+    """
+    if flag_links:
+        return resolve_links(flag_links)
+    try:
+        return resolve_links([",".join(config.links)])
+    except DnntuneError as exc:
+        if not config.source:
+            raise
+        raise ConfigError(config.source, f"key 'links': {exc}") from None
 
 
 def with_overrides(config: RunConfig, model: str | None = None, num_runs: int | None = None,
                    warmup_runs: int | None = None) -> RunConfig:
     """``config`` with command-line overrides; a new model drops the config's input shape."""
     changes: dict[str, object] = {}
+    if model == "":
+        raise DnntuneError("--model is empty: expected a zoo name or a .keras/.h5 file")
     if model:
         changes.update(model=model, input_shape=None)
     if num_runs is not None:
@@ -73,8 +100,10 @@ def with_overrides(config: RunConfig, model: str | None = None, num_runs: int | 
 
 
 def default_config_path() -> Path:
-    """``configs/default.yaml`` beside the package (a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    """The shipped ``configs/default.yaml`` (from a clone or an installed wheel)."""
+    from dnntune.resources import data_path
+
+    return data_path("configs", "default.yaml")
 
 
 def default_config() -> RunConfig:
@@ -121,7 +150,7 @@ def parse_config(data: Any, where: str) -> RunConfig:
         raise ConfigError(where, f"key 'links' must be a list of link names or files, "
                                  f"got {links!r}")
     return RunConfig(
-        objective=objective, links=tuple(links),
+        objective=objective, links=tuple(links), source=where,
         model=str(model["name"]),
         input_shape=tuple(shape) if shape is not None else None,
         batch_size=_int(model, "batch_size", "model", where, 1, 1),
@@ -162,8 +191,10 @@ def _side(value: Any, key: str, where: str, default: SideConfig) -> SideConfig:
         raise ConfigError(where, f"key '{key}.cpu_affinity' must be a list of core numbers, "
                                  f"got {affinity!r}")
     energy = side.get("energy", default.energy)
-    if not isinstance(energy, str):
-        raise ConfigError(where, f"key '{key}.energy' must be a string such as auto, none, "
-                                 f"rapl or model:<profile>, got {energy!r}")
+    if not isinstance(energy, str) or not _is_energy_spec(energy):
+        raise ConfigError(where, f"key '{key}.energy' must be one of "
+                                 f"{', '.join(ENERGY_KINDS)} or model:<profile> "
+                                 f"(hardware meters take an optional ':<argument>'), "
+                                 f"got {energy!r}")
     return SideConfig(threads=_int(side, "threads", key, where, default.threads, 1),
                       cpu_affinity=tuple(affinity), energy=energy)

@@ -72,9 +72,10 @@ class DeviceProfile:
 
 
 def default_profile_dirs() -> tuple[Path, ...]:
-    """``./configs/devices`` (so a user's own profiles win), then the checkout's copy."""
-    package_dir = Path(__file__).resolve().parent
-    return (Path.cwd() / "configs" / "devices", package_dir.parent / "configs" / "devices")
+    """``./configs/devices`` (so a user's own profiles win), then the shipped ones."""
+    from dnntune.resources import data_path
+
+    return (Path.cwd() / "configs" / "devices", data_path("configs", "devices"))
 
 
 def find_device_profile(name: str, search_dirs: Sequence[Path] | None = None) -> Path:

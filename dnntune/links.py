@@ -32,6 +32,8 @@ REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
             "alpha_down_mw_per_mbps", "beta_mw")
 OPTIONAL_KEYS = ("base", "trace", "description")
 DEFAULT_TRACE_BASE = "4g"
+MIN_RATE_MBPS = 1e-3  # 1 kbit/s
+MAX_VALUE = 1e9
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,13 @@ def check_link_values(values: Mapping[str, Any], where: str) -> None:
             continue
         value = values[key]
         positive = key in POSITIVE
+        # Rates under 1 kbit/s or values past 1e9 only make sums overflow to inf/NaN.
+        low = MIN_RATE_MBPS if positive else 0.0
         ok = (isinstance(value, int | float) and not isinstance(value, bool)
-              and math.isfinite(value) and (value > 0 if positive else value >= 0))
+              and math.isfinite(value) and low <= value <= MAX_VALUE)
         if not ok:
-            expected = "a positive number" if positive else "a number >= 0"
+            expected = (f"a rate from {MIN_RATE_MBPS:g} to {MAX_VALUE:g} Mbit/s" if positive
+                        else f"a number from 0 to {MAX_VALUE:g}")
             raise ConfigError(where, f"key {key!r} must be {expected}, got {value!r}")
 
 

@@ -32,7 +32,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from dnntune.litert_convert import check_precision, convert_model, phone_commands
     from dnntune.models import load_model
 
+    from dnntune.outputs import check_output_dir
+
     check_precision(args.precision)
+    check_output_dir(args.out, "--out")
     loaded = load_model(args.model)
     conversion = convert_model(loaded, args.precision)
     out = Path(args.out)
@@ -86,7 +89,10 @@ def run_import(args: argparse.Namespace) -> int:
     from dnntune.tflite_import import op_profile_to_profile
     from dnntune.tflite_ops import parse_op_profile
 
+    from dnntune.outputs import check_output_file
+
     check_precision(args.precision)
+    check_output_file(args.out, "--out")
     try:
         data = Path(args.file).read_bytes()
     except OSError as exc:
@@ -147,6 +153,10 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     models = [m for item in args.model for m in item.split(",") if m]
     if args.num_runs < 1 or args.num_threads < 1:
         raise DnntuneError("--num_runs and --num_threads must be at least 1")
+    if args.out:
+        from dnntune.outputs import check_output_dir
+
+        check_output_dir(args.out, "--out")
     from dnntune.instrument import configure_runtime
 
     configure_runtime(args.num_threads)
@@ -205,6 +215,10 @@ def run_litert_profile(args: argparse.Namespace) -> int:
                            "profile the cloud side with --framework tf")
     check_precision(args.precision)
     config, settings = resolve(args)
+    if args.out:  # before minutes of measuring, not after
+        from dnntune.outputs import check_output_file
+
+        check_output_file(args.out, "--out")
     from dnntune.instrument import configure_runtime
 
     configure_runtime(settings.num_threads, settings.cpu_affinity)

@@ -36,6 +36,9 @@ class LoadedModel:
         graph: Its layer graph at ``batch_size``.
         batch_size: Batch dimension used for shapes and bytes.
         seed: Seed used to build (zoo) and to generate inputs.
+        file: The model file these exact weights were loaded from (a user's file, or
+            the cached build of a calibrated zoo model), or None when the model was
+            rebuilt in memory. Remote sides are sent this file, never asked to rebuild.
     """
 
     name: str
@@ -44,6 +47,7 @@ class LoadedModel:
     graph: LayerGraph
     batch_size: int
     seed: int
+    file: str | None = None
 
     @property
     def input_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -127,44 +131,73 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
             model has unknown dimensions, and rebuilds the model at that shape otherwise.
         batch_size: Batch dimension for the layer graph.
         seed: Seed for zoo weights and calibration inputs.
-        calibrate: Calibrate BatchNorm statistics of random-weight zoo models.
+        calibrate: Calibrate BatchNorm statistics of random-weight zoo models. A
+            calibrated zoo model is built once and cached (:mod:`dnntune.modelcache`);
+            every later load, in any process, reads the same bytes.
         name: Name to record instead of the zoo name or file stem.
 
     Example:
         >>> # lm = load_model("mobilenet_v2"); len(lm.graph.layers) == 156
     """
-    keras = import_keras()
+    import_keras()
     if batch_size < 1:
         raise DnntuneError(f"batch size must be at least 1, got {batch_size}")
     from dnntune.keras_graph import as_functional, build_layer_graph
-    from dnntune.zoo import ZOO, fresh_layer_names
+    from dnntune.zoo import ZOO
 
+    if not spec.strip():
+        raise DnntuneError(f"model name is empty: expected a .keras/.h5 file or one of "
+                           f"{', '.join(known_models())}")
     if spec in ZOO:
         entry = ZOO[spec]
         shapes = list(input_shapes) if input_shapes else [entry.input_shape]
         if len(shapes) != 1:
             raise DnntuneError(f"--input-shape: {spec} has one input, got {len(shapes)} shapes")
-        keras.utils.set_random_seed(seed)
-        try:
-            with fresh_layer_names():
-                model = entry.build(shapes[0])
-        except ValueError as exc:
-            raise DnntuneError(f"--input-shape {shapes[0]} does not fit {spec}: "
-                               f"{str(exc).splitlines()[0]}") from None
+        shape = tuple(shapes[0])
+        if calibrate:  # the cached, calibrated bytes: the same model in every process
+            model, path = _load_cached_zoo_model(spec, shape, seed)
+        else:
+            model, path = build_zoo_model(spec, shape, seed), None
         name, source = name or spec, "zoo"
     elif _looks_like_path(spec):
-        model = as_functional(_load_file(Path(spec)), spec)
+        path = Path(spec)
+        model = as_functional(_load_file(path), spec)
         if input_shapes:
-            model = _with_input_shapes(model, list(input_shapes), spec)
+            model, path = _with_input_shapes(model, list(input_shapes), spec), None
         name, source = name or Path(spec).stem, spec
     else:
         raise DnntuneError(f"unknown model {spec!r}: expected a .keras/.h5 file or one of "
                            f"{', '.join(known_models())}")
     graph = build_layer_graph(model, batch_size, name)
-    loaded = LoadedModel(name, source, model, graph, batch_size, seed)
-    if calibrate and source == "zoo":
-        calibrate_batchnorm(model, loaded.example_inputs())
-    return loaded
+    return LoadedModel(name, source, model, graph, batch_size, seed,
+                       str(path) if path is not None else None)
+
+
+def build_zoo_model(spec: str, shape: tuple[int, ...], seed: int) -> Any:
+    """A fresh zoo model with seeded random weights and uncalibrated BatchNorm."""
+    keras = import_keras()
+    from dnntune.zoo import ZOO, fresh_layer_names
+
+    keras.utils.set_random_seed(seed)
+    try:
+        with fresh_layer_names():
+            return ZOO[spec].build(shape)
+    except ValueError as exc:
+        raise DnntuneError(f"--input-shape {shape} does not fit {spec}: "
+                           f"{str(exc).splitlines()[0]}") from None
+
+
+def _load_cached_zoo_model(spec: str, shape: tuple[int, ...], seed: int) -> tuple[Any, Path]:
+    from dnntune.keras_graph import as_functional
+    from dnntune.modelcache import forget, zoo_model_file
+
+    path = zoo_model_file(spec, shape, seed)
+    try:
+        return as_functional(_load_file(path), spec), path
+    except DnntuneError:  # a damaged cache file: build it again, once
+        forget(path)
+        path = zoo_model_file(spec, shape, seed)
+        return as_functional(_load_file(path), spec), path
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -181,6 +214,7 @@ def _load_file(path: Path) -> Any:
 
     import dnntune.zoo_layers  # noqa: F401 - registers the zoo's custom layers
 
+    _check_container(path)
     class_name = _saved_class_name(path)
     if class_name is not None and class_name not in ("Functional", "Sequential", "Model"):
         raise DnntuneError(
@@ -193,6 +227,29 @@ def _load_file(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DnntuneError(f"{path}: not a loadable Keras model ({first[:200]})") from None
+
+
+def _check_container(path: Path) -> None:
+    """Name what is wrong with a file that is not even the right kind of archive.
+
+    (Keras would say "File not found" for a file that exists but is not a zip.)
+    """
+    import zipfile
+
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise DnntuneError(f"{path}: not a .keras archive (a .keras file is a zip archive; "
+                           f"this one is not, or it is truncated)")
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise DnntuneError(f"{path}: not an HDF5 file (truncated, or not a Keras "
+                               f"{path.suffix} model)")
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise DnntuneError(f"{path}: a zip archive but not a Keras model "
+                                   f"(no config.json inside)")
 
 
 def _saved_class_name(path: Path) -> str | None:

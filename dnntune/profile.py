@@ -99,7 +99,14 @@ class LayerProfile:
     def from_dict(cls, data: Mapping[str, Any], where: str) -> LayerProfile:
         layer = LayerNode.from_dict(data, where)
         here = f"{where} {layer.name!r}"
+        derived = data.get("output_bytes", layer.output_bytes)
+        if isinstance(derived, bool) or derived != layer.output_bytes:
+            raise ConfigError(here, f"'output_bytes' must be the sum of the outputs' bytes, "
+                                    f"{layer.output_bytes}, got {derived!r}")
         energy = data.get("energy_mj")
+        if energy is not None and (isinstance(energy, bool)
+                                   or not isinstance(energy, (int, float))):
+            raise ConfigError(here, f"'energy_mj' must be a number or null, got {energy!r}")
         return cls(layer=layer,
                    latency=Stats.from_dict(_require(data, "latency", here), f"{here} latency"),
                    energy_mj=None if energy is None else float(energy))

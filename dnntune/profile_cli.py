@@ -99,11 +99,15 @@ def parse_affinity(text: str) -> tuple[int, ...]:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from dnntune.outputs import check_output_file
+
     if getattr(args, "framework", "tf") == "litert":
         from dnntune.litert_cli import run_litert_profile
 
         return run_litert_profile(args)
     config, settings = resolve(args)
+    if args.out:  # before minutes of measuring, not after
+        check_output_file(args.out, "--out")
     remote = args.cloud if settings.side == "cloud" else args.device
     other = args.device if settings.side == "cloud" else args.cloud
     if other:
@@ -142,7 +146,7 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
     import dataclasses
 
     from dnntune.client import parse_address
-    from dnntune.pipeline import Access, profile_side
+    from dnntune.pipeline import Access, check_pem_certificate, model_file, profile_side
     from dnntune.report import progress_bar
     from dnntune.serving import read_token
 
@@ -150,6 +154,9 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
     side = dataclasses.replace(getattr(config, settings.side), energy=settings.energy)
     config = dataclasses.replace(config, num_runs=settings.num_runs,
                                  warmup_runs=settings.warmup_runs, **{settings.side: side})
+    if args.tls_cert:
+        check_pem_certificate(args.tls_cert, "--tls-cert")
+    model_file(config)  # a missing file (or a zoo build) now, before connecting
     return profile_side(settings.side, parse_address(address, f"--{settings.side}"), config,
                         Access(read_token(args.token_file), args.tls_cert), progress_bar)
 

@@ -51,6 +51,9 @@ class ProfileSettings:
             raise DnntuneError(f"--warmup_runs must be 0 or more, got {self.warmup_runs}")
         if self.num_threads < 1:
             raise DnntuneError(f"--num_threads must be at least 1, got {self.num_threads}")
+        if not self.energy_seconds > 0 or self.energy_seconds == float("inf"):
+            raise DnntuneError(f"--energy-seconds must be a positive number of seconds, "
+                               f"got {self.energy_seconds}")
         cores = os.cpu_count() or 1
         bad = [c for c in self.cpu_affinity if not 0 <= c < cores]
         if bad:

@@ -37,6 +37,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--shaper", choices=("proxy", "tbf"), default="proxy",
                    help="proxy: user-space rate and delay (default, anywhere); tbf: as root, "
                         "kernel tc tbf rates between network namespaces, delay from the proxy")
+    from dnntune.pipeline import add_access_flags
+
+    add_access_flags(p)
     p.add_argument("--out", metavar="DIR", help="write validation.json and plots here")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=run_validate)
@@ -44,11 +47,17 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 def run_validate(args: argparse.Namespace) -> int:
     from dnntune.analysis import Objective, analyze_profiles
-    from dnntune.client import Endpoint, ProfilerClient, model_spec, parse_address
-    from dnntune.config import default_config, load_config, with_overrides
+    from dnntune.client import ProfilerClient, parse_address
+    from dnntune.config import config_links, default_config, load_config, with_overrides
     from dnntune.costs import CostOptions
-    from dnntune.links import resolve_links
-    from dnntune.pipeline import Access, Source, collect_profiles, local_cloud_server
+    from dnntune.outputs import check_output_dir
+    from dnntune.pipeline import (
+        Access,
+        Source,
+        collect_profiles,
+        local_cloud_server,
+        side_access,
+    )
     from dnntune.report import progress_bar
     from dnntune.validate import parse_cut_spec
 
@@ -56,45 +65,56 @@ def run_validate(args: argparse.Namespace) -> int:
         raise DnntuneError(f"--num_runs must be at least 1, got {args.num_runs}")
     config = load_config(args.config) if args.config else default_config()
     config = with_overrides(config, args.model, args.profile_runs)
-    links = resolve_links(args.links or [",".join(config.links)])
+    links = config_links(config, args.links)
+    if args.out:
+        check_output_dir(args.out, "--out")
     parse_cut_spec(args.cuts)
+    access = side_access(args)
     with contextlib.ExitStack() as stack:
         if args.cloud:
             address = parse_address(args.cloud, "--cloud")
-        else:
+        else:  # started here: plain loopback, no credentials
             address = stack.enter_context(local_cloud_server(config.cloud.threads))
+            access["cloud"] = Access()
         rpc: list[tuple[float, float]] = []
         device, cloud = collect_profiles(config, Source("local"), Source("remote", address),
-                                         Access(), Path(args.out or "."), progress_bar,
+                                         access, Path(args.out or "."), progress_bar,
                                          lambda side, profile: None, rpc.append)
         options = CostOptions(rpc_ms=rpc[0][0], rpc_ms_per_mb=rpc[0][1])
         analysis = analyze_profiles(device, cloud, links, Objective("latency-first"), options)
-        validation = _run(config, analysis, address, args, model_spec, Endpoint,
-                          ProfilerClient)
+        validation = _run(config, analysis, address, access["cloud"], args, ProfilerClient)
     _write_and_print(args, validation)
     return 0
 
 
-def _run(config: Any, analysis: Any, address: str, args: argparse.Namespace,
-         model_spec: Any, endpoint: Any, client_cls: Any) -> Validation:
+def _run(config: Any, analysis: Any, address: str, access: Any, args: argparse.Namespace,
+         client_cls: Any) -> Validation:
     from dnntune.models import load_model
+    from dnntune.pipeline import upload_model
     from dnntune.report import progress_bar
     from dnntune.validate import validate_links
 
     shapes = [config.input_shape] if config.input_shape else None
     loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
     host, _, port = address.rpartition(":")
-    first = client_cls(endpoint(address))
-    spec = model_spec(first.pb2, config.model, config.input_shape, config.batch_size,
-                      config.seed)
-    if spec.WhichOneof("source") == "sha256":
-        first.upload_file(config.model)
-    first.close()
+    first = client_cls(access.endpoint(address))
+    try:
+        spec = upload_model(first, config)
+    finally:
+        first.close()
+    def connect(address: str, connect_timeout_s: float = 10) -> Any:
+        """A client of the cloud server at ``address`` (maybe a shaping proxy), which
+        holds the model: a server started per link (``--shaper tbf``) gets it uploaded."""
+        client = client_cls(access.endpoint(
+            address, connect_timeout_s=connect_timeout_s,
+            tls_server_name=host if access.tls_cert else None))  # the cert names host
+        upload_model(client, config)
+        return client
+
     with progress_bar(f"validating {loaded.name}") as update:
         results = validate_links(loaded, analysis.links, host, int(port), args.cuts,
                                  args.num_runs, spec,
-                                 lambda a, connect_timeout_s=10: client_cls(
-                                     endpoint(a, connect_timeout_s=connect_timeout_s)),
+                                 connect,
                                  update, shaper=args.shaper,
                                  cloud_threads=config.cloud.threads)
     return Validation(loaded.name, args.num_runs, tuple(results))

@@ -13,6 +13,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
+# Calibrated zoo builds are cached (dnntune.modelcache); tests keep theirs out of the
+# user's home, shared by the xdist workers and every process a test starts.
+os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -144,7 +144,7 @@ def bad_input_cases(tmp_path: Path, device: str, cloud: str) -> list[tuple[list[
         ([*base, str(save_profile(fewer_layers, tmp_path / "f.json"))], ["different layers"]),
         ([*base, cloud, "--links",
           write_links(tmp_path, "links:\n  x:\n    base: 4g\n    up_mbps: 0\n")],
-         ["links.yaml: links.x", "'up_mbps' must be a positive number, got 0"]),
+         ["links.yaml: links.x", "'up_mbps' must be a rate from 0.001 to 1e+09 Mbit/s, got 0"]),
         ([*base, cloud, "--links", "4g,5g"], ["unknown link '5g'", "3g, 4g, wifi"]),
         ([*base, cloud, "--links", str(bad_trace)], ["bad.up:3:"]),
         ([*base, cloud, "--deadline-ms", "1"], ["no cut is feasible on 3g", "deadline 1 ms"]),

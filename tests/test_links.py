@@ -66,9 +66,11 @@ def test_user_links_file_with_base_and_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("body", "fragments"), [
     ("links:\n  x:\n    base: 4g\n    up_mbps: 0\n",
-     ["links.x", "'up_mbps'", "positive number", "got 0"]),
+     ["links.x", "'up_mbps'", "a rate from 0.001", "got 0"]),
     ("links:\n  x:\n    base: 4g\n    down_mbps: -3\n", ["links.x", "'down_mbps'", "got -3"]),
-    ("links:\n  x:\n    base: 4g\n    rtt_ms: fast\n", ["'rtt_ms'", "number >= 0", "'fast'"]),
+    ("links:\n  x:\n    base: 3g\n    up_mbps: 1.0e-320\n", ["'up_mbps'", "got 1e-320"]),
+    ("links:\n  x:\n    base: 3g\n    rtt_ms: 1.0e+300\n", ["'rtt_ms'", "got 1e+300"]),
+    ("links:\n  x:\n    base: 4g\n    rtt_ms: fast\n", ["'rtt_ms'", "a number from 0 to 1e+09", "'fast'"]),
     ("links:\n  x:\n    base: 4g\n    up_mbit: 3\n", ["unknown key 'up_mbit'", "up_mbps"]),
     ("links:\n  x:\n    up_mbps: 3\n", ["missing key 'down_mbps'"]),
     ("links:\n  x:\n    base: 5g\n", ["'base' must be one of 3g, 4g, wifi", "'5g'"]),
@@ -89,7 +91,7 @@ def test_bad_links_file_names_file_key_and_expectation(tmp_path: Path, body: str
 
 
 def test_link_constructor_validates() -> None:
-    with pytest.raises(ConfigError, match="'up_mbps' must be a positive number"):
+    with pytest.raises(ConfigError, match="'up_mbps' must be a rate from 0.001"):
         Link("x", up_mbps=0.0, down_mbps=1.0, rtt_ms=0.0, alpha_up_mw_per_mbps=0.0,
              alpha_down_mw_per_mbps=0.0, beta_mw=0.0)
 

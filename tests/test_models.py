@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -58,8 +60,27 @@ def test_missing_corrupt_and_wrong_files(tmp_path):
         load_model(str(tmp_path / "absent.keras"))
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"this is not a zip archive")
-    with pytest.raises(DnntuneError, match="corrupt.keras: not a loadable Keras model"):
+    with pytest.raises(DnntuneError, match="corrupt.keras: not a .keras archive"):
         load_model(str(corrupt))
+    truncated = tmp_path / "truncated.keras"
+    good = load_model("tiny_resnet").file
+    assert good is not None
+    truncated.write_bytes(Path(good).read_bytes()[:4000])
+    with pytest.raises(DnntuneError, match="truncated.keras: not a .keras archive"):
+        load_model(str(truncated))
+    h5 = tmp_path / "random.h5"
+    h5.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(DnntuneError, match="random.h5: not an HDF5 file"):
+        load_model(str(h5))
+    zipped = tmp_path / "other.keras"
+    import zipfile
+
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    with pytest.raises(DnntuneError, match="a zip archive but not a Keras model"):
+        load_model(str(zipped))
+    with pytest.raises(DnntuneError, match="model name is empty"):
+        load_model("")
     text = tmp_path / "model.txt"
     text.write_text("hello")
     with pytest.raises(DnntuneError, match="expected a Keras model file"):

@@ -1,0 +1,1 @@
+"""Generated from proto/dnntune/v1/dnntune.proto by `make proto`: do not edit."""

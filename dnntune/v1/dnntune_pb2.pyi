@@ -1,0 +1,163 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelSpec(_message.Message):
+    __slots__ = ("zoo_name", "sha256", "input_shape", "batch_size", "seed", "name")
+    ZOO_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    zoo_name: str
+    sha256: str
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    batch_size: int
+    seed: int
+    name: str
+    def __init__(self, zoo_name: _Optional[str] = ..., sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("sha256", "suffix", "total_bytes", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    suffix: str
+    total_bytes: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., suffix: _Optional[str] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("sha256", "cached", "total_bytes")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    cached: bool
+    total_bytes: int
+    def __init__(self, sha256: _Optional[str] = ..., cached: _Optional[bool] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("model", "num_runs", "warmup_runs", "energy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    num_runs: int
+    warmup_runs: int
+    energy: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., energy: _Optional[str] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("stage", "done", "total")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ProfileEvent(_message.Message):
+    __slots__ = ("progress", "profile_json_chunk")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_JSON_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    profile_json_chunk: bytes
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., profile_json_chunk: _Optional[bytes] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "total_bytes", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    total_bytes: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TailHeader(_message.Message):
+    __slots__ = ("model", "cut_index")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    cut_index: int
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ...) -> None: ...
+
+class TailRequest(_message.Message):
+    __slots__ = ("header", "tensor")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    header: TailHeader
+    tensor: TensorChunk
+    def __init__(self, header: _Optional[_Union[TailHeader, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class TailTiming(_message.Message):
+    __slots__ = ("receive_ms", "compute_ms")
+    RECEIVE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    receive_ms: float
+    compute_ms: float
+    def __init__(self, receive_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+
+class TailReply(_message.Message):
+    __slots__ = ("tensor", "timing")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    tensor: TensorChunk
+    timing: TailTiming
+    def __init__(self, tensor: _Optional[_Union[TensorChunk, _Mapping]] = ..., timing: _Optional[_Union[TailTiming, _Mapping]] = ...) -> None: ...
+
+class SplitRequest(_message.Message):
+    __slots__ = ("model", "cut_index", "num_runs", "warmup_runs")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    cut_index: int
+    num_runs: int
+    warmup_runs: int
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ...) -> None: ...
+
+class SplitRun(_message.Message):
+    __slots__ = ("total_ms", "head_ms", "transfer_ms", "tail_ms")
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_MS_FIELD_NUMBER: _ClassVar[int]
+    total_ms: float
+    head_ms: float
+    transfer_ms: float
+    tail_ms: float
+    def __init__(self, total_ms: _Optional[float] = ..., head_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., tail_ms: _Optional[float] = ...) -> None: ...
+
+class SplitReply(_message.Message):
+    __slots__ = ("runs", "max_abs_error", "bytes_up", "bytes_down")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[SplitRun]
+    max_abs_error: float
+    bytes_up: int
+    bytes_down: int
+    def __init__(self, runs: _Optional[_Iterable[_Union[SplitRun, _Mapping]]] = ..., max_abs_error: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ...) -> None: ...
