@@ -31,7 +31,6 @@ def add_convert_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
 def run_convert(args: argparse.Namespace) -> int:
     from dnntune.litert_convert import check_precision, convert_model, phone_commands
     from dnntune.models import load_model
-
     from dnntune.outputs import check_output_dir
 
     check_precision(args.precision)
@@ -85,11 +84,10 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
 def run_import(args: argparse.Namespace) -> int:
     from dnntune.litert_convert import check_precision, convert_model
     from dnntune.models import load_model
+    from dnntune.outputs import check_output_file
     from dnntune.profile import EnergyInfo, save_profile
     from dnntune.tflite_import import op_profile_to_profile
     from dnntune.tflite_ops import parse_op_profile
-
-    from dnntune.outputs import check_output_file
 
     check_precision(args.precision)
     check_output_file(args.out, "--out")
