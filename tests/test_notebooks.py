@@ -14,7 +14,8 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("quickstart.ipynb", "partitioning_study.ipynb", "what_if.ipynb")
+NAMES = ("quickstart.ipynb", "partitioning_study.ipynb", "what_if.ipynb",
+         "frameworks_study.ipynb")
 
 
 @pytest.fixture

@@ -243,6 +243,7 @@ class Analysis:
     links: tuple[LinkAnalysis, ...]
     what_if: Mapping[str, float] = field(default_factory=dict)
     sensitivity: Mapping[str, Any] | None = None
+    measured_cuts: str | None = None  # says so when only a device profile's cuts count
 
     @property
     def energy_label(self) -> str:
@@ -280,6 +281,7 @@ class Analysis:
             "energy_measured": costs.energy_label.startswith("measured:"),
             "energy_estimated_layers": costs.estimated_layers,
             "feasible": self.infeasible_message() is None,
+            **({} if self.measured_cuts is None else {"measured_cuts": self.measured_cuts}),
             "links": links,
         }
 
@@ -323,10 +325,29 @@ def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
                         else options.device_call_ms),
         cloud_call_ms=(cloud.call_overhead_ms if options.cloud_call_ms is None
                        else options.cloud_call_ms))
+    what_if = {"device_speedup": device_speedup, "cloud_speedup": cloud_speedup}
+    if device.measured_cuts is not None:
+        return _analyze_measured_cuts(device, cloud, links, objective, options, what_if)
     costs = layer_costs(device, cloud).scaled(device_speedup, cloud_speedup)
     inputs = cut_inputs(device.graph, costs)
-    what_if = {"device_speedup": device_speedup, "cloud_speedup": cloud_speedup}
     return analyze_inputs(inputs, links, objective, options, dag=dag, what_if=what_if)
+
+
+def _analyze_measured_cuts(device: Profile, cloud: Profile, links: Sequence[Link],
+                           objective: Objective, options: CostOptions,
+                           what_if: Mapping[str, float]) -> Analysis:
+    """Only the device profile's measured cuts; no DAG optimum (no per-layer times)."""
+    from dnntune.measured_cuts import measured_cut_inputs
+
+    measured = device.measured_cuts
+    assert measured is not None
+    inputs = measured_cut_inputs(device, cloud).scaled(what_if["device_speedup"],
+                                                       what_if["cloud_speedup"])
+    note = (f"evaluated exactly the {len(inputs.after)} cuts measured on the device "
+            f"({measured.framework}, {measured.kind}: {measured.source}); cut indices "
+            "count these cuts; no DAG optimum without per-layer device times")
+    result = analyze_inputs(inputs, links, objective, options, dag=False, what_if=what_if)
+    return dataclasses.replace(result, measured_cuts=note)
 
 
 def analysis_to_dataframe(analysis: Analysis) -> pd.DataFrame:

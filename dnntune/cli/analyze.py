@@ -278,7 +278,7 @@ def _pct(value: float | None) -> str:
 
 
 def _notes(analysis: Analysis) -> list[str]:
-    lines = []
+    lines = [analysis.measured_cuts] if analysis.measured_cuts else []
     metric = analysis.objective.metric
     for la in analysis.links:
         name = la.link.name

@@ -50,3 +50,14 @@ def _validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 REGISTRY.append(_validate)
+
+
+def _litert(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.litert_cli import add_convert_command, add_import_command, add_study_command
+
+    add_convert_command(sub)
+    add_import_command(sub)
+    add_study_command(sub)
+
+
+REGISTRY.append(_litert)

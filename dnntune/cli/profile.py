@@ -50,6 +50,9 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
     add_client_flags(p)
     p.add_argument("--out", metavar="FILE", help="write the profile JSON here")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    from dnntune.litert_cli import add_litert_profile_arguments
+
+    add_litert_profile_arguments(p)
     p.set_defaults(handler=run_profile)
 
 
@@ -98,6 +101,10 @@ def parse_affinity(text: str) -> tuple[int, ...]:
 def run_profile(args: argparse.Namespace) -> int:
     from dnntune.cli.outputs import check_output_file
 
+    if getattr(args, "framework", "tf") == "litert":
+        from dnntune.litert_cli import run_litert_profile
+
+        return run_litert_profile(args)
     config, settings = resolve(args)
     if args.out:  # before minutes of measuring, not after
         check_output_file(args.out, "--out")

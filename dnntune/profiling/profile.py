@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 SCHEMA = "dnntune.profile"
 SCHEMA_VERSION = 1
+# Version 2 adds ``measured_cuts`` (device time of heads at chosen cuts); a version-1
+# reader must not take such a profile's per-layer times for real, so only it says 2.
+SCHEMA_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,76 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
+class CutLatency:
+    """Device time of the head that ends at one prefix cut.
+
+    Attributes:
+        index: Layers on the device (the cut's index in :func:`dnntune.cuts.enumerate_cuts`).
+        after: Name of the last device layer, ``None`` for cut 0.
+        head: Timings of the head (model inputs to the cut's crossing tensors), in ms.
+    """
+
+    index: int
+    after: str | None
+    head: Stats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "after": self.after, "head": self.head.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> CutLatency:
+        after = _require(data, "after", where)
+        return cls(index=int(_require(data, "index", where)),
+                   after=None if after is None else str(after),
+                   head=Stats.from_dict(_require(data, "head", where), f"{where} head"))
+
+
+@dataclass(frozen=True)
+class MeasuredCuts:
+    """A device profile that holds prefix (head) latencies at chosen cuts only.
+
+    Frameworks that fuse layers (LiteRT) cannot time every Keras layer, so the device
+    side is measured per cut instead: ``kind == "heads"`` times each head on its own,
+    ``kind == "ops"`` sums an on-device op profile's op times up to each cut that exists
+    in the converted graph. The analyzer evaluates exactly these cuts; the per-layer
+    latencies of such a profile are only what the cuts imply (see ``source``).
+
+    Attributes:
+        kind: ``"heads"`` or ``"ops"``.
+        framework: Runtime and precision, e.g. ``"litert 2.3.0 fp32 (XNNPACK)"``.
+        source: How the numbers were obtained, in words.
+        cuts: The measured cuts, by increasing index; always cut 0 and the last cut.
+    """
+
+    kind: str
+    framework: str
+    source: str
+    cuts: tuple[CutLatency, ...]
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(c.index for c in self.cuts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "framework": self.framework, "source": self.source,
+                "cuts": [c.to_dict() for c in self.cuts]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> MeasuredCuts:
+        if not isinstance(data, Mapping):
+            raise ConfigError(where, "expected a JSON object")
+        kind = str(_require(data, "kind", where))
+        if kind not in ("heads", "ops"):
+            raise ConfigError(where, f"key 'kind' must be 'heads' or 'ops', got {kind!r}")
+        cuts = tuple(CutLatency.from_dict(c, f"{where} cuts[{i}]")
+                     for i, c in enumerate(_require(data, "cuts", where)))
+        if [c.index for c in cuts] != sorted({c.index for c in cuts}):
+            raise ConfigError(where, "cuts must have distinct, increasing indices")
+        return cls(kind, str(_require(data, "framework", where)),
+                   str(data.get("source", "")), cuts)
+
+
+@dataclass(frozen=True)
 class ProfileMeta:
     """Where, how and on what a profile was measured."""
 
@@ -175,6 +248,7 @@ class Profile:
     param_bytes: int
     peak_rss_growth_bytes: int
     end_to_end_wall: Stats | None = None
+    measured_cuts: MeasuredCuts | None = None
 
     @property
     def call_overhead_ms(self) -> float:
@@ -195,7 +269,7 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION if self.measured_cuts is None else 2,
             "meta": self.meta.to_dict(),
             "model_inputs": list(self.model_inputs),
             "model_outputs": list(self.model_outputs),
@@ -210,6 +284,8 @@ class Profile:
                                 else self.end_to_end_wall.to_dict()),
             "call_overhead_ms": self.call_overhead_ms,
             "layers": [lp.to_dict() for lp in self.layers],
+            **({} if self.measured_cuts is None
+               else {"measured_cuts": self.measured_cuts.to_dict()}),
         }
 
     @classmethod
@@ -219,8 +295,9 @@ class Profile:
         if data.get("schema") != SCHEMA:
             raise ConfigError(where, f"key 'schema' must be {SCHEMA!r}, "
                                      f"got {data.get('schema')!r}")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ConfigError(where, f"key 'schema_version' must be {SCHEMA_VERSION}, "
+        if data.get("schema_version") not in SCHEMA_VERSIONS:
+            raise ConfigError(where, f"key 'schema_version' must be one of "
+                                     f"{', '.join(map(str, SCHEMA_VERSIONS))}, "
                                      f"got {data.get('schema_version')!r}")
         try:
             layers = tuple(LayerProfile.from_dict(d, f"{where} layers[{i}]")
@@ -242,6 +319,9 @@ class Profile:
                 end_to_end_wall=(None if data.get("end_to_end_wall") is None else
                                  Stats.from_dict(data["end_to_end_wall"],
                                                  f"{where} end_to_end_wall")),
+                measured_cuts=(None if data.get("measured_cuts") is None else
+                               MeasuredCuts.from_dict(data["measured_cuts"],
+                                                      f"{where} measured_cuts")),
             )
         except KeyError as exc:
             raise ConfigError(where, f"missing key {exc.args[0]!r}") from None
