@@ -35,10 +35,10 @@ def interleaved_ms(calls: dict[str, object], warmup: int, runs: int) -> dict[str
 
 
 def bench_model(name: str, runs: int) -> None:
-    from dnntune.litert_convert import convert_model, interpreter
-    from dnntune.litert_profile import run_litert
-    from dnntune.models import compile_model, load_model
-    from dnntune.profiler import _param_bytes
+    from dnntune.litert.convert import convert_model, interpreter
+    from dnntune.litert.profile import run_litert
+    from dnntune.model.loading import compile_model, load_model
+    from dnntune.profiling.profiler import _param_bytes
 
     loaded = load_model(name)
     x = loaded.example_inputs()
@@ -59,10 +59,10 @@ def bench_model(name: str, runs: int) -> None:
 
 
 def bench_heads(name: str) -> None:
-    from dnntune.litert_convert import convert_model
-    from dnntune.litert_profile import choose_cuts, head_tflite
-    from dnntune.models import load_model
-    from dnntune.split import Splitter
+    from dnntune.litert.convert import convert_model
+    from dnntune.litert.profile import choose_cuts, head_tflite
+    from dnntune.model.loading import load_model
+    from dnntune.model.split import Splitter
 
     loaded = load_model(name)
     start = time.perf_counter()
@@ -90,10 +90,10 @@ def main() -> None:
     parser.add_argument("--heads-model", default="mobilenet_v2")
     args = parser.parse_args()
 
-    from dnntune.instrument import configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(1)
-    from dnntune.litert_profile import litert_version
+    from dnntune.litert.profile import litert_version
 
     print(f"1 thread; {args.num_runs} interleaved rounds after 5 warm-up rounds; "
           f"{litert_version()} (XNNPACK)")

@@ -105,7 +105,7 @@ def csv_report(ops: Sequence[FakeOp], start: bool = False) -> str:
 
 def proto_report(ops: Sequence[FakeOp], model_name: str = "model.tflite") -> bytes:
     """``--op_profiling_output_mode=proto``: a serialized BenchmarkProfilingData."""
-    from dnntune.tflite_ops import profiling_messages
+    from dnntune.litert.ops import profiling_messages
 
     classes = profiling_messages()
     data = classes["BenchmarkProfilingData"](model_name=model_name)

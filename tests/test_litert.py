@@ -13,7 +13,7 @@ from tests.conftest import assert_one_line_error, run_cli
 
 @pytest.fixture(scope="module")
 def tiny(zoo_model):
-    from dnntune.litert_convert import convert_model
+    from dnntune.litert.convert import convert_model
 
     loaded = zoo_model("tiny_resnet")
     return loaded, convert_model(loaded, "fp32")
@@ -39,7 +39,7 @@ def test_tiny_resnet_layer_map_fuses_conv_bn_relu_and_reports_lost_cuts(tiny) ->
 
 @pytest.mark.slow
 def test_mobilenet_v2_layer_map(zoo_model) -> None:
-    from dnntune.litert_convert import convert_model
+    from dnntune.litert.convert import convert_model
 
     loaded = zoo_model("mobilenet_v2")
     for precision in ("fp32", "int8"):
@@ -57,7 +57,7 @@ def test_mobilenet_v2_layer_map(zoo_model) -> None:
 
 
 def test_lstm_model_converts_with_every_cut(zoo_model) -> None:
-    from dnntune.litert_convert import convert_model
+    from dnntune.litert.convert import convert_model
 
     loaded = zoo_model("rnn_ptb_small")
     layer_map = convert_model(loaded, "fp32").layer_map
@@ -68,9 +68,9 @@ def test_lstm_model_converts_with_every_cut(zoo_model) -> None:
 
 
 def test_heads_match_keras_at_a_spread_of_cuts(tiny) -> None:
-    from dnntune.litert_convert import interpreter
-    from dnntune.litert_profile import choose_cuts, head_tflite, run_litert
-    from dnntune.split import Splitter
+    from dnntune.litert.convert import interpreter
+    from dnntune.litert.profile import choose_cuts, head_tflite, run_litert
+    from dnntune.model.split import Splitter
 
     loaded, conversion = tiny
     cuts = choose_cuts("spread:4", conversion.layer_map, loaded.graph)
@@ -90,7 +90,7 @@ def test_heads_match_keras_at_a_spread_of_cuts(tiny) -> None:
 
 
 def test_choose_cuts_refuses_fused_cuts_and_bad_specs(tiny) -> None:
-    from dnntune.litert_profile import choose_cuts
+    from dnntune.litert.profile import choose_cuts
 
     loaded, conversion = tiny
     layer_map = conversion.layer_map
@@ -105,7 +105,7 @@ def test_choose_cuts_refuses_fused_cuts_and_bad_specs(tiny) -> None:
 
 
 def test_profile_litert_times_heads(tiny) -> None:
-    from dnntune.litert_profile import LiteRTSettings, profile_litert
+    from dnntune.litert.profile import LiteRTSettings, profile_litert
 
     loaded, _ = tiny
     profile = profile_litert(loaded, LiteRTSettings(cuts="spread:3", num_runs=5, warmup_runs=1,
@@ -134,7 +134,7 @@ def test_convert_cli_writes_model_map_and_phone_commands(tmp_path) -> None:
 def test_unconvertible_model_and_bad_flags_are_one_line_errors(tmp_path) -> None:
     import keras
 
-    from dnntune.models import import_keras
+    from dnntune.model.loading import import_keras
 
     import_keras()
     inp = keras.Input((4, 4), name="input")

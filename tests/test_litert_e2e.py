@@ -51,8 +51,8 @@ def test_litert_device_profile_against_tensorflow_cloud(cloud_profile, tmp_path)
 
 @pytest.mark.slow
 def test_imported_phone_profile_against_tensorflow_cloud(cloud_profile, tmp_path) -> None:
-    from dnntune.litert_convert import convert_model
-    from dnntune.models import load_model
+    from dnntune.litert.convert import convert_model
+    from dnntune.model.loading import load_model
 
     layer_map = convert_model(load_model("tiny_resnet"), "fp32").layer_map
     pb = tmp_path / "op_profile.pb"
@@ -68,7 +68,7 @@ def test_imported_phone_profile_against_tensorflow_cloud(cloud_profile, tmp_path
 
 
 def test_framework_study_rows_and_files(tmp_path) -> None:
-    from dnntune.study_frameworks import run_study, write_study
+    from dnntune.litert.study import run_study, write_study
 
     rows = run_study(["tiny_resnet"], ("tf", "litert"), ("fp32", "int8"), runs=3, warmup=1)
     by = {(r.framework, r.precision): r for r in rows}

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from dnntune.analysis import analyze_profiles
-from dnntune.costs import cut_inputs, layer_costs
+from dnntune.analysis.costs import cut_inputs, layer_costs
+from dnntune.analysis.links import resolve_links
+from dnntune.analysis.measured_cuts import measured_cut_inputs, segment_graph
+from dnntune.analysis.partition import analyze_profiles
 from dnntune.errors import ConfigError, DnntuneError
-from dnntune.links import resolve_links
-from dnntune.measured_cuts import measured_cut_inputs, segment_graph
-from dnntune.profile import CutLatency, MeasuredCuts, Profile
+from dnntune.profiling.profile import CutLatency, MeasuredCuts, Profile
 from tests.analyzer_fixtures import build_graph, make_profiles, stats
 
 # in -> a -> b -> c -> d with a skip a -> d: cut 3 (after b) sends b's and a's outputs.
@@ -97,8 +97,8 @@ def test_cut_analysis_and_op_profile_parsing_import_no_tensorflow_or_litert() ->
     from tests.conftest import REPO
 
     code = ("import sys\n"
-            "import dnntune.measured_cuts, dnntune.tflite_ops, dnntune.tflite_import\n"
-            "import dnntune.litert_cli\n"
+            "import dnntune.analysis.measured_cuts, dnntune.litert.ops, dnntune.litert.importer\n"
+            "import dnntune.cli.litert\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
             "               ('tensorflow', 'keras', 'grpc', 'ai_edge_litert'))\n"
             "print(heavy)\n")

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from dnntune.errors import DnntuneError
-from dnntune.tflite_import import match_rows, op_profile_to_profile
-from dnntune.tflite_ops import parse_csv, parse_op_profile, parse_stdout, split_name
+from dnntune.litert.importer import match_rows, op_profile_to_profile
+from dnntune.litert.ops import parse_csv, parse_op_profile, parse_stdout, split_name
 from tests.conftest import assert_one_line_error, run_cli
 from tests.litert_fixtures import (
     FakeOp,
@@ -21,8 +21,8 @@ from tests.litert_fixtures import (
 
 @pytest.fixture(scope="module")
 def converted():
-    from dnntune.litert_convert import convert_model
-    from dnntune.models import load_model
+    from dnntune.litert.convert import convert_model
+    from dnntune.model.loading import load_model
 
     loaded = load_model("tiny_resnet")
     return loaded, convert_model(loaded, "fp32").layer_map
@@ -141,7 +141,7 @@ def test_import_profile_cli_and_its_bad_inputs(converted, tmp_path) -> None:
                       "tiny_resnet", "--energy", "model:default", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "11 ops mapped" in result.stdout
-    from dnntune.profile import load_profile
+    from dnntune.profiling.profile import load_profile
 
     profile = load_profile(out)
     assert profile.energy.label == "estimated:default"

@@ -337,7 +337,7 @@ def _analyze_measured_cuts(device: Profile, cloud: Profile, links: Sequence[Link
                            objective: Objective, options: CostOptions,
                            what_if: Mapping[str, float]) -> Analysis:
     """Only the device profile's measured cuts; no DAG optimum (no per-layer times)."""
-    from dnntune.measured_cuts import measured_cut_inputs
+    from dnntune.analysis.measured_cuts import measured_cut_inputs
 
     measured = device.measured_cuts
     assert measured is not None

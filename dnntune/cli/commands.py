@@ -53,7 +53,7 @@ REGISTRY.append(_validate)
 
 
 def _litert(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from dnntune.litert_cli import add_convert_command, add_import_command, add_study_command
+    from dnntune.cli.litert import add_convert_command, add_import_command, add_study_command
 
     add_convert_command(sub)
     add_import_command(sub)

@@ -50,7 +50,7 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
     add_client_flags(p)
     p.add_argument("--out", metavar="FILE", help="write the profile JSON here")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    from dnntune.litert_cli import add_litert_profile_arguments
+    from dnntune.cli.litert import add_litert_profile_arguments
 
     add_litert_profile_arguments(p)
     p.set_defaults(handler=run_profile)
@@ -102,7 +102,7 @@ def run_profile(args: argparse.Namespace) -> int:
     from dnntune.cli.outputs import check_output_file
 
     if getattr(args, "framework", "tf") == "litert":
-        from dnntune.litert_cli import run_litert_profile
+        from dnntune.cli.litert import run_litert_profile
 
         return run_litert_profile(args)
     config, settings = resolve(args)

@@ -117,7 +117,7 @@ class CutLatency:
     """Device time of the head that ends at one prefix cut.
 
     Attributes:
-        index: Layers on the device (the cut's index in :func:`dnntune.cuts.enumerate_cuts`).
+        index: Layers on the device (the cut's index in :func:`dnntune.model.cuts.enumerate_cuts`).
         after: Name of the last device layer, ``None`` for cut 0.
         head: Timings of the head (model inputs to the cut's crossing tensors), in ms.
     """

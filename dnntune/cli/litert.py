@@ -29,9 +29,9 @@ def add_convert_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from dnntune.litert_convert import check_precision, convert_model, phone_commands
-    from dnntune.models import load_model
-    from dnntune.outputs import check_output_dir
+    from dnntune.cli.outputs import check_output_dir
+    from dnntune.litert.convert import check_precision, convert_model, phone_commands
+    from dnntune.model.loading import load_model
 
     check_precision(args.precision)
     check_output_dir(args.out, "--out")
@@ -82,12 +82,12 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from dnntune.litert_convert import check_precision, convert_model
-    from dnntune.models import load_model
-    from dnntune.outputs import check_output_file
-    from dnntune.profile import EnergyInfo, save_profile
-    from dnntune.tflite_import import op_profile_to_profile
-    from dnntune.tflite_ops import parse_op_profile
+    from dnntune.cli.outputs import check_output_file
+    from dnntune.litert.convert import check_precision, convert_model
+    from dnntune.litert.importer import op_profile_to_profile
+    from dnntune.litert.ops import parse_op_profile
+    from dnntune.model.loading import load_model
+    from dnntune.profiling.profile import EnergyInfo, save_profile
 
     check_precision(args.precision)
     check_output_file(args.out, "--out")
@@ -98,7 +98,7 @@ def run_import(args: argparse.Namespace) -> int:
     rows = parse_op_profile(data, args.format, args.file)
     energy = None
     if args.energy != "none":
-        from dnntune.energy import get_meter
+        from dnntune.profiling.energy import get_meter
 
         if not args.energy.startswith("model:"):
             raise DnntuneError(f"--energy {args.energy!r}: an imported profile can only be "
@@ -143,8 +143,8 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run_study_frameworks(args: argparse.Namespace) -> int:
-    from dnntune.litert_convert import PRECISIONS
-    from dnntune.study_frameworks import FRAMEWORKS, parse_list, run_study, write_study
+    from dnntune.litert.convert import PRECISIONS
+    from dnntune.litert.study import FRAMEWORKS, parse_list, run_study, write_study
 
     frameworks = parse_list(args.frameworks, FRAMEWORKS, "--frameworks")
     precisions = parse_list(args.precision, PRECISIONS, "--precision")
@@ -152,10 +152,10 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     if args.num_runs < 1 or args.num_threads < 1:
         raise DnntuneError("--num_runs and --num_threads must be at least 1")
     if args.out:
-        from dnntune.outputs import check_output_dir
+        from dnntune.cli.outputs import check_output_dir
 
         check_output_dir(args.out, "--out")
-    from dnntune.instrument import configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(args.num_threads)
     rows = run_study(models, frameworks, precisions, runs=args.num_runs,
@@ -175,8 +175,8 @@ def _print_study(rows: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dnntune.report import sig3
-    from dnntune.study_frameworks import study_frame
+    from dnntune.litert.study import study_frame
+    from dnntune.report.tables import sig3
 
     frame = study_frame(rows)
     table = Table()
@@ -204,9 +204,9 @@ def add_litert_profile_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_litert_profile(args: argparse.Namespace) -> int:
     """``dnntune profile --framework litert``: head latencies at the chosen cuts."""
-    from dnntune.litert_convert import check_precision
-    from dnntune.litert_profile import LiteRTSettings, profile_litert
-    from dnntune.profile_cli import resolve
+    from dnntune.cli.profile import resolve
+    from dnntune.litert.convert import check_precision
+    from dnntune.litert.profile import LiteRTSettings, profile_litert
 
     if args.side != "device" or args.device or args.cloud:
         raise DnntuneError("--framework litert profiles the device side on this machine; "
@@ -214,14 +214,14 @@ def run_litert_profile(args: argparse.Namespace) -> int:
     check_precision(args.precision)
     config, settings = resolve(args)
     if args.out:  # before minutes of measuring, not after
-        from dnntune.outputs import check_output_file
+        from dnntune.cli.outputs import check_output_file
 
         check_output_file(args.out, "--out")
-    from dnntune.instrument import configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(settings.num_threads, settings.cpu_affinity)
-    from dnntune.models import load_model
-    from dnntune.report import progress_bar
+    from dnntune.model.loading import load_model
+    from dnntune.report.tables import progress_bar
 
     shapes = [config.input_shape] if config.input_shape else None
     loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
@@ -232,7 +232,7 @@ def run_litert_profile(args: argparse.Namespace) -> int:
     with progress_bar(f"LiteRT heads of {loaded.name}") as update:
         profile = profile_litert(loaded, lite, progress=update)
     if args.out:
-        from dnntune.profile import save_profile
+        from dnntune.profiling.profile import save_profile
 
         print(f"profile written to {save_profile(profile, args.out)}", file=sys.stderr)
     if args.format == "json":
@@ -248,7 +248,7 @@ def print_measured_cuts(profile: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dnntune.report import sig3
+    from dnntune.report.tables import sig3
 
     measured = profile.measured_cuts
     console = Console(width=None if sys.stdout.isatty() else 160)

@@ -4,7 +4,7 @@ LiteRT fuses layers, so it cannot time Keras layers one by one. Instead each cho
 cut's head (model inputs → the cut's crossing tensors) is split off the Keras model,
 converted on its own and timed in ``ai_edge_litert`` (CPU, XNNPACK): warm-up runs,
 then N timed ``invoke()`` calls, summarised like every other profile. The result is a
-:class:`~dnntune.profile.Profile` whose ``measured_cuts`` hold those head latencies;
+:class:`~dnntune.profiling.profile.Profile` whose ``measured_cuts`` hold those head latencies;
 its per-layer latencies are zero (not measured). The cloud side stays a per-layer
 TensorFlow profile, which gives the tail time at any cut.
 
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dnntune.analysis.measured_cuts import leading_inputs
 from dnntune.errors import DnntuneError
-from dnntune.graph import LayerGraph
-from dnntune.litert_convert import (
+from dnntune.litert.convert import (
     LayerMap,
     _output_rank,
     check_precision,
@@ -32,8 +32,8 @@ from dnntune.litert_convert import (
     convert_model,
     interpreter,
 )
-from dnntune.measured_cuts import leading_inputs
-from dnntune.profile import (
+from dnntune.model.graph import LayerGraph
+from dnntune.profiling.profile import (
     CutLatency,
     EnergyInfo,
     LayerProfile,
@@ -42,10 +42,10 @@ from dnntune.profile import (
     ProfileMeta,
     Stats,
 )
-from dnntune.stats import summarize
+from dnntune.profiling.stats import summarize
 
 if TYPE_CHECKING:
-    from dnntune.models import LoadedModel
+    from dnntune.model.loading import LoadedModel
 
 Progress = Callable[[str, int, int], None]
 NOTHING = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # no layer runs: no time
@@ -149,7 +149,7 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
     """Measure the head latency of each chosen cut in LiteRT (see module docstring)."""
     import psutil
 
-    from dnntune.split import Splitter
+    from dnntune.model.split import Splitter
 
     check_precision(settings.precision)
     if settings.num_runs < 1 or settings.warmup_runs < 0:
@@ -189,7 +189,7 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
 
 
 def _energy(settings: LiteRTSettings, run_full: Callable[[], object]) -> EnergyInfo:
-    from dnntune.energy import (
+    from dnntune.profiling.energy import (
         PowerModelMeter,
         get_meter,
         measure_active_power,
@@ -221,8 +221,8 @@ def profile_meta(loaded: LoadedModel, num_threads: int, warmup_runs: int,
     import tensorflow as tf
 
     from dnntune import __version__
-    from dnntune.models import model_hash
-    from dnntune.profiler import cpu_model
+    from dnntune.model.loading import model_hash
+    from dnntune.profiling.profiler import cpu_model
 
     return ProfileMeta(
         side="device", model_name=loaded.name, model_hash=model_hash(loaded.model),

@@ -1,7 +1,7 @@
 """Import an on-phone LiteRT op profile as a dnntune device profile.
 
-The rows parsed by :mod:`dnntune.tflite_ops` are matched to the ops of the model's
-layer map (:mod:`dnntune.litert_convert`) by node index, checking op types; names are
+The rows parsed by :mod:`dnntune.litert.ops` are matched to the ops of the model's
+layer map (:mod:`dnntune.litert.convert`) by node index, checking op types; names are
 compared too, and where the phone's tool rewrote them the match is by node order and
 the profile says so. A row that stands for a delegate (GPU, NNAPI, Hexagon, XNNPACK
 before TF 2.9.1) collapses many ops into one time that cannot be attributed to layers,
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dnntune.errors import DnntuneError
-from dnntune.litert_convert import LayerMap
-from dnntune.profile import CutLatency, EnergyInfo, MeasuredCuts, Profile, Stats
-from dnntune.tflite_ops import OpRow
+from dnntune.litert.convert import LayerMap
+from dnntune.litert.ops import OpRow
+from dnntune.profiling.profile import CutLatency, EnergyInfo, MeasuredCuts, Profile, Stats
 
 if TYPE_CHECKING:
-    from dnntune.models import LoadedModel
+    from dnntune.model.loading import LoadedModel
 
 DELEGATE_WORDS = ("delegate", "gpu", "nnapi", "hexagon", "coreml")
 
@@ -102,8 +102,8 @@ def op_profile_to_profile(rows: Sequence[OpRow], loaded: LoadedModel, layer_map:
                           where: str, fmt: str, energy: EnergyInfo | None = None,
                           num_threads: int = 0) -> Profile:
     """A device profile: per-layer times from the ops, head times at surviving cuts."""
-    from dnntune.litert_profile import cut_profile, profile_meta
-    from dnntune.measured_cuts import leading_inputs
+    from dnntune.analysis.measured_cuts import leading_inputs
+    from dnntune.litert.profile import cut_profile, profile_meta
 
     ordered = match_rows(rows, layer_map, where)
     match = name_match(ordered, layer_map)

@@ -6,7 +6,8 @@ inferences, model size, resident-memory growth while building and running it, an
 output agreement with fp32 TensorFlow on generated inputs (max abs difference, top-1
 agreement over the last axis). TensorFlow runs the model as one compiled
 ``tf.function``; LiteRT runs the converted model in ``ai_edge_litert`` (XNNPACK). Set
-the thread count before the first TensorFlow op (see :func:`dnntune.instrument.configure_runtime`).
+the thread count before the first TensorFlow op (see
+:func:`dnntune.profiling.instrument.configure_runtime`).
 
 Example:
     >>> # rows = run_study(["tiny_resnet"], ("tf", "litert"), ("fp32", "int8"))
@@ -96,10 +97,10 @@ def study_model(name: str, frameworks: Sequence[str], precisions: Sequence[str],
                 runs: int = 20, warmup: int = 3, threads: int = 1, samples: int = 4,
                 progress: Callable[[str], None] | None = None) -> list[StudyRow]:
     """Rows for one zoo model or model file (TensorFlow only at fp32)."""
-    from dnntune.litert_convert import convert_model, interpreter
-    from dnntune.litert_profile import run_litert
-    from dnntune.models import compile_model, load_model
-    from dnntune.profiler import _param_bytes
+    from dnntune.litert.convert import convert_model, interpreter
+    from dnntune.litert.profile import run_litert
+    from dnntune.model.loading import compile_model, load_model
+    from dnntune.profiling.profiler import _param_bytes
 
     loaded = load_model(name)
     inputs = [loaded.example_inputs(seed=loaded.seed + i) for i in range(samples)]

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dnntune.errors import DnntuneError
-from dnntune.graph import LayerGraph
+from dnntune.model.graph import LayerGraph
 
 if TYPE_CHECKING:
-    from dnntune.models import LoadedModel
+    from dnntune.model.loading import LoadedModel
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_SAMPLES = 8
@@ -123,7 +123,7 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
     """
     import tensorflow as tf
 
-    from dnntune.models import import_keras
+    from dnntune.model.loading import import_keras
 
     import_keras()
     check_precision(precision)
@@ -149,7 +149,7 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
 
 def _convert(tf: Any, function: Any, precision: str, input_shapes: Sequence[tuple[int, ...]],
              input_dtypes: Sequence[str], seed: int, name: str) -> bytes:
-    from dnntune.models import generate_inputs
+    from dnntune.model.loading import generate_inputs
 
     # Without a trackable object the converter freezes variables into constants, which
     # is what lets it fold BatchNorm into the convolutions as on a phone.
@@ -269,7 +269,7 @@ def build_layer_map(tflite: bytes, graph: LayerGraph, precision: str = "fp32") -
 
 def cut_statuses(graph: LayerGraph, ops: Sequence[OpMapping]) -> tuple[CutStatus, ...]:
     """Which Keras prefix cuts exist in a LiteRT graph with these ops (pure)."""
-    from dnntune.cuts import enumerate_cuts
+    from dnntune.model.cuts import enumerate_cuts
 
     position = {layer.name: i for i, layer in enumerate(graph.layers)}
     spans = [(min(position[n] for n in op.layers), position[op.layer], op) for op in ops]

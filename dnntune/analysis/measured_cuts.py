@@ -1,7 +1,7 @@
 """Cut inputs for a device profile measured at chosen cuts only (heads, not layers).
 
 A LiteRT device profile holds ``Tm(p)``, the device time of the head ending at cut
-``p``, for a set of measured cuts (see :class:`dnntune.profile.MeasuredCuts`). The
+``p``, for a set of measured cuts (see :class:`dnntune.profiling.profile.MeasuredCuts`). The
 analyzer evaluates exactly those cuts: :func:`measured_cut_inputs` merges the layers
 between consecutive measured cuts into one *segment* node, so the prefix cuts of the
 merged graph are the measured cuts, with the same crossing tensors and bytes. ``Tm`` is
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dnntune.costs import CutInputs, LayerCosts, cut_inputs
+from dnntune.analysis.costs import CutInputs, LayerCosts, cut_inputs
 from dnntune.errors import DnntuneError
-from dnntune.graph import LayerGraph, LayerNode, TensorSpec
-from dnntune.profile import MeasuredCuts, Profile, check_same_model
+from dnntune.model.graph import LayerGraph, LayerNode, TensorSpec
+from dnntune.profiling.profile import MeasuredCuts, Profile, check_same_model
 
 
 def leading_inputs(graph: LayerGraph) -> int:
