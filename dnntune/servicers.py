@@ -67,6 +67,7 @@ class ServerState:
     num_threads: int
     max_tensor_bytes: int
     profile_lock: threading.Lock
+    emulation: dict[str, Any] | None = None  # set by an emulated device agent
 
 
 def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
@@ -124,7 +125,8 @@ class ProfilerServicer:
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads,
-                                       energy=request.energy or "none")
+                                       energy=request.energy or "none",
+                                       emulation=self.s.emulation)
             settings.validate()
             entry = self.s.store.get(key_from_spec(request.model))
         events: queue.Queue[Any] = queue.Queue()
