@@ -109,9 +109,9 @@ class CgroupBackend:
         if self.version == 2:
             quota, _, period = (path / "cpu.max").read_text().strip().partition(" ")
             return None if quota == "max" else CpuLimit(int(quota), int(period))
-        quota = int((path / "cpu.cfs_quota_us").read_text())
-        period = int((path / "cpu.cfs_period_us").read_text())
-        return None if quota < 0 else CpuLimit(quota, period)
+        quota_us = int((path / "cpu.cfs_quota_us").read_text())
+        period_us = int((path / "cpu.cfs_period_us").read_text())
+        return None if quota_us < 0 else CpuLimit(quota_us, period_us)
 
     def add_process(self, path: Path, pid: int | None = None) -> None:
         """Move a process (all its threads) into the cgroup at ``path``."""

@@ -181,9 +181,10 @@ def _emulation(data: object, where: str) -> EmulationPreset:
         raise ConfigError(where, f"key 'emulation.reference.latency_ms' must be a latency in "
                                  f"ms (a number > 0), got {latency!r}")
     for key in ("model", "source"):
-        if not isinstance(ref[key], str) or not ref[key].strip():
+        text = ref[key]
+        if not isinstance(text, str) or not text.strip():
             raise ConfigError(where, f"key 'emulation.reference.{key}' must be non-empty text, "
-                                     f"got {ref[key]!r}")
+                                     f"got {text!r}")
     return EmulationPreset(threads, ReferenceLatency(str(ref["model"]), float(latency),
                                                      str(ref["source"]).strip()))
 

@@ -40,7 +40,7 @@ TOLERANCE = 0.10        # the reference must be met within ±10 %
 AIM = 0.03              # calibration stops once within ±3 %
 MAX_STEPS = 8
 CALIBRATION_RUNS = 15   # timed runs per calibration step (after 2 warm-up runs) ...
-CALIBRATION_SECONDS = 2.0  # ... or as many as fill this many seconds, if more
+CALIBRATION_SECONDS = 2.0  # ... or as many as fill this many seconds (at most 100)
 MIN_SHARE_CPUS = 0.002
 
 
@@ -120,7 +120,7 @@ def usable_threads(preset: DeviceProfile) -> int:
 
 def calibration_runs(target_ms: float) -> int:
     """Timed runs per calibration step: :data:`CALIBRATION_RUNS`, or more for fast models."""
-    return max(CALIBRATION_RUNS, math.ceil(CALIBRATION_SECONDS * 1e3 / target_ms))
+    return max(CALIBRATION_RUNS, min(100, math.ceil(CALIBRATION_SECONDS * 1e3 / target_ms)))
 
 
 def trimmed_mean(values: list[float], cut: float = 0.1) -> float:

@@ -109,25 +109,26 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def local_emulated_agent(preset: str, cloud: str | None = None,
+def local_emulated_agent(preset: str | None, cloud: str | None = None, threads: int = 1,
                          startup_timeout_s: float = AGENT_STARTUP_TIMEOUT_S
                          ) -> Iterator[tuple[str, str]]:
-    """A ``python -m device_agent --emulate <preset>`` child on a free loopback port.
+    """A ``python -m device_agent [--emulate <preset>]`` child on a free loopback port.
 
-    The child confines itself in a cgroup and calibrates before it listens; it stops
-    (and removes its cgroup) when this context exits or this process dies.
+    With a preset the child confines itself in a cgroup and calibrates before it
+    listens; it stops (and removes its cgroup) when this context exits or when this
+    process dies. Without one it runs unconfined with ``threads``.
 
     Yields:
-        ``(address, the agent's one-line description of its emulation)``.
+        ``(address, the agent's one-line description of its emulation, or "")``.
     """
-    argv = [sys.executable, "-m", "device_agent", "--port", "0", "--emulate", preset,
-            "--grace-s", "5"]
-    if cloud:
-        argv += ["--cloud", cloud]
+    argv = [sys.executable, "-m", "device_agent", "--port", "0", "--grace-s", "5",
+            "--num_threads", str(threads)]
+    argv += ["--emulate", preset] if preset else []
+    argv += ["--cloud", cloud] if cloud else []
+    what = f"the emulated device agent ({preset})" if preset else "the device agent"
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
                                 preexec_fn=_die_with_parent)
-        assert proc.stdout is not None
         try:
             lines = _read_until(proc, r"listening on (\S+)", startup_timeout_s)
             match = re.search(r"listening on (\S+)", lines[-1]) if lines else None
@@ -136,7 +137,7 @@ def local_emulated_agent(preset: str, cloud: str | None = None,
                 proc.wait()
                 errors.seek(0)
                 last = (errors.read().strip().splitlines() or ["no output"])[-1]
-                raise DnntuneError(f"the emulated device agent ({preset}) did not start: "
+                raise DnntuneError(f"{what} did not start: "
                                    f"{last.removeprefix('dnntune: error: ')}")
             described = next((x.split("emulates ", 1)[1] for x in lines if "emulates " in x),
                              "")

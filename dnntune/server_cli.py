@@ -121,7 +121,7 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
     try:
         with emulated_process(args.emulate, "agent",
                               lambda m: print(f"dnntune: {m}", file=sys.stderr)) as emulation:
-            options = dataclasses.replace(options, num_threads=threads)  # type: ignore[call-overload]
+            options = dataclasses.replace(options, num_threads=threads)  # type: ignore[type-var]
             running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
                                     emulation=emulation.to_dict())
             print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
