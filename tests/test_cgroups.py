@@ -56,6 +56,7 @@ def test_v2_delegated_cgroup_gets_cpu_max_and_is_removed(tmp_path):
     with backend.confined("test") as path:
         assert path.name == f"dnntune-{os.getpid()}-test"
         assert (path / "cgroup.procs").read_text() == str(os.getpid())
+        assert (path / "cpu.weight").read_text() == "1000"
         backend.set_limit(path, CpuLimit(2000, 20000))
         assert (path / "cpu.max").read_text() == "2000 20000"
         assert backend.read_limit(path) == CpuLimit(2000, 20000)
