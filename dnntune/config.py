@@ -87,7 +87,8 @@ def default_config_path() -> Path:
 def default_config() -> RunConfig:
     """The built-in default run: configs/default.yaml when present, else the same values."""
     path = default_config_path()
-    return load_config(path) if path.is_file() else RunConfig(model="mobilenet_v2")
+    return load_config(path) if path.is_file() else RunConfig(
+        model="mobilenet_v2", device=SideConfig(emulate="dnntune_phone"))
 
 
 def load_config(path: str | Path) -> RunConfig:

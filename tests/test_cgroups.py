@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.cgroups import (CgroupBackend, CgroupUnavailableError, CpuLimit, find_backend,
-                             limit_for_share)
+from dnntune.cgroups import (
+    CgroupBackend,
+    CgroupUnavailableError,
+    CpuLimit,
+    find_backend,
+    limit_for_share,
+)
 from dnntune.errors import DnntuneError
 
 
@@ -21,7 +26,7 @@ def test_limits_keep_the_quota_at_the_kernel_minimum_below_one_cpu():
     assert limit_for_share(2.0) == CpuLimit(2000, 1000)
     assert limit_for_share(0.001) == CpuLimit(1000, 1_000_000)
     assert abs(limit_for_share(0.113).share_cpus - 0.113) < 1e-3
-    assert "5% of one CPU (1 ms per 20 ms)" == limit_for_share(0.05).describe()
+    assert limit_for_share(0.05).describe() == "5% of one CPU (1 ms per 20 ms)"
     with pytest.raises(DnntuneError, match="below the kernel's minimum"):
         limit_for_share(0.0005)
 
@@ -68,7 +73,7 @@ def test_v2_delegated_cgroup_gets_cpu_max_and_is_removed(tmp_path):
 
 
 def test_v2_without_cpu_delegation_says_why(tmp_path):
-    proc, own = fake_v2(tmp_path, controllers="memory pids")
+    proc, _own = fake_v2(tmp_path, controllers="memory pids")
     with pytest.raises(CgroupUnavailableError, match="no cpu controller .not delegated."):
         find_backend(proc)
     proc2 = fake_proc(tmp_path / "x", "proc /proc proc rw 0 0\n", "0::/\n")

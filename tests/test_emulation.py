@@ -170,7 +170,7 @@ def test_emulated_agent_profiles_labelled_and_cleans_up_on_sigterm(tmp_path):
 def test_unreachable_reference_is_one_line_and_leaves_no_cgroup(tmp_path):
     preset = write_preset(tmp_path, "too_fast", 0.5)
     agent = start_agent("--emulate", str(preset))
-    out, err = agent.communicate(timeout=300)
+    _out, err = agent.communicate(timeout=300)
     assert agent.returncode == 2, err[-2000:]
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("dnntune: calib")]
     assert len(lines) == 1 and "Traceback" not in err
@@ -238,3 +238,11 @@ def test_emulation_round_trips_through_a_dict():
     assert Emulation.from_dict(em.to_dict()) == em
     assert em.to_dict()["share_cpus"] == 0.2 and em.label == "emulated:p"
     assert dataclasses.replace(em, mode="scaled").label == "scaled:p"
+
+
+def test_profile_refuses_emulate_on_the_cloud_side_or_remotely():
+    assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--side", "cloud",
+                                   "--emulate", "dnntune_phone"]), "--emulate goes with")
+    assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--device",
+                                   "127.0.0.1:9", "--emulate", "dnntune_phone"]),
+                          "--emulate goes with")
