@@ -153,5 +153,5 @@ def test_validate_runs_heads_on_a_remote_agent(tmp_path):
     doc = json.loads(result.stdout)
     assert doc["device_label"] == "measured"  # this agent is not emulated
     link = doc["links"][0]
-    assert len(link["cuts"]) == 3 and link["cuts"][0]["transfer_ms"] >= 30.0  # wifi RTT
+    assert len(link["cuts"]) >= 2 and link["cuts"][0]["transfer_ms"] >= 30.0  # wifi RTT
     assert max(c["max_abs_error"] for c in link["cuts"]) < 1e-5
