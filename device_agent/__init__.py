@@ -19,13 +19,19 @@ __all__ = ["Endpoint", "RunningServer", "ServerOptions", "create_server"]
 
 
 def create_server(options: ServerOptions, cloud: Endpoint | None,
-                  upload_dir: str | None = None) -> RunningServer:
-    """Start a device agent (Profiler + Device services, health) and return it running."""
+                  upload_dir: str | None = None,
+                  emulation: dict[str, Any] | None = None) -> RunningServer:
+    """Start a device agent (Profiler + Device services, health) and return it running.
+
+    ``emulation`` (:meth:`dnntune.profiling.emulation.Emulation.to_dict`) is recorded in every
+    profile this agent measures, when it runs as an emulated device.
+    """
     from dnntune.errors import DnntuneError
     from dnntune.rpc.servicers import DeviceServicer, ProfilerServicer, make_state
     from dnntune.rpc.serving import build_server
 
     state, services = make_state("device", options, upload_dir)
+    state.emulation = emulation
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 

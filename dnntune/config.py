@@ -41,6 +41,7 @@ class SideConfig:
     threads: int = 1
     cpu_affinity: tuple[int, ...] = ()
     energy: str = "auto"
+    emulate: str | None = None  # device only: a preset in configs/devices
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,17 @@ def config_links(config: RunConfig, flag_links: list[str] | None) -> list[Link]:
 
 
 def with_overrides(config: RunConfig, model: str | None = None, num_runs: int | None = None,
-                   warmup_runs: int | None = None) -> RunConfig:
-    """``config`` with command-line overrides; a new model drops the config's input shape."""
+                   warmup_runs: int | None = None, emulate: str | None = None) -> RunConfig:
+    """``config`` with command-line overrides; a new model drops the config's input shape.
+
+    ``emulate`` is a device preset, or ``"none"`` for this machine as it is.
+    """
     changes: dict[str, object] = {}
     if model == "":
         raise DnntuneError("--model is empty: expected a zoo name or a .keras/.h5 file")
+    if emulate is not None:
+        changes["device"] = dataclasses.replace(
+            config.device, emulate=None if emulate == "none" else emulate)
     if model:
         changes.update(model=model, input_shape=None)
     if num_runs is not None:
@@ -109,7 +116,8 @@ def default_config_path() -> Path:
 def default_config() -> RunConfig:
     """The built-in default run: configs/default.yaml when present, else the same values."""
     path = default_config_path()
-    return load_config(path) if path.is_file() else RunConfig(model="mobilenet_v2")
+    return load_config(path) if path.is_file() else RunConfig(
+        model="mobilenet_v2", device=SideConfig(emulate="dnntune_phone"))
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -184,7 +192,8 @@ def _int(section: Mapping[str, Any], key: str, parent: str, where: str, default:
 
 
 def _side(value: Any, key: str, where: str, default: SideConfig) -> SideConfig:
-    side = _section(value, key, where, ("threads", "cpu_affinity", "energy"))
+    allowed = ("threads", "cpu_affinity", "energy", "emulate")
+    side = _section(value, key, where, allowed if key.endswith("device") else allowed[:3])
     affinity = side.get("cpu_affinity", list(default.cpu_affinity))
     if not isinstance(affinity, list) or not all(isinstance(c, int) and c >= 0
                                                  for c in affinity):
@@ -196,5 +205,10 @@ def _side(value: Any, key: str, where: str, default: SideConfig) -> SideConfig:
                                  f"{', '.join(ENERGY_KINDS)} or model:<profile> "
                                  f"(hardware meters take an optional ':<argument>'), "
                                  f"got {energy!r}")
+    emulate = side.get("emulate", default.emulate)
+    if emulate is not None and (not isinstance(emulate, str) or not emulate):
+        raise ConfigError(where, f"key '{key}.emulate' must be a device preset name (see "
+                                 f"configs/devices) or none, got {emulate!r}")
     return SideConfig(threads=_int(side, "threads", key, where, default.threads, 1),
-                      cpu_affinity=tuple(affinity), energy=energy)
+                      cpu_affinity=tuple(affinity), energy=energy,
+                      emulate=None if emulate in (None, "none") else emulate)

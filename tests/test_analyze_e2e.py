@@ -23,7 +23,13 @@ def test_default_job_end_to_end(tmp_path):
     assert device.meta.side == "device" and cloud.meta.side == "cloud"
     assert device.meta.num_threads == 1 and cloud.meta.num_threads == 2
     assert device.layer_names == cloud.layer_names and len(device.layer_names) == 156
-    assert device.energy.label == "estimated:default" and cloud.energy.label == "none"
+    from dnntune.cli.pipeline import cgroup_problem
+
+    # The default device is an emulated phone (scaled where no cgroup can be written).
+    mode = "scaled" if cgroup_problem() else "emulated"
+    assert device.meta.device_label == f"{mode}:dnntune_phone"
+    assert f"(device: {mode}:dnntune_phone)" in text
+    assert device.energy.label == "estimated:dnntune_phone" and cloud.energy.label == "none"
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["objective"] == "energy-first"
     assert [link["name"] for link in analysis["links"]] == ["3g", "4g", "wifi"]
@@ -35,7 +41,8 @@ def test_default_job_end_to_end(tmp_path):
 def test_saved_profiles_are_reused_and_written_to_out(tmp_path):
     first = tmp_path / "first"
     assert run_cli(["analyze", "--model", "tiny_mlp", "--num_runs", "2", "--warmup_runs",
-                    "0", "--out", str(first), "--no-plots"]).returncode == 0
+                    "0", "--emulate", "none", "--out", str(first), "--no-plots"]
+                   ).returncode == 0
     again = tmp_path / "again"
     result = run_cli(["analyze", "--device", str(first / "device.json"), "--cloud",
                       str(first / "cloud.json"), "--links", "wifi", "--format", "json",
@@ -65,6 +72,6 @@ def test_a_failure_after_the_device_profile_keeps_it(tmp_path):
     broken.write_text("{not json")
     out = tmp_path / "run"
     result = run_cli(["analyze", "--model", "tiny_mlp", "--num_runs", "2", "--cloud",
-                      str(broken), "--out", str(out)])
+                      str(broken), "--emulate", "none", "--out", str(out)])
     assert_one_line_error(result, "cloud.json: not JSON", "kept what was measured")
     assert load_profile(out / "device.json").meta.side == "device"

@@ -68,14 +68,25 @@ def test_cli_validate_end_to_end_and_bad_input(tmp_path):
     result = run_cli(["validate", "--model", "tiny_mlp", "--links", "wifi", "--cuts", "best",
                       "--num_runs", "2", "--profile-runs", "3", "--out", str(out),
                       "--format", "json"])
+    from dnntune.cli.pipeline import cgroup_problem
+
+    if cgroup_problem():  # the default device is an emulated phone: no cgroup, no validate
+        assert_one_line_error(result, "validate: cannot emulate dnntune_phone")
+        return
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny_mlp" and doc["links"][0]["name"] == "wifi"
+    assert doc["device_label"] == "emulated:dnntune_phone"  # heads ran on the emulated agent
+    assert "CPU limited to" in doc["device_note"]
     cuts = doc["links"][0]["cuts"]
     assert {"index", "predicted_ms", "measured_ms", "error_pct"} <= set(cuts[0])
     assert (out / "validation.json").is_file() and (out / "validation-wifi.png").is_file()
     assert np.isfinite(doc["links"][0]["regret_pct"])
 
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--emulate", "pixel3",
+                                   "--device", "127.0.0.1:9"]), "--emulate goes with")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--shaper", "tbf"]),
+                          "--shaper tbf runs heads in this process")
     assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--links", "5g"]),
                           "unknown link '5g'")
     bad = tmp_path / "links.yaml"
@@ -83,8 +94,8 @@ def test_cli_validate_end_to_end_and_bad_input(tmp_path):
                    "alpha_up_mw_per_mbps: 1, alpha_down_mw_per_mbps: 1, beta_mw: 1}\n")
     assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--links", str(bad)]),
                           "up_mbps")
-    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--cloud",
-                                   "127.0.0.1:9"]), "cannot reach 127.0.0.1:9")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--emulate", "none",
+                                   "--cloud", "127.0.0.1:9"]), "cannot reach 127.0.0.1:9")
     assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--cuts", "spread:1"]),
                           "K >= 2")
 
@@ -97,7 +108,7 @@ def test_kernel_shaping_with_tbf_from_the_cli():
     available, reason = kernel_shaping_available()
     result = run_cli(["validate", "--model", "tiny_mlp", "--links", "4g", "--cuts", "0,4",
                       "--num_runs", "2", "--profile-runs", "3", "--shaper", "tbf",
-                      "--format", "json"])
+                      "--emulate", "none", "--format", "json"])
     if not available:  # not root: one clear line, nothing created
         assert_one_line_error(result, reason.split(":")[0])
         return
@@ -110,3 +121,37 @@ def test_kernel_shaping_with_tbf_from_the_cli():
     assert cloud_only["measured_ms"] >= 64.0  # at least the RTT of 4G
     assert cloud_only["max_abs_error"] < 1e-5
     assert not [ns for ns in list_namespaces() if ns.startswith("dnt-")]
+
+
+def test_validate_runs_heads_on_a_remote_agent(tmp_path):
+    """--device HOST:PORT: an agent started with --cloud at the proxy validate opens."""
+    import socket
+    import subprocess
+    import sys
+
+    from dnntune.cli.pipeline import local_cloud_server
+    from tests.conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        proxy_port = s.getsockname()[1]
+    with local_cloud_server(1) as cloud:
+        agent = subprocess.Popen([sys.executable, "-m", "dnntune", "agent", "--port", "0",
+                                  "--cloud", f"127.0.0.1:{proxy_port}"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 cwd=REPO)
+        try:
+            address = agent.stdout.readline().split("listening on ")[1].strip()
+            result = run_cli(["validate", "--model", "tiny_mlp", "--links", "wifi", "--cuts",
+                              "best", "--num_runs", "1", "--profile-runs", "2", "--device",
+                              address, "--cloud", cloud, "--proxy-listen",
+                              f"127.0.0.1:{proxy_port}", "--format", "json"])
+        finally:
+            agent.terminate()
+            agent.wait(30)
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    assert doc["device_label"] == "measured"  # this agent is not emulated
+    link = doc["links"][0]
+    assert len(link["cuts"]) >= 2 and link["cuts"][0]["transfer_ms"] >= 30.0  # wifi RTT
+    assert max(c["max_abs_error"] for c in link["cuts"]) < 1e-5

@@ -92,6 +92,8 @@ class LayerCosts:
     idle_power_mw: float
     energy_label: str
     estimated_layers: int = 0
+    device_label: str = "measured"  # or emulated:<preset> / scaled:<preset>
+    device_note: str = ""           # how it was emulated or scaled, one line
 
     def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> LayerCosts:
         """What-if: device/cloud compute ``speedup`` times faster (device energy scales
@@ -131,7 +133,9 @@ def layer_costs(device: Profile, cloud: Profile) -> LayerCosts:
     return LayerCosts(names=device.layer_names, device_ms=device_ms, cloud_ms=cloud_ms,
                       device_mj=device_mj, idle_power_mw=info.idle_power_mw,
                       energy_label=info.label,
-                      estimated_layers=sum(e is None for e in energies))
+                      estimated_layers=sum(e is None for e in energies),
+                      device_label=device.meta.device_label,
+                      device_note=device.meta.device_note)
 
 
 @dataclass(frozen=True, eq=False)

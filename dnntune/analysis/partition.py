@@ -249,6 +249,11 @@ class Analysis:
     def energy_label(self) -> str:
         return self.inputs.costs.energy_label
 
+    @property
+    def device_label(self) -> str:
+        """``emulated:<preset>``, ``scaled:<preset>`` or ``measured``."""
+        return self.inputs.costs.device_label
+
     def infeasible_message(self) -> str | None:
         """One line if no link has a feasible cut, else ``None``."""
         if not self.links or any(la.feasible for la in self.links):
@@ -277,6 +282,8 @@ class Analysis:
                         "rpc_ms": self.options.rpc_ms,
                         "rpc_ms_per_mb": self.options.rpc_ms_per_mb},
             "what_if": dict(self.what_if),
+            "device_label": costs.device_label,
+            "device_note": costs.device_note,
             "energy_label": costs.energy_label,
             "energy_measured": costs.energy_label.startswith("measured:"),
             "energy_estimated_layers": costs.estimated_layers,
@@ -359,5 +366,6 @@ def analysis_to_dataframe(analysis: Analysis) -> pd.DataFrame:
             for la in analysis.links for i in range(len(la.inputs.after))]
     frame = pd.DataFrame(rows)
     frame.attrs.update(model=analysis.model, objective=analysis.objective.describe(),
-                       energy_label=analysis.energy_label)
+                       energy_label=analysis.energy_label,
+                       device_label=analysis.device_label)
     return frame

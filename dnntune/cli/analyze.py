@@ -50,6 +50,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup_runs", type=int, metavar="N", help="override warm-up runs")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
+    parser.add_argument("--emulate", metavar="PRESET|none",
+                        help="device preset to emulate (configs/devices) or none for this "
+                             "machine as it is (default: the config's "
+                             "processing.device.emulate)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     from dnntune.cli.pipeline import add_access_flags
 
@@ -154,7 +158,11 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     from dnntune.report.tables import progress_bar
 
     config = load_config(args.config) if args.config else default_config()
-    config = with_overrides(config, args.model, args.num_runs, args.warmup_runs)
+    config = with_overrides(config, args.model, args.num_runs, args.warmup_runs,
+                            args.emulate)
+    if args.emulate not in (None, "none") and args.device:
+        raise DnntuneError("--emulate goes with a device agent this command starts; a "
+                           "remote agent emulates with 'dnntune agent --emulate PRESET'")
     if config.num_runs < 1:
         raise DnntuneError(f"--num_runs must be at least 1, got {config.num_runs}")
     link_items = args.links or [",".join(config.links)]
@@ -239,8 +247,12 @@ def print_report(analysis: Analysis, console: Console | None = None) -> None:
 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     metric = analysis.objective.metric
-    console.print(f"[bold]{analysis.model}[/bold]: {analysis.objective.describe()}; "
-                  f"{_energy_text(analysis)}; T in ms, E in mJ, gains in {metric}")
+    device = "this machine" if analysis.device_label == "measured" else analysis.device_label
+    console.print(f"[bold]{analysis.model}[/bold] (device: {device}): "
+                  f"{analysis.objective.describe()}; {_energy_text(analysis)}; T in ms, "
+                  f"E in mJ, gains in {metric}")
+    if analysis.inputs.costs.device_note:
+        console.print(f"device {analysis.inputs.costs.device_note}", highlight=False)
     table = Table(show_lines=False)
     for title in ("link", "up/down Mbit/s, RTT ms", "best cut", "T", "E", "mobile-only T / E",
                   "cloud-only T / E", "gain vs mobile", "gain vs cloud", "DAG optimum T / E"):

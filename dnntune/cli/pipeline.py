@@ -10,6 +10,7 @@ nothing already measured.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import select
 import signal
@@ -25,6 +26,8 @@ from dnntune.config import RunConfig
 from dnntune.errors import DnntuneError
 from dnntune.profiling.profile import Profile, load_profile
 from dnntune.rpc.client import Endpoint, ProfilerClient, calibrate_rpc, model_spec, parse_address
+
+AGENT_STARTUP_TIMEOUT_S = 900.0  # an emulated agent calibrates before it listens
 
 Progress = Callable[[str, int, int], None]
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Progress]]
@@ -187,6 +190,124 @@ def upload_model(client: ProfilerClient, config: RunConfig) -> Any:
     return spec
 
 
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM when the parent dies, so its cgroup is removed even then."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def local_emulated_agent(preset: str | None, cloud: str | None = None, threads: int = 1,
+                         startup_timeout_s: float = AGENT_STARTUP_TIMEOUT_S
+                         ) -> Iterator[tuple[str, str]]:
+    """A ``python -m device_agent [--emulate <preset>]`` child on a free loopback port.
+
+    With a preset the child confines itself in a cgroup and calibrates before it
+    listens; it stops (and removes its cgroup) when this context exits or when this
+    process dies. Without one it runs unconfined with ``threads``.
+
+    Yields:
+        ``(address, the agent's one-line description of its emulation, or "")``.
+    """
+    argv = [sys.executable, "-m", "device_agent", "--port", "0", "--grace-s", "5",
+            "--num_threads", str(threads)]
+    argv += ["--emulate", preset] if preset else []
+    argv += ["--cloud", cloud] if cloud else []
+    what = f"the emulated device agent ({preset})" if preset else "the device agent"
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                preexec_fn=_die_with_parent)
+        try:
+            lines = _read_until(proc, r"listening on (\S+)", startup_timeout_s)
+            match = re.search(r"listening on (\S+)", lines[-1]) if lines else None
+            if not match:
+                proc.kill()
+                proc.wait()
+                errors.seek(0)
+                last = (errors.read().strip().splitlines() or ["no output"])[-1]
+                raise DnntuneError(f"{what} did not start: "
+                                   f"{last.removeprefix('dnntune: error: ')}")
+            described = next((x.split("emulates ", 1)[1] for x in lines if "emulates " in x),
+                             "")
+            yield match.group(1), described.strip()
+        finally:
+            _stop(proc)
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, timeout_s: float) -> list[str]:
+    """Lines of the child's stdout up to the one matching ``pattern`` (or EOF, timeout).
+
+    A reader thread, because ``select`` on a buffered pipe misses lines already read
+    into the buffer.
+    """
+    import queue
+    import threading
+    import time
+
+    stream = proc.stdout
+    assert stream is not None
+    lines_q: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines_q.put(line)
+            if re.search(pattern, line):
+                return
+        lines_q.put("")
+    threading.Thread(target=pump, name="dnntune-child-stdout", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    lines: list[str] = []
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines_q.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:
+            break
+        lines.append(line.strip())
+        if re.search(pattern, line):
+            break
+    return lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def emulated_device_config(config: RunConfig) -> RunConfig:
+    """With ``processing.device.emulate``: the preset's threads and power model (when
+    the config's meter is ``auto``) for the device side."""
+    preset_name = config.device.emulate
+    if not preset_name:
+        return config
+    from dnntune.profiling.devices import load_emulation_preset
+    from dnntune.profiling.emulation import usable_threads
+
+    preset = load_emulation_preset(preset_name)
+    energy = config.device.energy
+    device = dataclasses.replace(config.device, threads=usable_threads(preset),
+                                 energy=f"model:{preset.name}" if energy == "auto" else energy)
+    return dataclasses.replace(config, device=device)
+
+
+def cgroup_problem() -> str | None:
+    """Why this process cannot confine a device agent in a cgroup, or ``None``."""
+    from dnntune.profiling.cgroups import CgroupUnavailableError, find_backend
+
+    try:
+        find_backend()
+    except CgroupUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def profile_side(side: str, address: str, config: RunConfig, access: Access,
                  progress: ProgressFactory,
                  on_rpc: Callable[[tuple[float, float]], Any] | None = None) -> Profile:
@@ -211,8 +332,21 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source,
                      on_profile: Callable[[str, Profile], Any],
                      on_rpc: Callable[[tuple[float, float]], Any] | None = None
                      ) -> tuple[Profile, Profile]:
-    """Device first (with the cloud idle), then cloud; each saved as soon as measured."""
+    """Device first (with the cloud idle), then cloud; each saved as soon as measured.
+
+    With ``processing.device.emulate`` and a local device, the device agent runs in a
+    child process confined to the preset's calibrated CPU share (``emulated:<preset>``);
+    where no cgroup can be written, in this process, its profile scaled to the preset
+    (``scaled:<preset>``, with one line on stderr saying why).
+    """
     profiles: dict[str, Profile] = {}
+    emulate = config.device.emulate if device.kind == "local" else None
+    config = emulated_device_config(config) if emulate else config
+    problem = cgroup_problem() if emulate else None
+    if emulate and problem:
+        print(f"dnntune: note: cannot confine the device agent ({problem}): device timings "
+              f"are this machine's scaled to {emulate} (scaled:{emulate}), a what-if",
+              file=sys.stderr)
     with contextlib.ExitStack() as stack:
         addresses: dict[str, str] = {}
         if cloud.kind == "local":  # start early: its start-up overlaps the device's
@@ -223,6 +357,10 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source,
                 continue
             if source.kind == "remote":
                 addresses[side] = source.value
+            elif side == "device" and emulate and not problem:
+                with progress(f"calibrating the emulated device ({emulate})") as update:
+                    update("calibrating", 0, 1)
+                    addresses[side] = stack.enter_context(local_emulated_agent(emulate))[0]
             elif side == "device":
                 addresses[side] = stack.enter_context(
                     local_device_agent(config.device.threads, config.device.cpu_affinity))
@@ -230,5 +368,10 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source,
             creds = access.get(side, Access()) if source.kind == "remote" else Access()
             profiles[side] = profile_side(side, addresses[side], config, creds, progress,
                                           on_rpc if side == "cloud" else None)
+            if side == "device" and emulate and problem:
+                from dnntune.profiling.emulation import scale_profile, scaled_emulation
+
+                profiles[side] = scale_profile(profiles[side],
+                                               scaled_emulation(emulate, problem))
             on_profile(side, profiles[side])
     return profiles["device"], profiles["cloud"]

@@ -47,6 +47,10 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
                    help="with --side cloud: profile on this cloud server (default: locally)")
     p.add_argument("--device", metavar="HOST:PORT",
                    help="with --side device: profile on this device agent (default: locally)")
+    p.add_argument("--emulate", metavar="PRESET",
+                   help="with --side device: profile as the preset's emulated device (this "
+                        "process under a calibrated cgroup CPU limit; scaled where no "
+                        "cgroup can be written), see configs/devices")
     add_client_flags(p)
     p.add_argument("--out", metavar="FILE", help="write the profile JSON here")
     p.add_argument("--format", choices=["table", "json"], default="table")
@@ -113,8 +117,14 @@ def run_profile(args: argparse.Namespace) -> int:
     if other:
         raise DnntuneError(f"--{'device' if settings.side == 'cloud' else 'cloud'} goes with "
                            f"--side {'device' if settings.side == 'cloud' else 'cloud'}")
+    emulate = args.emulate if args.emulate not in (None, "none") else None
+    if emulate and (remote or settings.side != "device"):
+        raise DnntuneError("--emulate goes with --side device profiled here; a remote agent "
+                           "emulates with 'dnntune agent --emulate PRESET'")
     if remote:
         return _emit(args, _profile_remotely(remote, config, settings, args))
+    if emulate:
+        return _emit(args, _profile_emulated(emulate, config, settings))
     for note in settings.validate():
         print(f"dnntune: warning: {note}", file=sys.stderr)
     # Threads must be set before TensorFlow runs its first op, i.e. before loading.
@@ -139,6 +149,60 @@ def run_profile(args: argparse.Namespace) -> int:
             continue
         print(f"dnntune: warning: {w.message}", file=sys.stderr)
     return _emit(args, profile)
+
+
+def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSettings
+                      ) -> Profile:
+    """This process as the preset's emulated device (or its timings scaled, with one
+    line saying why); the cgroup is removed on the way out, also after SIGTERM."""
+    import contextlib
+    import dataclasses
+    import signal
+
+    from dnntune.cli.pipeline import cgroup_problem
+    from dnntune.profiling.devices import load_emulation_preset
+    from dnntune.profiling.emulation import (
+        emulated_process,
+        scale_profile,
+        scaled_emulation,
+        usable_threads,
+    )
+    from dnntune.profiling.instrument import configure_runtime
+
+    preset = load_emulation_preset(preset_name)
+    settings = dataclasses.replace(
+        settings, num_threads=usable_threads(preset),
+        energy=f"model:{preset.name}" if settings.energy == "auto" else settings.energy)
+    configure_runtime(settings.num_threads, settings.cpu_affinity)
+    problem = cgroup_problem()
+    if problem:
+        print(f"dnntune: note: cannot confine this process ({problem}): timings are this "
+              f"machine's scaled to {preset.name} (scaled:{preset.name}), a what-if",
+              file=sys.stderr)
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the cgroup's clean-up
+    signal.signal(signal.SIGTERM, leave)
+    with contextlib.ExitStack() as stack:
+        if not problem:
+            emulation = stack.enter_context(emulated_process(
+                preset_name, "profile", lambda m: print(f"dnntune: {m}", file=sys.stderr)))
+            print(f"dnntune: {emulation.describe()}", file=sys.stderr)
+            settings = dataclasses.replace(settings, emulation=emulation.to_dict())
+        profile = _profile_here(config, settings)
+    return scale_profile(profile, scaled_emulation(preset_name, problem)) if problem \
+        else profile
+
+
+def _profile_here(config: RunConfig, settings: ProfileSettings) -> Profile:
+    from dnntune.model.loading import load_model
+    from dnntune.profiling.profiler import profile_model
+    from dnntune.report.tables import progress_bar
+
+    shapes = [config.input_shape] if config.input_shape else None
+    loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
+    with progress_bar(f"profiling {loaded.name} ({settings.side})") as update:
+        return profile_model(loaded, settings, progress=update)
 
 
 def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings,

@@ -64,6 +64,10 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
                        help="the cloud server that runs the tails")
     agent.add_argument("--cloud-token-file", metavar="F", help="token for the cloud server")
     agent.add_argument("--cloud-tls-cert", metavar="F", help="the cloud server's certificate")
+    agent.add_argument("--emulate", metavar="PRESET",
+                       help="run as an emulated device: confine this process in a cgroup "
+                            "and calibrate its CPU share to the preset's reference latency "
+                            "(configs/devices; needs root or a delegated cgroup)")
     agent.set_defaults(handler=run_agent)
 
 
@@ -139,5 +143,44 @@ def run_agent(args: argparse.Namespace) -> int:
                          token=read_token(args.cloud_token_file), tls_cert=args.cloud_tls_cert)
     elif args.cloud_tls_cert or args.cloud_token_file:
         raise DnntuneError("--cloud-tls-cert and --cloud-token-file go with --cloud HOST:PORT")
+    if args.emulate and args.emulate != "none":
+        return _run_emulated_agent(args, cloud)
     running = create_server(options, cloud, upload_dir=args.upload_dir)  # type: ignore[arg-type]
     return _serve_until_signal("device agent", running)
+
+
+def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
+    """The agent confined in its own cgroup, calibrated to the preset; the cgroup is
+    removed when it stops (SIGTERM, SIGINT, an error, or its parent dying)."""
+    import dataclasses
+    import signal
+
+    from device_agent import create_server
+    from dnntune.errors import DnntuneError
+    from dnntune.profiling.cgroups import CgroupUnavailableError
+    from dnntune.profiling.devices import load_emulation_preset
+    from dnntune.profiling.emulation import emulated_process, usable_threads
+    from dnntune.profiling.instrument import configure_runtime
+
+    options = _options(args)
+    options.validate()  # type: ignore[attr-defined]
+    threads = usable_threads(load_emulation_preset(args.emulate))
+    configure_runtime(threads)  # before TensorFlow runs anything in this process
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the cgroup's clean-up
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        with emulated_process(args.emulate, "agent",
+                              lambda m: print(f"dnntune: {m}", file=sys.stderr)) as emulation:
+            options = dataclasses.replace(options, num_threads=threads)  # type: ignore[type-var]
+            running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
+                                    emulation=emulation.to_dict())
+            print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
+            _announce("device agent", running)
+            running.wait_for_signal()
+    except CgroupUnavailableError as exc:
+        raise DnntuneError(f"--emulate {args.emulate}: cannot confine this process in a "
+                           f"cgroup ({exc})") from None
+    print("dnntune device agent stopped", file=sys.stderr)
+    return 0

@@ -33,10 +33,21 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
                    help="profiling runs (default: the config's)")
     p.add_argument("--cloud", metavar="HOST:PORT",
                    help="a running cloud server (default: one started on a free loopback "
-                        "port); the device side always runs in this process")
+                        "port)")
+    p.add_argument("--device", metavar="HOST:PORT",
+                   help="a running device agent to run the heads on; start it with "
+                        "--cloud pointing at --proxy-listen (default: an agent started "
+                        "here, emulated as --emulate says)")
+    p.add_argument("--emulate", metavar="PRESET|none",
+                   help="device preset to emulate (configs/devices), or none for this "
+                        "machine as it is (default: the config's processing.device.emulate)")
+    p.add_argument("--proxy-listen", metavar="HOST:PORT", default="127.0.0.1:0",
+                   help="where the shaping proxy in front of the cloud server listens for "
+                        "the agent (default: a free loopback port; give one with --device)")
     p.add_argument("--shaper", choices=("proxy", "tbf"), default="proxy",
-                   help="proxy: user-space rate and delay (default, anywhere); tbf: as root, "
-                        "kernel tc tbf rates between network namespaces, delay from the proxy")
+                   help="proxy: user-space rate and delay, heads on the device agent "
+                        "(default); tbf: as root, kernel tc tbf rates between network "
+                        "namespaces, heads in this process (with --emulate none only)")
     from dnntune.cli.pipeline import add_access_flags
 
     add_access_flags(p)
@@ -46,9 +57,117 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from dnntune.cli.outputs import check_output_dir
+    from dnntune.config import config_links, default_config, load_config, with_overrides
+    from dnntune.validation.validate import parse_cut_spec
+
+    if args.num_runs < 1:
+        raise DnntuneError(f"--num_runs must be at least 1, got {args.num_runs}")
+    config = load_config(args.config) if args.config else default_config()
+    config = with_overrides(config, args.model, args.profile_runs, None, args.emulate)
+    links = config_links(config, args.links)
+    if args.out:
+        check_output_dir(args.out, "--out")
+    parse_cut_spec(args.cuts)
+    if args.device and args.emulate not in (None, "none"):
+        raise DnntuneError("--emulate goes with the device agent validate starts; a remote "
+                           "agent emulates with 'dnntune agent --emulate PRESET'")
+    if args.shaper == "tbf":
+        if args.device or config.device.emulate:
+            raise DnntuneError("--shaper tbf runs heads in this process, so it cannot "
+                               "validate an emulated or remote device: use --shaper proxy, "
+                               "or --emulate none")
+        validation = _run_tbf(args, config, links)
+    else:
+        validation = _run_on_agent(args, config, links)
+    _write_and_print(args, validation)
+    return 0
+
+
+def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validation:
+    """Profile through the agent and the cloud server, then run every cut on the agent."""
+    from dnntune.cli.pipeline import (
+        Access,
+        Source,
+        cgroup_problem,
+        collect_profiles,
+        emulated_device_config,
+        local_cloud_server,
+        local_emulated_agent,
+        side_access,
+        upload_model,
+    )
+    from dnntune.netem.shaper import LinkShape, ShapingProxy
+    from dnntune.report.tables import progress_bar
+    from dnntune.rpc.client import ProfilerClient, parse_address
+    from dnntune.validation.validate import validate_on_agent
+
+    emulate = None if args.device else config.device.emulate
+    problem = cgroup_problem() if emulate else None
+    if emulate and problem:
+        raise DnntuneError(f"validate: cannot emulate {emulate} here ({problem}); "
+                           "validation must run heads on the emulated device, so it needs "
+                           "root or a delegated cgroup (or --emulate none to validate this "
+                           "machine as it is)")
+    listen = _listen_address(args.proxy_listen)
+    access = side_access(args)
+    if not args.device:
+        access["device"] = Access()  # the agent started here: plain loopback
+    if not args.cloud:
+        access["cloud"] = Access()
+    config = emulated_device_config(config) if emulate else config
+    with contextlib.ExitStack() as stack:
+        cloud = (parse_address(args.cloud, "--cloud") if args.cloud
+                 else stack.enter_context(local_cloud_server(config.cloud.threads)))
+        cloud_host, _, cloud_port = cloud.rpartition(":")
+        # Unshaped while profiling; the agent's --cloud is this port from now on.
+        relay = ShapingProxy(cloud_host, int(cloud_port), LinkShape.delay_only(0.0),
+                             listen_host=listen[0], listen_port=listen[1]).start()
+        listen = (listen[0], relay.port)
+        if args.device:
+            agent_address = parse_address(args.device, "--device")
+        else:
+            with progress_bar(f"starting the device agent ({emulate or 'this machine'})"
+                              ) as update:
+                update("starting", 0, 1)
+                agent_address = stack.enter_context(local_emulated_agent(
+                    emulate, f"{listen[0]}:{listen[1]}", config.device.threads))[0]
+        rpc: list[tuple[float, float]] = []
+        try:
+            device, cloud_profile = collect_profiles(
+                config, Source("remote", agent_address), Source("remote", cloud), access,
+                Path(args.out or "."), progress_bar, lambda side, profile: None, rpc.append)
+        finally:
+            relay.stop()
+        analysis = _predict(device, cloud_profile, links, rpc[0])
+        agent = stack.enter_context(contextlib.closing(
+            ProfilerClient(access["device"].endpoint(agent_address, connect_timeout_s=10))))
+        spec = upload_model(agent, config)  # the bytes both sides hold, by sha256
+        with progress_bar(f"validating {device.meta.model_name} on the agent") as update:
+            results = validate_on_agent(agent, analysis.links, cloud_host, int(cloud_port),
+                                        listen, args.cuts, args.num_runs, spec, update)
+    return Validation(device.meta.model_name, args.num_runs, tuple(results),
+                      device.meta.device_label, device.meta.device_note)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise DnntuneError(f"--proxy-listen {text!r}: expected HOST:PORT (port 0 for a free "
+                           "one), e.g. 127.0.0.1:50060")
+    return host, int(port)
+
+
+def _predict(device: Any, cloud: Any, links: Any, rpc: tuple[float, float]) -> Any:
     from dnntune.analysis.costs import CostOptions
     from dnntune.analysis.partition import Objective, analyze_profiles
-    from dnntune.cli.outputs import check_output_dir
+
+    options = CostOptions(rpc_ms=rpc[0], rpc_ms_per_mb=rpc[1])
+    return analyze_profiles(device, cloud, links, Objective("latency-first"), options)
+
+
+def _run_tbf(args: argparse.Namespace, config: Any, links: Any) -> Validation:
+    """Heads in this process, the cloud server in a network namespace behind tc tbf."""
     from dnntune.cli.pipeline import (
         Access,
         Source,
@@ -56,19 +175,9 @@ def run_validate(args: argparse.Namespace) -> int:
         local_cloud_server,
         side_access,
     )
-    from dnntune.config import config_links, default_config, load_config, with_overrides
     from dnntune.report.tables import progress_bar
     from dnntune.rpc.client import ProfilerClient, parse_address
-    from dnntune.validation.validate import parse_cut_spec
 
-    if args.num_runs < 1:
-        raise DnntuneError(f"--num_runs must be at least 1, got {args.num_runs}")
-    config = load_config(args.config) if args.config else default_config()
-    config = with_overrides(config, args.model, args.profile_runs)
-    links = config_links(config, args.links)
-    if args.out:
-        check_output_dir(args.out, "--out")
-    parse_cut_spec(args.cuts)
     access = side_access(args)
     with contextlib.ExitStack() as stack:
         if args.cloud:
@@ -80,11 +189,8 @@ def run_validate(args: argparse.Namespace) -> int:
         device, cloud = collect_profiles(config, Source("local"), Source("remote", address),
                                          access, Path(args.out or "."), progress_bar,
                                          lambda side, profile: None, rpc.append)
-        options = CostOptions(rpc_ms=rpc[0][0], rpc_ms_per_mb=rpc[0][1])
-        analysis = analyze_profiles(device, cloud, links, Objective("latency-first"), options)
-        validation = _run(config, analysis, address, access["cloud"], args, ProfilerClient)
-    _write_and_print(args, validation)
-    return 0
+        analysis = _predict(device, cloud, links, rpc[0])
+        return _run(config, analysis, address, access["cloud"], args, ProfilerClient)
 
 
 def _run(config: Any, analysis: Any, address: str, access: Any, args: argparse.Namespace,

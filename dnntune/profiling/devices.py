@@ -29,6 +29,28 @@ class CpuCluster:
 
 
 @dataclass(frozen=True)
+class ReferenceLatency:
+    """A published latency of a named model on the device, with where it comes from."""
+
+    model: str
+    latency_ms: float
+    source: str
+
+
+@dataclass(frozen=True)
+class EmulationPreset:
+    """What :mod:`dnntune.profiling.emulation` needs to emulate the device on this machine.
+
+    Attributes:
+        threads: Intra-op threads the device runs the model with (as in the reference).
+        reference: The latency the CPU share is calibrated to.
+    """
+
+    threads: int
+    reference: ReferenceLatency
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """A device's power model, from ``configs/devices/<name>.yaml``.
 
@@ -38,6 +60,7 @@ class DeviceProfile:
         cpu_active_mw: Added once while any CPU core is busy.
         clusters: CPU clusters in the order busy threads are placed on them.
         gpu_active_mw: Added while the GPU runs the model, if the profile has one.
+        emulation: How to emulate the device (``emulation:`` section), if it can be.
     """
 
     name: str
@@ -47,6 +70,7 @@ class DeviceProfile:
     clusters: tuple[CpuCluster, ...]
     gpu_active_mw: float | None
     source: Path
+    emulation: EmulationPreset | None = None
 
     def active_increment_mw(self, unit: str, threads: int) -> tuple[float, str]:
         """``P_active − P_idle`` for ``unit`` ("cpu" or "gpu") and a note on clamping."""
@@ -118,7 +142,7 @@ def load_device_profile(path: str | Path) -> DeviceProfile:
     except yaml.YAMLError as exc:
         raise ConfigError(where, f"not valid YAML ({exc})") from None
     top = _mapping(data, "", where, required=("description", "idle_power_mw", "cpu"),
-                   optional=("gpu",))
+                   optional=("gpu", "emulation"))
     cpu = _mapping(top["cpu"], "cpu", where, required=("clusters",), optional=("active_mw",))
     raw_clusters = cpu["clusters"]
     if not isinstance(raw_clusters, list) or not raw_clusters:
@@ -138,9 +162,55 @@ def load_device_profile(path: str | Path) -> DeviceProfile:
                      "active_mw", "gpu", where)
     if not isinstance(top["description"], str):
         raise ConfigError(where, f"key 'description' must be text, got {top['description']!r}")
+    emulation = None if top.get("emulation") is None else _emulation(top["emulation"], where)
     return DeviceProfile(path.stem, top["description"], _power(top, "idle_power_mw", "", where),
                          _power(cpu, "active_mw", "cpu", where, default=0.0), tuple(clusters),
-                         gpu, path)
+                         gpu, path, emulation)
+
+
+def _emulation(data: object, where: str) -> EmulationPreset:
+    section = _mapping(data, "emulation", where, required=("threads", "reference"))
+    threads = section["threads"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(where, f"key 'emulation.threads' must be an integer >= 1, "
+                                 f"got {threads!r}")
+    ref = _mapping(section["reference"], "emulation.reference", where,
+                   required=("model", "latency_ms", "source"))
+    latency = ref["latency_ms"]
+    if isinstance(latency, bool) or not isinstance(latency, int | float) or not (
+            math.isfinite(latency) and latency > 0):
+        raise ConfigError(where, f"key 'emulation.reference.latency_ms' must be a latency in "
+                                 f"ms (a number > 0), got {latency!r}")
+    for key in ("model", "source"):
+        text = ref[key]
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(where, f"key 'emulation.reference.{key}' must be non-empty text, "
+                                     f"got {text!r}")
+    return EmulationPreset(threads, ReferenceLatency(str(ref["model"]), float(latency),
+                                                     str(ref["source"]).strip()))
+
+
+def load_emulation_preset(name: str, search_dirs: Sequence[Path] | None = None
+                          ) -> DeviceProfile:
+    """A device profile that can be emulated (has ``emulation.reference``), by name.
+
+    Raises:
+        DnntuneError: naming the known presets when ``name`` is unknown, or the file
+            when it has no ``emulation`` section.
+
+    Example:
+        >>> load_emulation_preset("dnntune_phone").emulation.reference.model
+        'mobilenet_v2'
+    """
+    profile = load_device_profile(find_device_profile(name, search_dirs))
+    if profile.emulation is None:
+        dirs = tuple(search_dirs) if search_dirs is not None else default_profile_dirs()
+        usable = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")
+                         if "emulation:" in p.read_text()})
+        raise DnntuneError(f"device preset {name!r} ({profile.source}) has no "
+                           f"'emulation.reference' latency to calibrate to; presets that "
+                           f"can be emulated: {', '.join(usable) or 'none'}")
+    return profile
 
 
 def _mapping(data: object, key: str, where: str, required: Sequence[str] = (),

@@ -204,6 +204,17 @@ class ProfileMeta:
     keras_version: str
     dnntune_version: str
     created_utc: str
+    emulation: dict[str, Any] | None = None  # dnntune.profiling.emulation.Emulation.to_dict()
+
+    @property
+    def device_label(self) -> str:
+        """``emulated:<preset>``, ``scaled:<preset>`` or ``measured`` (this machine)."""
+        return str(self.emulation["label"]) if self.emulation else "measured"
+
+    @property
+    def device_note(self) -> str:
+        """How the device was emulated or scaled, in one line (empty when measured)."""
+        return str(self.emulation.get("description", "")) if self.emulation else ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -375,7 +386,8 @@ def profile_to_dataframe(profile: Profile) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("index")
     frame.attrs.update(model=profile.meta.model_name, side=profile.meta.side,
-                       energy_label=profile.energy.label)
+                       energy_label=profile.energy.label,
+                       device_label=profile.meta.device_label)
     return frame
 
 

@@ -40,6 +40,7 @@ class ProfileSettings:
     cpu_affinity: tuple[int, ...] = ()
     energy: str = "auto"
     energy_seconds: float = 2.0
+    emulation: dict[str, Any] | None = None  # recorded as is: how the device was emulated
 
     def validate(self) -> list[str]:
         """Raise on impossible settings; return warnings for doubtful ones."""
@@ -197,7 +198,8 @@ def _meta(loaded: LoadedModel, settings: ProfileSettings, runtime: dict[str, Any
         os=platform.platform(), python_version=sys.version.split()[0],
         tensorflow_version=tf.__version__, keras_version=keras.__version__,
         dnntune_version=__version__,
-        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        emulation=settings.emulation)
 
 
 def cpu_model() -> str:

@@ -100,7 +100,8 @@ def _link_title(analysis: Analysis, la: LinkAnalysis, what: str) -> str:
     what_if = {k: v for k, v in analysis.what_if.items() if v != 1.0}
     scaled = "".join(f", {k.replace('_', ' ')} ×{v:g}" for k, v in what_if.items())
     up = "uplink trace, mean " if link.trace is not None else "up "
-    return (f"{analysis.model}: {what} on {link.name} ({up}{sig3(link.up_mbps)} / down "
+    device = "" if analysis.device_label == "measured" else f" [{analysis.device_label}]"
+    return (f"{analysis.model}{device}: {what} on {link.name} ({up}{sig3(link.up_mbps)} / down "
             f"{sig3(link.down_mbps)} Mbit/s, RTT {sig3(link.rtt_ms)} ms{scaled})")
 
 

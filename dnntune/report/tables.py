@@ -96,7 +96,8 @@ def print_profile(profile: Profile, top: int = 10, console: Console | None = Non
     console = console or Console()
     meta = profile.meta
     shown = min(top, len(profile.layers))
-    table = Table(title=f"{meta.model_name} on {meta.side} ({meta.cpu_model}, "
+    device = "" if meta.device_label == "measured" else f" [{meta.device_label}]"
+    table = Table(title=f"{meta.model_name} on {meta.side}{device} ({meta.cpu_model}, "
                         f"{meta.num_threads} thread(s)): {shown} slowest of "
                         f"{len(profile.layers)} layers", title_justify="left")
     for column in ("layer", "type", "mean ms", "p90 ms", "share", "energy mJ"):
@@ -115,6 +116,8 @@ def print_profile(profile: Profile, top: int = 10, console: Console | None = Non
         f"ms in graph (p50 {sig3(e2e.p50_ms)}, p99 {sig3(e2e.p99_ms)}), ratio "
         f"{profile.ratio:.3f}; per-call overhead outside the graph "
         f"{sig3(profile.call_overhead_ms)} ms; timers cost {profile.overhead_pct:+.1f}%.")
+    if meta.device_note:
+        console.print(f"device {meta.device_note}", highlight=False)
     if energy.label == "none":
         console.print("energy: not measured")
     else:

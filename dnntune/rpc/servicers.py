@@ -103,6 +103,7 @@ class ServerState:
     limits: RequestLimits
     profile_lock: threading.Lock
     gate: ComputeGate
+    emulation: dict[str, Any] | None = None  # set by an emulated device agent
 
 
 def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
@@ -179,7 +180,8 @@ class ProfilerServicer:
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads,
-                                       energy=request.energy or "none")
+                                       energy=request.energy or "none",
+                                       emulation=self.s.emulation)
             settings.validate()
             key = key_from_spec(request.model, self.s.limits)
         gone = threading.Event()  # the caller cancelled or its deadline passed

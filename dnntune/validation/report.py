@@ -16,7 +16,9 @@ def print_validation(validation: Validation, console: Console | None = None) -> 
     console = console or Console()
     for link in validation.links:
         s = link.shaping
-        table = Table(title=f"{validation.model} on {link.name} (target up/down "
+        device = ("" if validation.device_label == "measured"
+                  else f", device {validation.device_label}")
+        table = Table(title=f"{validation.model}{device} on {link.name} (target up/down "
                             f"{sig3(link.up_mbps)}/{sig3(link.down_mbps)} Mbit/s, RTT "
                             f"{sig3(link.rtt_ms)} ms; emulated "
                             f"{sig3(s.get('achieved_up_mbps', 0))}/"

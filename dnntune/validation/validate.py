@@ -23,7 +23,7 @@ from dnntune.analysis.partition import LinkAnalysis
 from dnntune.errors import DnntuneError
 from dnntune.rpc.splitrun import run_split
 
-CUT_CHOICES = "best|all|spread[:K]|N,M,..."
+CUT_CHOICES = "best|all|spread[:K]|top:K|N,M,..."
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,12 @@ class Validation:
     model: str
     num_runs: int
     links: tuple[LinkValidation, ...]
+    device_label: str = "measured"  # emulated:<preset> when heads ran on an emulated agent
+    device_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "num_runs": self.num_runs,
+                "device_label": self.device_label, "device_note": self.device_note,
                 "links": [link.to_dict() for link in self.links]}
 
 
@@ -100,6 +103,11 @@ def parse_cut_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
     """Check ``--cuts`` before anything runs: ``(kind, spread count, explicit indices)``."""
     if spec in ("best", "all"):
         return spec, 0, ()
+    if spec.startswith("top:"):
+        count = spec[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise DnntuneError(f"--cuts {spec!r}: expected top:K with K >= 1")
+        return "top", int(count), ()
     if spec.startswith("spread"):
         _, sep, count = spec.partition(":")
         if spec != "spread" and (not sep or not count.isdigit() or int(count) < 2):
@@ -116,8 +124,9 @@ def parse_cut_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
 
 def select_cuts(spec: str, la: LinkAnalysis) -> list[int]:
     """Cut indices to run: ``best`` (the predicted-fastest cut and both baselines),
-    ``all``, ``spread[:K]`` (K evenly spaced cuts plus those three, K default 20) or a
-    comma-separated list."""
+    ``all``, ``spread[:K]`` (K evenly spaced cuts plus those three, K default 20),
+    ``top:K`` (the K predicted-fastest cuts plus both baselines) or a comma-separated
+    list."""
     kind, count, picks = parse_cut_spec(spec)
     last = len(la.inputs.after) - 1
     anchors = {0, last, int(np.argmin(la.table.latency_ms))}
@@ -125,6 +134,9 @@ def select_cuts(spec: str, la: LinkAnalysis) -> list[int]:
         return sorted(anchors)
     if kind == "all":
         return list(range(last + 1))
+    if kind == "top":
+        fastest = np.argsort(la.table.latency_ms, kind="stable")[:count]
+        return sorted(anchors | {int(i) for i in fastest})
     if kind == "spread":
         return sorted(anchors | set(np.linspace(0, last, count).round().astype(int).tolist()))
     bad = [i for i in picks if i > last]
@@ -191,6 +203,75 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
         results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
                                       la.link.rtt_ms, shaping, tuple(validated)))
     return results
+
+
+def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: str,
+                      cloud_port: int, listen: tuple[str, int], cut_spec: str, num_runs: int,
+                      spec: Any, report: Callable[[str, int, int], None] | None = None
+                      ) -> list[LinkValidation]:
+    """Run the selected cuts of every link on a device agent, its traffic shaped.
+
+    The agent runs each head (``RunSplit``) and sends the crossing tensors to the
+    cloud server it was started with, which must be ``listen``: a shaping proxy
+    opened there, one link at a time, in front of the cloud server.
+
+    Args:
+        agent: A :class:`~dnntune.rpc.client.ProfilerClient` of the device agent.
+        analyses: The analyzer's per-link results (the predictions).
+        cloud_host, cloud_port: The cloud server behind the proxy.
+        listen: ``(host, port)`` where the proxy listens: the agent's ``--cloud``.
+        cut_spec: Which cuts, see :func:`select_cuts`.
+        num_runs: Timed runs per cut (after one warm-up run over the same link).
+        spec: The ``ModelSpec`` both sides know the model by.
+        report: Progress callback ``(stage, done, total)``.
+    """
+    from dnntune.netem.linkprobe import measure_emulated_link
+    from dnntune.netem.shaper import LinkShape, ShapingProxy
+
+    results = []
+    for la in analyses:
+        cuts = select_cuts(cut_spec, la)
+        shape = LinkShape.from_link(la.link)
+        shaping = measure_emulated_link(shape, up_bytes=_probe_bytes(shape.up_mbps),
+                                        down_bytes=_probe_bytes(shape.down_mbps), pings=3)
+        validated = []
+        with ShapingProxy(cloud_host, cloud_port, shape, listen_host=listen[0],
+                          listen_port=listen[1]):
+            for done, index in enumerate(cuts):
+                if report:
+                    report(f"{la.link.name}: cut {index}", done, len(cuts))
+                result = run_split_on_agent(agent, spec, index, num_runs)
+                validated.append(validate_cut(la, index, result))
+        results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
+                                      la.link.rtt_ms, {"method": "proxy", **shaping.to_dict()},
+                                      tuple(validated)))
+    return results
+
+
+def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
+                       warmup_runs: int = 1, attempts: int = 5) -> Any:
+    """One ``RunSplit`` on the agent, as a :class:`~dnntune.rpc.splitrun.SplitResult`.
+
+    The agent's channel to the cloud reconnects when a new link's proxy replaces the
+    last one, so a call refused as unavailable meanwhile is retried after a second.
+    """
+    import time
+
+    from dnntune.rpc.splitrun import SplitResult, SplitTiming
+
+    request = agent.pb2.SplitRequest(model=spec, cut_index=index, num_runs=num_runs,
+                                     warmup_runs=warmup_runs)
+    for attempt in range(attempts):
+        try:
+            reply = agent.call(agent.device.RunSplit, request)
+            break
+        except DnntuneError as exc:
+            if "unavailable" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    return SplitResult(tuple(SplitTiming(r.total_ms, r.head_ms, r.transfer_ms, r.tail_ms)
+                             for r in reply.runs),
+                       reply.max_abs_error, reply.bytes_up, reply.bytes_down)
 
 
 @contextlib.contextmanager
