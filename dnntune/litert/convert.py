@@ -128,14 +128,20 @@ def convert_keras(model: Any, input_shapes: Sequence[tuple[int, ...]],
     import_keras()
     check_precision(precision)
     spec = [tf.TensorSpec(s, d) for s, d in zip(input_shapes, input_dtypes, strict=True)]
-    structure = model.input
 
     import keras
 
-    @tf.function(input_signature=spec, autograph=False)
-    def run(*xs: Any) -> Any:
-        return tf.nest.flatten(model(keras.tree.pack_sequence_as(structure, list(xs)),
-                                     training=False))
+    if hasattr(model, "run_symbolic"):  # a head/tail replayed node by node (model.replay)
+        @tf.function(input_signature=spec, autograph=False)
+        def run(*xs: Any) -> Any:
+            return model.run_symbolic(*xs)
+    else:
+        structure = model.input
+
+        @tf.function(input_signature=spec, autograph=False)
+        def run(*xs: Any) -> Any:
+            return tf.nest.flatten(model(keras.tree.pack_sequence_as(structure, list(xs)),
+                                         training=False))
 
     absl = logging.getLogger("absl")  # its deprecation note on the freezing path is noise
     level = absl.level
