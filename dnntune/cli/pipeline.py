@@ -108,11 +108,15 @@ def check_pem_certificate(path: str, flag: str) -> None:
 
 @contextlib.contextmanager
 def local_cloud_server(threads: int, startup_timeout_s: float = 120.0) -> Iterator[str]:
-    """A ``python -m cloud_server`` child on a free loopback port; yields its address."""
+    """A ``python -m cloud_server`` child on a free loopback port; yields its address.
+
+    The child gets SIGTERM if this process dies, so it never outlives its orchestrator.
+    """
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen([sys.executable, "-m", "cloud_server", "--port", "0",
                                  "--num_threads", str(threads), "--grace-s", "5"],
-                                stdout=subprocess.PIPE, stderr=errors, text=True)
+                                stdout=subprocess.PIPE, stderr=errors, text=True,
+                                preexec_fn=_die_with_parent)
         assert proc.stdout is not None
         try:
             ready, _, _ = select.select([proc.stdout], [], [], startup_timeout_s)
@@ -126,13 +130,7 @@ def local_cloud_server(threads: int, startup_timeout_s: float = 120.0) -> Iterat
                 raise DnntuneError(f"the local cloud server did not start: {last}")
             yield match.group(1)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(proc)
 
 
 @contextlib.contextmanager
