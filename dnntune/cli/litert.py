@@ -231,16 +231,9 @@ def run_litert_profile(args: argparse.Namespace) -> int:
                           energy_seconds=settings.energy_seconds)
     with progress_bar(f"LiteRT heads of {loaded.name}") as update:
         profile = profile_litert(loaded, lite, progress=update)
-    if args.out:
-        from dnntune.profiling.profile import save_profile
+    from dnntune.cli.profile import emit_profile
 
-        print(f"profile written to {save_profile(profile, args.out)}", file=sys.stderr)
-    if args.format == "json":
-        json.dump(profile.to_dict(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print_measured_cuts(profile)
-    return 0
+    return emit_profile(args, profile, print_measured_cuts)
 
 
 def print_measured_cuts(profile: Any) -> None:

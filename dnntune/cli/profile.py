@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dnntune.cli.serve import add_client_flags
@@ -122,9 +123,9 @@ def run_profile(args: argparse.Namespace) -> int:
         raise DnntuneError("--emulate goes with --side device profiled here; a remote agent "
                            "emulates with 'dnntune agent --emulate PRESET'")
     if remote:
-        return _emit(args, _profile_remotely(remote, config, settings, args))
+        return emit_profile(args, _profile_remotely(remote, config, settings, args))
     if emulate:
-        return _emit(args, _profile_emulated(emulate, config, settings))
+        return emit_profile(args, _profile_emulated(emulate, config, settings))
     for note in settings.validate():
         print(f"dnntune: warning: {note}", file=sys.stderr)
     # Threads must be set before TensorFlow runs its first op, i.e. before loading.
@@ -148,7 +149,7 @@ def run_profile(args: argparse.Namespace) -> int:
         if issubclass(w.category, UserWarning) and "dnntune" not in str(w.filename):
             continue
         print(f"dnntune: warning: {w.message}", file=sys.stderr)
-    return _emit(args, profile)
+    return emit_profile(args, profile)
 
 
 def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSettings
@@ -225,7 +226,9 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
                         Access(read_token(args.token_file), args.tls_cert), progress_bar)
 
 
-def _emit(args: argparse.Namespace, profile: Profile) -> int:
+def emit_profile(args: argparse.Namespace, profile: Profile,
+                 print_table: Callable[[Profile], None] | None = None) -> int:
+    """Write ``--out``, then print the profile as JSON or a table (``print_table``)."""
     from dnntune.profiling.profile import save_profile
     from dnntune.report.tables import print_profile
 
@@ -236,5 +239,5 @@ def _emit(args: argparse.Namespace, profile: Profile) -> int:
         json.dump(profile.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print_profile(profile)
+        (print_table or print_profile)(profile)
     return 0
