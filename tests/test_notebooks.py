@@ -72,4 +72,6 @@ def test_notebook_runs(name: str, venv_kernel: str, tmp_path: Path) -> None:
     images = sum("image/png" in o.get("data", {}) for c in executed.cells
                  if c.cell_type == "code" for o in c.outputs)
     assert images >= 1, "every notebook shows at least one plot"
-    assert elapsed < 120, f"{name} took {elapsed:.0f} s; keep notebooks fast"
+    # How long it took is reported, not asserted (benchmarks/ measure speed); the
+    # per-cell timeout above only stops a hang.
+    print(f"{name}: {elapsed:.0f} s")

@@ -132,6 +132,16 @@ def test_measurement_summary_subtracts_one_round_trip() -> None:
     assert achieved_mbps(125_000, elapsed_ms=100.0, rtt_ms=300.0) == pytest.approx(10.0)
 
 
+def test_one_stalled_transfer_of_three_does_not_count() -> None:
+    # The second upload lost a 200 ms retransmission timeout; the median ignores it.
+    m = summarize_link(LinkShape(8.0, 20.0, 40.0), [40.0], 1_000_000, [1040.0, 1240.0, 1038.0],
+                       1_000_000, [440.0, 441.0, 700.0])
+    assert m.transfers == 3 and m.up_ms == 1040.0 and m.down_ms == 441.0
+    assert m.achieved_up_mbps == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="as many upload as download"):
+        summarize_link(None, [1.0], 1, [1.0, 2.0], 1, [1.0])
+
+
 # --- the proxy on loopback -----------------------------------------------------------
 
 def assert_rtt_close(m: LinkMeasurement) -> None:
@@ -166,13 +176,19 @@ def test_trace_driven_uplink_follows_a_varying_trace_exactly(tmp_path: Path) -> 
             socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for nbytes in (30_000, 300_000, 900_000):
-            start_ms = now_ms() - proxy.trace_origin_ms
-            measured = timed_request_ms(sock, OP_UP, nbytes)
-            # The request's header rides along; the acknowledgement comes back unshaped.
-            predicted = shape.rtt_ms + float(trace.transfer_time_ms(nbytes + HEADER.size,
-                                                                    start_ms))
-            assert abs(measured - predicted) < 0.05 * predicted + 3.0, (nbytes, measured,
-                                                                         predicted)
+            attempts = []
+            for _ in range(3):  # a busy host can stall one request; the trace never hurries
+                start_ms = now_ms() - proxy.trace_origin_ms
+                measured = timed_request_ms(sock, OP_UP, nbytes)
+                # The request's header rides along; the acknowledgement comes back unshaped.
+                predicted = shape.rtt_ms + float(trace.transfer_time_ms(nbytes + HEADER.size,
+                                                                        start_ms))
+                attempts.append((measured, predicted))
+                assert measured > 0.95 * predicted - 3.0, (nbytes, attempts)  # never early
+                if abs(measured - predicted) < 0.05 * predicted + 3.0:
+                    break
+            else:
+                raise AssertionError(f"{nbytes} B: (measured, predicted) ms {attempts}")
 
 
 def _echo_exchange(port: int, payload: bytes) -> bytes:

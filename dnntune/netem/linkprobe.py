@@ -7,6 +7,9 @@ between (a :class:`dnntune.netem.shaper.ShapingProxy`, or a ``tc``-shaped veth p
 network namespaces) and :func:`summarize_link` turns the raw times into a
 :class:`LinkMeasurement`. Each timed transfer includes one round trip, as an inference
 request does, so the achieved rate is ``8 B / (T - RTT)`` with the measured median RTT.
+Each transfer is timed several times and the median kept: on a shared host one transfer
+can lose a retransmission timeout (200 ms or more) or a scheduler stall that says nothing
+about the emulated link.
 
 Wire format: a request is one op byte (``P``, ``U``, ``D``) and a big-endian uint64
 byte count; ``P`` is followed by that many bytes, echoed back; ``U`` by that many bytes,
@@ -53,8 +56,11 @@ class LinkMeasurement:
         target_rtt_ms, achieved_rtt_ms: Round-trip time (median of the pings), ms.
         min_rtt_ms: The fastest ping: the emulated delay without the host's scheduling
             noise (a busy CPU adds ms to the median, not to the minimum).
-        up_bytes, up_ms: The timed upload and its time, request to acknowledgement.
-        down_bytes, down_ms: The timed download and its time, request to last byte.
+        up_bytes, up_ms: The timed upload and its time, request to acknowledgement
+            (median of ``transfers`` uploads).
+        down_bytes, down_ms: The timed download and its time, request to last byte
+            (median of ``transfers`` downloads).
+        transfers: How many times each transfer was timed.
     """
 
     target_up_mbps: float | None
@@ -68,6 +74,7 @@ class LinkMeasurement:
     up_ms: float
     down_bytes: int
     down_ms: float
+    transfers: int = 1
 
     @property
     def up_error_pct(self) -> float | None:
@@ -114,8 +121,18 @@ def achieved_mbps(nbytes: int, elapsed_ms: float, rtt_ms: float) -> float:
 
 
 def summarize_link(shape: LinkShape | None, rtt_samples_ms: list[float], up_bytes: int,
-                   up_ms: float, down_bytes: int, down_ms: float) -> LinkMeasurement:
-    """Turn raw times into a :class:`LinkMeasurement` against ``shape`` (or no target)."""
+                   up_ms: float | list[float], down_bytes: int,
+                   down_ms: float | list[float]) -> LinkMeasurement:
+    """Turn raw times into a :class:`LinkMeasurement` against ``shape`` (or no target).
+
+    ``up_ms`` and ``down_ms`` are one time each or the times of repeated transfers, of
+    which the median counts.
+    """
+    ups = [up_ms] if isinstance(up_ms, (int, float)) else list(up_ms)
+    downs = [down_ms] if isinstance(down_ms, (int, float)) else list(down_ms)
+    if not ups or len(ups) != len(downs):
+        raise ValueError("summarize_link: need as many upload as download times, at least 1")
+    up_ms, down_ms = statistics.median(ups), statistics.median(downs)
     rtt = statistics.median(rtt_samples_ms)
     return LinkMeasurement(
         target_up_mbps=None if shape is None else shape.up_mbps,
@@ -124,7 +141,8 @@ def summarize_link(shape: LinkShape | None, rtt_samples_ms: list[float], up_byte
         achieved_down_mbps=achieved_mbps(down_bytes, down_ms, rtt),
         target_rtt_ms=None if shape is None else shape.rtt_ms, achieved_rtt_ms=rtt,
         min_rtt_ms=min(rtt_samples_ms),
-        up_bytes=up_bytes, up_ms=up_ms, down_bytes=down_bytes, down_ms=down_ms)
+        up_bytes=up_bytes, up_ms=up_ms, down_bytes=down_bytes, down_ms=down_ms,
+        transfers=len(ups))
 
 
 class MeasurementServer:
@@ -272,7 +290,7 @@ def timed_request_ms(sock: socket.socket, op: bytes, nbytes: int) -> float:
 
 def measure_link(target: ShapingProxy | int | tuple[str, int],
                  shape: LinkShape | None = None, *, up_bytes: int = 2_000_000,
-                 down_bytes: int = 2_000_000, pings: int = 5,
+                 down_bytes: int = 2_000_000, pings: int = 5, transfers: int = 3,
                  timeout_s: float = 60.0) -> LinkMeasurement:
     """Measure RTT, then upload and download throughput, through ``target``.
 
@@ -282,6 +300,8 @@ def measure_link(target: ShapingProxy | int | tuple[str, int],
         shape: The target figures to compare with; ``None``: unshaped.
         up_bytes, down_bytes: Size of the timed bulk transfers.
         pings: Timed round trips after one warm-up; the median is the RTT.
+        transfers: Each upload and download is timed this many times (alternating);
+            the median counts.
         timeout_s: Socket timeout for each step.
 
     Raises:
@@ -299,7 +319,8 @@ def measure_link(target: ShapingProxy | int | tuple[str, int],
         host, port = target
     else:
         host, port = "127.0.0.1", target
-    for name, value in (("up_bytes", up_bytes), ("down_bytes", down_bytes), ("pings", pings)):
+    for name, value in (("up_bytes", up_bytes), ("down_bytes", down_bytes), ("pings", pings),
+                        ("transfers", transfers)):
         if not isinstance(value, int) or value < 1 or value > MAX_TRANSFER_BYTES:
             raise DnntuneError(f"link measurement: {name} must be a positive integer, "
                                f"got {value!r}")
@@ -308,8 +329,11 @@ def measure_link(target: ShapingProxy | int | tuple[str, int],
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             timed_request_ms(sock, OP_PING, PING_BYTES)  # warm-up: connection set-up behind us
             rtts = [timed_request_ms(sock, OP_PING, PING_BYTES) for _ in range(pings)]
-            up_ms = timed_request_ms(sock, OP_UP, up_bytes)
-            down_ms = timed_request_ms(sock, OP_DOWN, down_bytes)
+            up_ms: list[float] = []
+            down_ms: list[float] = []
+            for _ in range(transfers):
+                up_ms.append(timed_request_ms(sock, OP_UP, up_bytes))
+                down_ms.append(timed_request_ms(sock, OP_DOWN, down_bytes))
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise DnntuneError(f"link measurement via {host}:{port} failed ({reason}); is a "
