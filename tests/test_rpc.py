@@ -371,3 +371,15 @@ def test_a_profile_runs_alone_on_its_server():
         release.set()
         client.close()
         running.stop(0)
+
+
+def test_a_stored_model_computes_its_reference_outputs_once(zoo_model, tmp_path):
+    from dnntune.rpc.modelstore import ModelKey, ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    entry = store.get(ModelKey(zoo_name="tiny_resnet"))
+    first = entry.reference_outputs()
+    assert entry.reference_outputs() is first  # RunSplit after RunSplit reuses it
+    expected = call_model(entry.loaded.model, entry.loaded.example_inputs())
+    np.testing.assert_allclose(first[0], expected[0], rtol=1e-5, atol=1e-6)
+    store.close()

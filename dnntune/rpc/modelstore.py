@@ -89,6 +89,7 @@ class ModelEntry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _splitter: Any = None
     _splits: dict[int, Any] = field(default_factory=dict)
+    _reference: list[Any] | None = None
 
     def split(self, index: int) -> Any:
         """The model split at cut ``index`` (built once, then reused)."""
@@ -100,6 +101,17 @@ class ModelEntry:
             if index not in self._splits:
                 self._splits[index] = self._splitter.split(index)
             return self._splits[index]
+
+    def reference_outputs(self) -> list[Any]:
+        """The unsplit model's outputs on its example inputs (computed once, then reused:
+        compiling the whole model per RunSplit cost seconds on an emulated phone)."""
+        from dnntune.model.loading import compile_model
+
+        with self.lock:
+            if self._reference is None:
+                self._reference = compile_model(self.loaded.model)(
+                    self.loaded.example_inputs())
+            return self._reference
 
 
 class ModelStore:

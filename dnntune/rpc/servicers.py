@@ -341,7 +341,8 @@ class DeviceServicer:
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)
             result = run_split(entry.loaded, split, cloud, request.model,
-                               request.num_runs or 10, request.warmup_runs)
+                               request.num_runs or 10, request.warmup_runs,
+                               reference=entry.reference_outputs())
         return pb2.SplitReply(
             runs=[pb2.SplitRun(total_ms=r.total_ms, head_ms=r.head_ms,
                                transfer_ms=r.transfer_ms, tail_ms=r.tail_ms)

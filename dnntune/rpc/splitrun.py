@@ -28,16 +28,19 @@ class SplitResult:
 
 
 def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: int,
-              warmup_runs: int = 1, warmup_cloud: Any = None) -> SplitResult:
+              warmup_runs: int = 1, warmup_cloud: Any = None,
+              reference: list[np.ndarray] | None = None) -> SplitResult:
     """Run ``split`` ``warmup_runs + num_runs`` times; time the last ``num_runs``.
 
     ``cloud`` is a :class:`dnntune.rpc.client.ProfilerClient` of the cloud server. Warm-up
     runs go through ``warmup_cloud`` when given (e.g. an unshaped channel, so compiling
     the tail does not cost minutes on an emulated 3G link). The outputs of the last run
-    are compared with the unsplit model run here.
+    are compared with ``reference``, the unsplit model's outputs on the same inputs
+    (computed here when not given).
     """
     inputs = loaded.example_inputs()
-    reference = compile_model(loaded.model)(inputs)
+    if reference is None:
+        reference = compile_model(loaded.model)(inputs)
     runs = []
     outputs: list[np.ndarray] = []
     for i in range(warmup_runs + num_runs):

@@ -182,11 +182,13 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
             server in a network namespace behind tc tbf rates, delay from the proxy).
         cloud_threads: Threads of the cloud server started for ``tbf``.
     """
+    from dnntune.model.loading import compile_model
     from dnntune.model.split import Splitter
 
     if shaper not in ("proxy", "tbf"):
         raise DnntuneError(f"--shaper must be proxy or tbf, got {shaper!r}")
     splitter = Splitter(loaded.model, loaded.graph)
+    reference = compile_model(loaded.model)(loaded.example_inputs())
     results = []
     for la in analyses:
         cuts = select_cuts(cut_spec, la)
@@ -198,7 +200,7 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
                 if report:
                     report(f"{la.link.name}: cut {index}", done, len(cuts))
                 result = run_split(loaded, splitter.split(index), shaped, spec, num_runs,
-                                   warmup_runs=1, warmup_cloud=warm)
+                                   warmup_runs=1, warmup_cloud=warm, reference=reference)
                 validated.append(validate_cut(la, index, result))
         results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
                                       la.link.rtt_ms, shaping, tuple(validated)))
