@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from dnntune.analysis.partition import CUT_FIELDS
-from dnntune.cli.analyze import add_analyze_arguments, run_analyze, sig3
+from dnntune.cli.analyze import add_analyze_arguments, run_analyze
 from dnntune.errors import DnntuneError
 from dnntune.profiling.profile import save_profile
+from dnntune.report.recommendation import round3
 from tests.analyzer_fixtures import (
     chain_graph,
     constant_mahimahi,
@@ -213,7 +214,7 @@ def test_trace_link_and_sensitivity_in_the_table(chain_files: tuple[str, str],
     (999.7, "1000"), (-25.0, "-25.0"), (0.0, "0"), (None, "-"), (160.0, "160"),
 ])
 def test_three_significant_figures(value: float | None, text: str) -> None:
-    assert sig3(value) == text
+    assert round3(value) == text
 
 
 def test_dag_partition_that_meets_a_deadline_no_prefix_meets(tmp_path: Path,
