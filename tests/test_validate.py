@@ -155,3 +155,43 @@ def test_validate_runs_heads_on_a_remote_agent(tmp_path):
     link = doc["links"][0]
     assert len(link["cuts"]) >= 2 and link["cuts"][0]["transfer_ms"] >= 30.0  # wifi RTT
     assert max(c["max_abs_error"] for c in link["cuts"]) < 1e-5
+
+
+def test_tbf_server_starts_holding_the_model(zoo_model):
+    """The server behind tbf finds the model in its store: nothing is uploaded through
+    the shaped link (ResNet50 would take minutes at 3G rates)."""
+    from dnntune.model.cache import zoo_model_file
+    from dnntune.model.loading import DEFAULT_SEED
+    from dnntune.model.zoo import ZOO
+    from dnntune.netem.netns import kernel_shaping_available
+
+    loaded = zoo_model("tiny_mlp")
+    path = zoo_model_file("tiny_mlp", ZOO["tiny_mlp"].input_shape, DEFAULT_SEED)
+    settings = ProfileSettings(num_runs=3, warmup_runs=1, energy="none")
+    device = profile_model(loaded, settings)
+    cloud = profile_model(loaded, ProfileSettings(side="cloud", num_runs=3, warmup_runs=1,
+                                                  energy="none"))
+    analysis = analyze_profiles(device, cloud, resolve_links(["4g"]),
+                                Objective("latency-first"))
+    held_at_connect = []
+
+    def connect(address, connect_timeout_s=10):
+        client = ProfilerClient(Endpoint(address, connect_timeout_s=connect_timeout_s))
+        spec = model_spec(client.pb2, str(path), name="tiny_mlp")
+        held_at_connect.append(client.call(client.profiler.HasModel,
+                                           client.pb2.ModelRef(sha256=spec.sha256)).cached)
+        return client
+
+    from dnntune.rpc.protocol import load_protocol
+
+    spec = model_spec(load_protocol()[0], str(path), name="tiny_mlp")
+    available, _ = kernel_shaping_available()
+    if not available:  # not root: refused in one line before anything starts
+        with pytest.raises(DnntuneError):
+            validate_links(loaded, analysis.links, "127.0.0.1", 1, "0", 1, spec, connect,
+                           shaper="tbf", model_file=path)
+        return
+    (link,) = validate_links(loaded, analysis.links, "127.0.0.1", 1, "0", 1, spec, connect,
+                             shaper="tbf", model_file=path)
+    assert held_at_connect == [True]
+    assert link.cuts[0].max_abs_error < 1e-5  # the tail ran on the seeded file

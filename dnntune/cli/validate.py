@@ -195,7 +195,7 @@ def _run_tbf(args: argparse.Namespace, config: Any, links: Any) -> Validation:
 
 def _run(config: Any, analysis: Any, address: str, access: Any, args: argparse.Namespace,
          client_cls: Any) -> Validation:
-    from dnntune.cli.pipeline import upload_model
+    from dnntune.cli.pipeline import model_file, upload_model
     from dnntune.model.loading import load_model
     from dnntune.report.tables import progress_bar
     from dnntune.validation.validate import validate_links
@@ -222,7 +222,8 @@ def _run(config: Any, analysis: Any, address: str, access: Any, args: argparse.N
                                  args.num_runs, spec,
                                  connect,
                                  update, shaper=args.shaper,
-                                 cloud_threads=config.cloud.threads)
+                                 cloud_threads=config.cloud.threads,
+                                 model_file=model_file(config)[0])
     return Validation(loaded.name, args.num_runs, tuple(results))
 
 

@@ -9,12 +9,16 @@ latency is set against the analyzer's prediction for that cut and link.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,7 +170,8 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
                    cloud_port: int, cut_spec: str, num_runs: int, spec: Any,
                    connect: Callable[..., Any],
                    report: Callable[[str, int, int], None] | None = None,
-                   shaper: str = "proxy", cloud_threads: int = 1) -> list[LinkValidation]:
+                   shaper: str = "proxy", cloud_threads: int = 1,
+                   model_file: str | Path | None = None) -> list[LinkValidation]:
     """Run the selected cuts of every link over an emulated link to a cloud server.
 
     Args:
@@ -181,6 +186,9 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
         shaper: ``proxy`` (user-space rate and delay, anywhere) or ``tbf`` (root: a cloud
             server in a network namespace behind tc tbf rates, delay from the proxy).
         cloud_threads: Threads of the cloud server started for ``tbf``.
+        model_file: The file ``spec`` names by sha256: the server started for ``tbf``
+            finds it in its store at start, instead of receiving it through the shaped
+            link (minutes for ResNet50 at 3G rates).
     """
     from dnntune.model.loading import compile_model
     from dnntune.model.split import Splitter
@@ -189,10 +197,12 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
         raise DnntuneError(f"--shaper must be proxy or tbf, got {shaper!r}")
     splitter = Splitter(loaded.model, loaded.graph)
     reference = compile_model(loaded.model)(loaded.example_inputs())
+    runner: Callable[..., Any] = (
+        _proxy_link if shaper == "proxy"
+        else functools.partial(_tbf_link, seed=_seed(spec, model_file)))
     results = []
     for la in analyses:
         cuts = select_cuts(cut_spec, la)
-        runner = _proxy_link if shaper == "proxy" else _tbf_link
         with runner(la, cloud_host, cloud_port, connect, cloud_threads) as (shaped, warm,
                                                                              shaping):
             validated = []
@@ -299,8 +309,12 @@ def _proxy_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., A
 
 @contextlib.contextmanager
 def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any],
-              threads: int) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
-    """A cloud server in a network namespace behind tbf; the proxy adds only the delay."""
+              threads: int, seed: tuple[str, Path] | None = None
+              ) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A cloud server in a network namespace behind tbf; the proxy adds only the delay.
+
+    ``seed`` (the model's sha256 and file) is put in the server's store before it starts.
+    """
     from dnntune.netem.linkprobe import measure_link
     from dnntune.netem.netns import NamespaceLink, entered_netns
     from dnntune.netem.shaper import LinkShape, ShapingProxy
@@ -308,7 +322,12 @@ def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any
     if la.link.trace is not None:
         raise DnntuneError(f"--shaper tbf: link {la.link.name!r} follows a trace, which tbf "
                            "(a constant rate) cannot; use --shaper proxy")
-    with NamespaceLink(la.link.up_mbps, la.link.down_mbps) as veth:
+    with contextlib.ExitStack() as stack:
+        # The store outlives the namespace (and the server in it): made first, gone last.
+        store = stack.enter_context(tempfile.TemporaryDirectory(prefix="dnntune-tbf-"))
+        if seed is not None:
+            shutil.copyfile(seed[1], Path(store) / f"{seed[0]}{seed[1].suffix}")
+        veth = stack.enter_context(NamespaceLink(la.link.up_mbps, la.link.down_mbps))
         probe_port = veth.start_measurement_server()
         with entered_netns(veth.client_ns):
             shaping = measure_link((veth.server_addr, probe_port),
@@ -317,8 +336,8 @@ def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any
                                    down_bytes=_probe_bytes(la.link.down_mbps), pings=3)
         veth.popen(veth.server_ns, [sys.executable, "-m", "cloud_server", "--host",
                                     veth.server_addr, "--port", "50051", "--num_threads",
-                                    str(threads)], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+                                    str(threads), "--upload-dir", store],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with ShapingProxy(veth.server_addr, 50051, LinkShape.delay_only(la.link.rtt_ms),
                           upstream_netns=veth.client_ns) as proxy:
             # Refused connections are expected while the server starts in its namespace.
@@ -334,6 +353,13 @@ def _tbf_link(la: LinkAnalysis, host: str, port: int, connect: Callable[..., Any
                 yield shaped, None, {"method": "tbf+proxy delay", **shaping.to_dict()}
             finally:
                 shaped.close()
+
+
+def _seed(spec: Any, model_file: str | Path | None) -> tuple[str, Path] | None:
+    """``(sha256, file)`` when ``spec`` names an uploaded model held in ``model_file``."""
+    if model_file is None or spec.WhichOneof("source") != "sha256":
+        return None
+    return spec.sha256, Path(model_file)
 
 
 def _probe_bytes(mbps: float) -> int:
