@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from itertools import combinations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from dnntune.analysis.costs import (
     CostOptions,
+    call_shares,
     cut_inputs,
     layer_costs,
     linear_cost,
@@ -74,8 +76,9 @@ def test_framework_overheads_are_paid_only_where_they_occur() -> None:
     rpc = 5.0 + 2.0 * crossing / 1e6
     rpc[-1] = 0.0  # mobile-only: no call
     np.testing.assert_allclose(table.tt_ms, np.array([1024, 1024, 274, 34, 0]) + rpc)
-    np.testing.assert_allclose(table.tm_ms, [0, 0, 101.5, 151.5, 161.5])
-    np.testing.assert_allclose(table.tc_ms, [19, 19, 9, 4, 0])
+    # No layer holds weights, so each of the 3 layers carries a third of a whole call.
+    np.testing.assert_allclose(table.tm_ms, [0, 0, 100.5, 151, 161.5])
+    np.testing.assert_allclose(table.tc_ms, [19, 19, 8, 2, 0])
     with pytest.raises(ConfigError, match="--rpc-ms"):
         CostOptions(rpc_ms=-1.0)
 
@@ -186,12 +189,16 @@ def closed_sets(graph: LayerGraph):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 7), idle=st.booleans(),
        rate=st.sampled_from([None, 0.2, 0.001]))
+@pytest.mark.parametrize("overheads", [False, True])
 def test_linear_cost_equals_the_cost_table(seed: int, n: int, idle: bool,
-                                           rate: float | None) -> None:
+                                           rate: float | None, overheads: bool) -> None:
     rng = random.Random(seed)
-    graph = random_graph(rng, n)
+    graph = with_weights(random_graph(rng, n), rng)
     inputs = cut_inputs(graph, layer_costs(*random_profiles(rng, graph)))
     options = CostOptions(idle_wait=idle, inference_rate_hz=rate)
+    if overheads:
+        options = CostOptions(idle_wait=idle, inference_rate_hz=rate, device_call_ms=2.5,
+                              cloud_call_ms=4.0, rpc_ms=3.0, rpc_ms_per_mb=1.5)
     for metric in ("latency", "energy"):
         lin = linear_cost(inputs, LINK, options, metric)
         for device in closed_sets(graph):
@@ -206,9 +213,35 @@ def test_linear_cost_equals_the_cost_table(seed: int, n: int, idle: bool,
             assert value == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
-def test_partition_table_matches_prefix_rows() -> None:
+def with_weights(graph: LayerGraph, rng: random.Random) -> LayerGraph:
+    """``graph`` with weights on a random half of its non-input layers (maybe none)."""
+    layers = tuple(dataclasses.replace(layer, params=rng.choice([0, 1000]))
+                   if not layer.is_input else layer for layer in graph.layers)
+    return dataclasses.replace(graph, layers=layers)
+
+
+def test_a_head_pays_the_call_share_of_the_weights_it_holds() -> None:
+    graph = chain_graph(CHAIN_BYTES)
+    weights = {"l1": 0, "l2": 3000, "l3": 1000}  # l1 a padding layer, say
+    graph = dataclasses.replace(graph, layers=tuple(
+        dataclasses.replace(layer, params=weights.get(layer.name, 0))
+        for layer in graph.layers))
+    device, cloud = make_profiles(graph, DEVICE_MS, CLOUD_MS, DEVICE_MJ)
+    inputs = cut_inputs(graph, layer_costs(device, cloud))
+    np.testing.assert_allclose(call_shares(graph), [0, 0, 0.5, 0.5])  # layers, not params
+    table = prefix_table(inputs, LINK, CostOptions(device_call_ms=10.0, cloud_call_ms=4.0))
+    # The head of l1 alone captures no weight: its layer time only.
+    np.testing.assert_allclose(table.tm_ms, [0, 0, 100, 155, 170])
+    np.testing.assert_allclose(table.tc_ms, [20, 20, 10, 3, 0])
+
+
+@pytest.mark.parametrize("overheads", [False, True])
+def test_partition_table_matches_prefix_rows(overheads: bool) -> None:
     inputs = chain_inputs(idle_power_mw=50.0)
     options = CostOptions(idle_wait=True, inference_rate_hz=0.01)
+    if overheads:
+        options = CostOptions(idle_wait=True, inference_rate_hz=0.01, device_call_ms=2.0,
+                              cloud_call_ms=6.0, rpc_ms=1.0, rpc_ms_per_mb=0.5)
     prefixes = prefix_table(inputs, LINK, options)
     for p in range(len(inputs.after)):
         row = partition_table(inputs, inputs.graph.layer_names[:p], LINK, options).row(0)

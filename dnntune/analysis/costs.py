@@ -150,6 +150,8 @@ class CutInputs:
     tm_ms: FloatArray
     tc_ms: FloatArray
     em_mj: FloatArray
+    call_share: FloatArray  # (L,) each layer's share of a whole-model call, see call_shares
+    head_call_share: FloatArray  # (L + 1,) the head's share at each prefix cut
 
     def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> CutInputs:
         """The same cuts with device/cloud compute scaled (see :meth:`LayerCosts.scaled`)."""
@@ -168,7 +170,30 @@ def cut_inputs(graph: LayerGraph, costs: LayerCosts,
     em = np.concatenate([zero, np.cumsum(costs.device_mj)])
     tc = np.concatenate([np.cumsum(costs.cloud_ms[::-1])[::-1], zero])
     after = (None, *graph.layer_names)
-    return CutInputs(graph, costs, after, up, down, tm, tc, em)
+    share = call_shares(graph)
+    head_share = np.minimum(np.concatenate([zero, np.cumsum(share)]), 1.0)
+    return CutInputs(graph, costs, after, up, down, tm, tc, em, share, head_share)
+
+
+def call_shares(graph: LayerGraph) -> FloatArray:
+    """How the framework cost of calling the whole model splits over its layers.
+
+    A compiled call's cost outside its graph (dispatch, and above all passing every
+    captured weight) grows with the weights the program holds: validate measured a
+    ResNet50 head of one padding layer at its layers' time (4.6 ms on the emulated
+    phone, where the whole model's call costs 35 ms more than its graph), and MobileNetV2
+    heads on this machine at 0.2 ms over their layers with 35 weights captured, 1.7 ms
+    with all 262. So every layer holding weights carries an equal share; a model with
+    no weights at all spreads it evenly over its non-input layers. The shares sum to 1.
+
+    Example:
+        >>> # a head with half the weighted layers pays half of ``call_overhead_ms``
+    """
+    weighted = np.array([layer.params > 0 for layer in graph.layers], dtype=np.float64)
+    if not weighted.any():
+        weighted = np.array([not layer.is_input for layer in graph.layers], dtype=np.float64)
+    total = weighted.sum()
+    return weighted / total if total else weighted
 
 
 def prefix_cut_bytes(graph: LayerGraph) -> tuple[FloatArray, FloatArray]:
@@ -268,8 +293,13 @@ def radio_state(link: Link, options: CostOptions) -> RadioState:
 def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
                bytes_up: npt.ArrayLike, bytes_down: npt.ArrayLike, link: Link,
                options: CostOptions, idle_power_mw: float,
-               up_mbps: npt.ArrayLike | None = None) -> CostTable:
+               up_mbps: npt.ArrayLike | None = None, device_call_share: npt.ArrayLike = 1.0,
+               cloud_call_share: npt.ArrayLike = 1.0) -> CostTable:
     """The cost model over arrays of partitions (inputs broadcast together).
+
+    ``device_call_share`` and ``cloud_call_share`` are the parts of a whole-model call's
+    framework cost (``options.device_call_ms``, ``cloud_call_ms``) that the head and the
+    tail pay (see :func:`call_shares`); 1 charges each side the whole call.
 
     ``up_mbps`` overrides the uplink with constant rates (any array shape that
     broadcasts, e.g. ``(n, 1)`` against ``L + 1`` cuts for a bandwidth sweep). Without
@@ -290,8 +320,10 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     # remote call and its serialisation, and one call of each side's compiled graph.
     tt = tt + np.where(crosses, options.rpc_ms + options.rpc_ms_per_mb * (up_b + down_b) / 1e6,
                        0.0)
-    tm = tm + np.where(tm > 0, options.device_call_ms or 0.0, 0.0)
-    tc = tc + np.where(tc > 0, options.cloud_call_ms or 0.0, 0.0)
+    tm = tm + np.where(tm > 0, (options.device_call_ms or 0.0)
+                       * np.asarray(device_call_share, dtype=np.float64), 0.0)
+    tc = tc + np.where(tc > 0, (options.cloud_call_ms or 0.0)
+                       * np.asarray(cloud_call_share, dtype=np.float64), 0.0)
     p_up_w = (link.alpha_up_mw_per_mbps * rate + link.beta_mw) / 1000.0
     et = p_up_w * t_up + link.down_power_mw() * t_down / 1000.0
     tail = np.broadcast_to(0.0, et.shape)  # a read-only view: no memory, no time
@@ -328,7 +360,8 @@ def prefix_table(inputs: CutInputs, link: Link, options: CostOptions,
                  up_mbps: npt.ArrayLike | None = None) -> CostTable:
     """Costs of every prefix cut on ``link`` (arrays of length ``L + 1``)."""
     return cost_table(inputs.tm_ms, inputs.tc_ms, inputs.em_mj, inputs.bytes_up,
-                      inputs.bytes_down, link, options, inputs.costs.idle_power_mw, up_mbps)
+                      inputs.bytes_down, link, options, inputs.costs.idle_power_mw, up_mbps,
+                      inputs.head_call_share, 1.0 - inputs.head_call_share)
 
 
 def partition_table(inputs: CutInputs, device_layers: Iterable[str], link: Link,
@@ -338,9 +371,11 @@ def partition_table(inputs: CutInputs, device_layers: Iterable[str], link: Link,
     mask = np.array([name in on_device for name in inputs.graph.layer_names], dtype=bool)
     costs = inputs.costs
     up, down = partition_bytes(inputs.graph, on_device)
+    head_share = float(inputs.call_share[mask].sum())
     return cost_table([costs.device_ms[mask].sum()], [costs.cloud_ms[~mask].sum()],
                       [costs.device_mj[mask].sum()], [up], [down], link, options,
-                      costs.idle_power_mw)
+                      costs.idle_power_mw, device_call_share=head_share,
+                      cloud_call_share=1.0 - head_share)
 
 
 @dataclass(frozen=True)
@@ -358,21 +393,26 @@ class LinearCost:
 def linear_cost(inputs: CutInputs, link: Link, options: CostOptions, metric: str) -> LinearCost:
     """Coefficients of ``metric`` ("latency" or "energy") on ``link``.
 
-    Exact for the cost table except where it clamps: a trace uplink is taken at its
-    mean rate, and a link too slow for the inference rate (``saturated``) is not.
+    Exact for the cost table, framework costs included (each side's share of a call,
+    the RPC and its serialisation), except where it clamps: a trace uplink is taken at
+    its mean rate, and a link too slow for the inference rate (``saturated``) is not.
     """
     costs = inputs.costs
+    rpc_per_byte = options.rpc_ms_per_mb / 1e6
     ms_up = 1.0 / (link.up_mbps * BYTES_PER_MS_PER_MBPS)  # ms per byte
     ms_down = 1.0 / (link.down_mbps * BYTES_PER_MS_PER_MBPS)
     radio = radio_state(link, options)
+    fixed_ms = link.rtt_ms + radio.promotion_delay_ms + options.rpc_ms
+    cloud_ms = costs.cloud_ms + (options.cloud_call_ms or 0.0) * inputs.call_share
     if metric == "latency":
-        return LinearCost(costs.device_ms, costs.cloud_ms, ms_up, ms_down,
-                          link.rtt_ms + radio.promotion_delay_ms)
+        return LinearCost(costs.device_ms + (options.device_call_ms or 0.0) * inputs.call_share,
+                          cloud_ms, ms_up + rpc_per_byte, ms_down + rpc_per_byte, fixed_ms)
     if metric != "energy":
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     idle = costs.idle_power_mw if options.idle_wait else 0.0
-    p_up = link.up_power_mw() - radio.connected_mw + idle
-    p_down = link.down_power_mw() - radio.connected_mw + idle
-    return LinearCost(costs.device_mj, costs.cloud_ms * idle / 1000.0,
-                      p_up * ms_up / 1000.0, p_down * ms_down / 1000.0,
-                      radio.fixed_mj + idle * (link.rtt_ms + radio.promotion_delay_ms) / 1000.0)
+    p_up = link.up_power_mw() - radio.connected_mw
+    p_down = link.down_power_mw() - radio.connected_mw
+    return LinearCost(costs.device_mj, cloud_ms * idle / 1000.0,
+                      ((p_up + idle) * ms_up + idle * rpc_per_byte) / 1000.0,
+                      ((p_down + idle) * ms_down + idle * rpc_per_byte) / 1000.0,
+                      radio.fixed_mj + idle * fixed_ms / 1000.0)

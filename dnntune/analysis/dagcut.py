@@ -385,9 +385,11 @@ def _device_set_table(inputs: CutInputs, network: FlowNetwork, device_mask: Bool
     """:func:`dnntune.analysis.costs.partition_table` of a layer mask, with vectorised bytes."""
     costs = inputs.costs
     up, down = partition_bytes(network, device_mask)
+    head_share = float(inputs.call_share[device_mask].sum())
     return cost_table([costs.device_ms[device_mask].sum()], [costs.cloud_ms[~device_mask].sum()],
                       [costs.device_mj[device_mask].sum()], [up], [down], link, options,
-                      costs.idle_power_mw)
+                      costs.idle_power_mw, device_call_share=head_share,
+                      cloud_call_share=1.0 - head_share)
 
 
 def _metric_array(table: CostTable, metric: str) -> np.ndarray:
