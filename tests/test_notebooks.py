@@ -15,7 +15,7 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("quickstart.ipynb", "partitioning_study.ipynb", "what_if.ipynb",
-         "frameworks_study.ipynb")
+         "frameworks_study.ipynb", "phone_study.ipynb")
 
 
 @pytest.fixture
@@ -33,6 +33,7 @@ def venv_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # what the notebooks make in tempfile
+    monkeypatch.setenv("DNNTUNE_STUDY", "quick")  # phone_study: one small model, few runs
     return "python3"
 
 

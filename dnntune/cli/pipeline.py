@@ -17,10 +17,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dnntune.config import RunConfig
 from dnntune.errors import DnntuneError
@@ -208,29 +208,53 @@ def local_emulated_agent(preset: str | None, cloud: str | None = None, threads: 
     Yields:
         ``(address, the agent's one-line description of its emulation, or "")``.
     """
-    argv = [sys.executable, "-m", "device_agent", "--port", "0", "--grace-s", "5",
-            "--num_threads", str(threads)]
-    argv += ["--emulate", preset] if preset else []
-    argv += ["--cloud", cloud] if cloud else []
+    with local_emulated_agents([preset], cloud, threads, startup_timeout_s) as agents:
+        yield agents[0]
+
+
+@contextlib.contextmanager
+def local_emulated_agents(presets: Sequence[str | None], cloud: str | None = None,
+                          threads: int = 1,
+                          startup_timeout_s: float = AGENT_STARTUP_TIMEOUT_S
+                          ) -> Iterator[list[tuple[str, str]]]:
+    """One :func:`local_emulated_agent` per preset, started together.
+
+    Every child is started before any is waited for, so their start-up and calibration
+    overlap (each calibrates inside its own cgroup). All stop when this context exits.
+
+    Yields:
+        ``(address, description)`` per preset, in the order of ``presets``.
+    """
+    with contextlib.ExitStack() as stack:
+        children = []
+        for preset in presets:
+            argv = [sys.executable, "-m", "device_agent", "--port", "0", "--grace-s", "5",
+                    "--num_threads", str(threads)]
+            argv += ["--emulate", preset] if preset else []
+            argv += ["--cloud", cloud] if cloud else []
+            errors = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                    preexec_fn=_die_with_parent)
+            stack.callback(_stop, proc)
+            children.append((preset, proc, errors))
+        yield [_await_agent(preset, proc, errors, startup_timeout_s)
+               for preset, proc, errors in children]
+
+
+def _await_agent(preset: str | None, proc: subprocess.Popen[str], errors: IO[str],
+                 timeout_s: float) -> tuple[str, str]:
+    """The started agent's ``(address, description)``, or why it did not start."""
     what = f"the emulated device agent ({preset})" if preset else "the device agent"
-    with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                preexec_fn=_die_with_parent)
-        try:
-            lines = _read_until(proc, r"listening on (\S+)", startup_timeout_s)
-            match = re.search(r"listening on (\S+)", lines[-1]) if lines else None
-            if not match:
-                proc.kill()
-                proc.wait()
-                errors.seek(0)
-                last = (errors.read().strip().splitlines() or ["no output"])[-1]
-                raise DnntuneError(f"{what} did not start: "
-                                   f"{last.removeprefix('dnntune: error: ')}")
-            described = next((x.split("emulates ", 1)[1] for x in lines if "emulates " in x),
-                             "")
-            yield match.group(1), described.strip()
-        finally:
-            _stop(proc)
+    lines = _read_until(proc, r"listening on (\S+)", timeout_s)
+    match = re.search(r"listening on (\S+)", lines[-1]) if lines else None
+    if not match:
+        proc.kill()
+        proc.wait()
+        errors.seek(0)
+        last = (errors.read().strip().splitlines() or ["no output"])[-1]
+        raise DnntuneError(f"{what} did not start: {last.removeprefix('dnntune: error: ')}")
+    described = next((x.split("emulates ", 1)[1] for x in lines if "emulates " in x), "")
+    return match.group(1), described.strip()
 
 
 def _read_until(proc: subprocess.Popen[str], pattern: str, timeout_s: float) -> list[str]:
