@@ -246,3 +246,21 @@ def test_profile_refuses_emulate_on_the_cloud_side_or_remotely():
     assert_one_line_error(run_cli(["profile", "--model", "tiny_mlp", "--device",
                                    "127.0.0.1:9", "--emulate", "dnntune_phone"]),
                           "--emulate goes with")
+
+
+def test_profile_of_the_reference_model_says_how_far_it_drifted(tiny_profile):
+    em = Emulation(preset="dnntune_phone", mode="emulated", threads=1,
+                   reference_model="tiny_mlp", reference_ms=138.0, reference_source="src",
+                   achieved_ms=tiny_profile.end_to_end.mean_ms / 1.09, native_ms=1.0,
+                   quota_us=1000, period_us=10000, factor=10.0)
+    meta = dataclasses.replace(tiny_profile.meta, emulation=em.to_dict())
+    drifted = dataclasses.replace(tiny_profile, meta=meta)
+    assert drifted.device_note.startswith(em.describe())
+    assert drifted.device_note.endswith("in graph, +9% on its calibration")
+    # Another model than the reference, or a scaled what-if: nothing to compare with.
+    other = dataclasses.replace(em, reference_model="mobilenet_v2")
+    for e in (other, dataclasses.replace(em, mode="scaled")):
+        profile = dataclasses.replace(tiny_profile, meta=dataclasses.replace(
+            tiny_profile.meta, emulation=e.to_dict()))
+        assert profile.device_note == e.describe()
+    assert tiny_profile.device_note == ""

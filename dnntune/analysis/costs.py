@@ -135,7 +135,7 @@ def layer_costs(device: Profile, cloud: Profile) -> LayerCosts:
                       energy_label=info.label,
                       estimated_layers=sum(e is None for e in energies),
                       device_label=device.meta.device_label,
-                      device_note=device.meta.device_note)
+                      device_note=device.device_note)
 
 
 @dataclass(frozen=True, eq=False)

@@ -164,7 +164,7 @@ def _profile_scaled(presets: Sequence[str], models: Sequence[str],
                     raise DnntuneError(f"profiling {model} as scaled:{preset} failed: {last}")
                 profile = load_profile(out)
                 device[preset][model] = profile
-                devices[preset] = profile.meta.device_note
+                devices[preset] = profile.device_note
                 say(f"{model} on {preset}: {profile.end_to_end.mean_ms:.3g} ms end to end "
                     f"({profile.meta.device_label})")
     return device, devices

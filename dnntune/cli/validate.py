@@ -147,7 +147,7 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
             results = validate_on_agent(agent, analysis.links, cloud_host, int(cloud_port),
                                         listen, args.cuts, args.num_runs, spec, update)
     return Validation(device.meta.model_name, args.num_runs, tuple(results),
-                      device.meta.device_label, device.meta.device_note)
+                      device.meta.device_label, device.device_note)
 
 
 def _listen_address(text: str) -> tuple[str, int]:

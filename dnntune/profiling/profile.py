@@ -269,6 +269,26 @@ class Profile:
         return self.end_to_end_wall.mean_ms - self.end_to_end.mean_ms
 
     @property
+    def device_note(self) -> str:
+        """How the device was emulated or scaled (one line), and, when the profiled model
+        is the emulation's reference, how far its in-graph time drifted from the
+        calibration: a confined process follows the host's load.
+
+        Example:
+            >>> # "...runs in 136 ms against the reference ...; profiled at 148 ms in
+            >>> #  graph, +9% on its calibration"
+        """
+        note = self.meta.device_note
+        emulation = self.meta.emulation or {}
+        calibrated = emulation.get("achieved_ms")
+        if (emulation.get("mode") != "emulated" or not calibrated
+                or emulation.get("reference_model") != self.meta.model_name):
+            return note
+        drift = self.end_to_end.mean_ms / float(calibrated) - 1.0
+        return (f"{note}; profiled at {self.end_to_end.mean_ms:.3g} ms in graph, "
+                f"{drift:+.0%} on its calibration")
+
+    @property
     def graph(self) -> LayerGraph:
         return LayerGraph(self.meta.model_name, tuple(lp.layer for lp in self.layers),
                           self.model_inputs, self.model_outputs)

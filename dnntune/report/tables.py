@@ -116,8 +116,8 @@ def print_profile(profile: Profile, top: int = 10, console: Console | None = Non
         f"ms in graph (p50 {sig3(e2e.p50_ms)}, p99 {sig3(e2e.p99_ms)}), ratio "
         f"{profile.ratio:.3f}; per-call overhead outside the graph "
         f"{sig3(profile.call_overhead_ms)} ms; timers cost {profile.overhead_pct:+.1f}%.")
-    if meta.device_note:
-        console.print(f"device {meta.device_note}", highlight=False)
+    if profile.device_note:
+        console.print(f"device {profile.device_note}", highlight=False)
     if energy.label == "none":
         console.print("energy: not measured")
     else:
