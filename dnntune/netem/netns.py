@@ -52,8 +52,8 @@ from dnntune.errors import DnntuneError
 
 __all__ = ["NamespaceLink", "VethPlan", "entered_netns", "join_netns",
            "kernel_shaping_available", "list_namespaces", "parse_dropped", "plan_veth_link",
-           "remove_stale_namespaces", "setup_commands", "tbf_burst_bytes", "tbf_command",
-           "teardown_commands", "wire_rate_mbps"]
+           "remove_stale_namespaces", "setup_commands", "stale_namespaces", "tbf_burst_bytes",
+           "tbf_command", "teardown_commands", "wire_rate_mbps"]
 
 PREFIX = "dnt"
 CLIENT_DEV, SERVER_DEV = "dnt-c", "dnt-s"
@@ -243,14 +243,17 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
 
 
+def stale_namespaces() -> list[str]:
+    """dnntune namespaces whose creating process has exited (left behind)."""
+    return [name for name in list_namespaces()
+            if (match := _NAME.match(name)) and not _process_alive(int(match.group(1)))]
+
+
 def remove_stale_namespaces() -> list[str]:
     """Delete dnntune namespaces whose creating process has exited; return their names."""
-    stale = []
-    for name in list_namespaces():
-        match = _NAME.match(name)
-        if match and not _process_alive(int(match.group(1))):
-            _run(["ip", "netns", "del", name], check=False)
-            stale.append(name)
+    stale = stale_namespaces()
+    for name in stale:
+        _run(["ip", "netns", "del", name], check=False)
     return stale
 
 
