@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dnntune.errors import DnntuneError
+from dnntune.procs import process_alive
 
 __all__ = ["NamespaceLink", "VethPlan", "entered_netns", "join_netns",
            "kernel_shaping_available", "list_namespaces", "parse_dropped", "plan_veth_link",
@@ -246,7 +247,7 @@ def list_namespaces() -> list[str]:
 def stale_namespaces() -> list[str]:
     """dnntune namespaces whose creating process has exited (left behind)."""
     return [name for name in list_namespaces()
-            if (match := _NAME.match(name)) and not _process_alive(int(match.group(1)))]
+            if (match := _NAME.match(name)) and not process_alive(int(match.group(1)))]
 
 
 def remove_stale_namespaces() -> list[str]:
@@ -255,16 +256,6 @@ def remove_stale_namespaces() -> list[str]:
     for name in stale:
         _run(["ip", "netns", "del", name], check=False)
     return stale
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _setns(fd: int) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dnntune.errors import DnntuneError
+from dnntune.procs import process_alive
 
 MIN_QUOTA_US = 1_000        # the kernel refuses quotas below 1 ms
 MIN_PERIOD_US = 1_000       # ... and periods outside 1 ms to 1 s
@@ -155,7 +156,7 @@ class CgroupBackend:
         removed = []
         for path in sorted(self.parent.glob(f"{PREFIX}*")):
             owner = path.name[len(PREFIX):].partition("-")[0]
-            if not owner.isdigit() or _alive(int(owner)):
+            if not owner.isdigit() or process_alive(int(owner)):
                 continue
             with contextlib.suppress(DnntuneError):
                 self.remove(path)
@@ -241,13 +242,3 @@ def _write(path: Path, text: str) -> None:
             f.write(text)
     except OSError as exc:
         raise DnntuneError(f"cannot write {text!r} to {path} ({exc.strerror})") from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
