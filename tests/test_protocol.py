@@ -31,11 +31,13 @@ OK_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL,
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``dnntune serve --port 0 FLAGS`` with its own temp dir; yields it and its address."""
+def serve(tmp: Path, *flags: str, cwd: Path = REPO
+          ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``dnntune serve --port 0 FLAGS`` with its own temp dir, started in ``cwd``; yields
+    it and its address."""
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "dnntune", "serve", "--port", "0", *flags],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""

@@ -119,7 +119,7 @@ def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(clie
         "unknown zoo model": ([pb2.TailRequest(header=pb2.TailHeader(
             model=pb2.ModelSpec(zoo_name="alexnet"), cut_index=1,
             head=pb2.ModelIdentity(zoo_name="alexnet")))],
-            grpc.StatusCode.INVALID_ARGUMENT, "unknown model 'alexnet'"),
+            grpc.StatusCode.INVALID_ARGUMENT, "'alexnet' is not a zoo model"),
     }
     for name, (messages, code, needle) in cases.items():
         got, details = raw_tail(client, messages)

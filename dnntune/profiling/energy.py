@@ -324,6 +324,32 @@ def get_meter(spec: str, root: str | Path = "/", *, threads: int = 1, unit: str 
     raise DnntuneError(f"--energy must be one of {SPECS}, got {spec!r}")
 
 
+def shipped_profile_dirs() -> tuple[Path, ...]:
+    """The power profiles dnntune ships (a server serves only these, never a path)."""
+    from dnntune.resources import data_path
+
+    return (data_path("configs", "devices"),)
+
+
+def check_served_energy(spec: str, field: str) -> str:
+    """An ``--energy`` spec a server accepts from a request (``""`` means ``none``).
+
+    A request may name a meter kind or ``model:<name>`` of a power profile dnntune ships.
+    The name is looked up among those names only, never opened as a path, so the
+    answer is the same whether or not a file of that name exists on the server, and no
+    message carries a server path.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "model":
+        names = sorted(p.stem for d in shipped_profile_dirs() for p in d.glob("*.yaml"))
+        if arg not in names:
+            raise DnntuneError(f"{field}: power profile {arg!r} is not one this server ships; "
+                               f"it has {', '.join(names)}")
+    elif spec not in ("", "none", "auto") and kind not in _HARDWARE:
+        raise DnntuneError(f"{field} must be one of {SPECS}, got {spec!r}")
+    return spec or "none"
+
+
 def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 

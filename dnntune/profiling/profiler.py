@@ -41,6 +41,7 @@ class ProfileSettings:
     energy: str = "auto"
     energy_seconds: float = 2.0
     emulation: dict[str, Any] | None = None  # recorded as is: how the device was emulated
+    shipped_power_profiles_only: bool = False  # a server: ``model:<name>`` never a user file
 
     def validate(self) -> list[str]:
         """Raise on impossible settings; return warnings for doubtful ones."""
@@ -100,7 +101,7 @@ def profile_model(loaded: LoadedModel, settings: ProfileSettings,
 def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                     progress: Progress | None = None, meter_root: str = "/") -> RawSamples:
     """Run the model (runner side): timings interleaved run by run, then energy."""
-    from dnntune.profiling.energy import get_meter
+    from dnntune.profiling.energy import get_meter, shipped_profile_dirs
     from dnntune.profiling.instrument import InstrumentedModel, compile_plain, configure_runtime
 
     runtime = configure_runtime(settings.num_threads, settings.cpu_affinity)
@@ -108,7 +109,9 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
         warnings.warn(f"TensorFlow was already running in this process, so --num_threads "
                       f"{settings.num_threads} could not be applied; it runs with "
                       f"{runtime['intra_op']} threads (recorded in the profile)", stacklevel=2)
-    choice = get_meter(settings.energy, meter_root, threads=settings.num_threads)
+    choice = get_meter(settings.energy, meter_root, threads=settings.num_threads,
+                       search_dirs=(shipped_profile_dirs() if settings.shipped_power_profiles_only
+                                    else None))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     inputs = loaded.example_inputs()
     instrumented = InstrumentedModel(loaded.model, loaded.graph.atomic)

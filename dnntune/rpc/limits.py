@@ -58,6 +58,21 @@ def check_sha256(value: str, field: str) -> str:
     return value
 
 
+def check_zoo_name(name: str, field: str) -> str:
+    """``name`` if it is a model of the zoo's registry, else INVALID_ARGUMENT.
+
+    The name is only ever looked up in the registry, never opened as a path, so the
+    answer is the same whether or not a file of that name exists on the server.
+    """
+    from dnntune.model.zoo import ZOO
+
+    if name not in ZOO:
+        raise DnntuneError(f"{field}: {quoted(name)} is not a zoo model; this server builds "
+                           f"{', '.join(sorted(ZOO))} (any other model: upload it and name it "
+                           "by sha256)")
+    return name
+
+
 def check_shape(shape: Any, what: str, min_dim: int = 0) -> tuple[int, ...]:
     """A shape of at most :data:`MAX_RANK` dimensions, each at least ``min_dim``."""
     if len(shape) > MAX_RANK:
@@ -84,8 +99,8 @@ def check_spec(spec: Any, limits: RequestLimits) -> None:
         raise DnntuneError("model spec names neither zoo_name nor sha256")
     if source == "sha256":
         check_sha256(spec.sha256, "ModelSpec.sha256")
-    elif len(spec.zoo_name) > MAX_NAME_CHARS:
-        raise DnntuneError(f"ModelSpec.zoo_name is too long: {quoted(spec.zoo_name)}")
+    else:
+        check_zoo_name(spec.zoo_name, "ModelSpec.zoo_name")
     if len(spec.name) > MAX_NAME_CHARS:
         raise DnntuneError(f"ModelSpec.name is over {MAX_NAME_CHARS} characters")
     shape = check_shape(spec.input_shape, "ModelSpec.input_shape", min_dim=1)

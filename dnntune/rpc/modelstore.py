@@ -12,8 +12,10 @@ Thread-safe: gRPC handlers share one store.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -25,7 +27,16 @@ from typing import Any
 
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import DEFAULT_SEED, MODEL_SUFFIXES, LoadedModel, load_model
-from dnntune.rpc.limits import LimitError, RequestLimits, check_input_elements, check_sha256, quoted
+from dnntune.rpc.limits import (
+    LimitError,
+    RequestLimits,
+    check_input_elements,
+    check_sha256,
+    check_zoo_name,
+    quoted,
+)
+
+log = logging.getLogger("dnntune.server")
 
 
 class NotFoundError(DnntuneError):
@@ -150,8 +161,11 @@ class ModelStore:
         check_sha256(sha256, "sha256")
         for suffix in MODEL_SUFFIXES:
             path = self.upload_dir / f"{sha256}{suffix}"
-            if path.is_file():
+            if _is_plain_file(path):
                 return path
+            if path.is_symlink():  # never followed: it could lead anywhere on the host
+                log.warning("model store: %s is a symbolic link, not an upload; ignored",
+                            path.name)
         return None
 
     def save_upload(self, sha256: str, suffix: str, total_bytes: int,
@@ -191,8 +205,9 @@ class ModelStore:
         return path
 
     def _evict_files(self) -> None:
-        files = sorted((p for p in self.upload_dir.iterdir() if p.suffix in MODEL_SUFFIXES),
-                       key=lambda p: p.stat().st_mtime)
+        files = sorted((p for p in self.upload_dir.iterdir()
+                        if p.suffix in MODEL_SUFFIXES and _is_plain_file(p)),
+                       key=lambda p: p.lstat().st_mtime)
         for old in files[:-self.max_files]:
             old.unlink(missing_ok=True)
 
@@ -211,10 +226,11 @@ class ModelStore:
         elif key.zoo_name:
             from dnntune.model.zoo import ZOO
 
-            source = key.zoo_name
-            if source in ZOO:
-                check_input_elements(key.input_shape or ZOO[source].input_shape,
-                                     key.batch_size, self.limits)
+            # Only a registry name reaches the loader, which would open anything else as
+            # a file: a request must never name a path on this server.
+            source = check_zoo_name(key.zoo_name, "ModelSpec.zoo_name")
+            check_input_elements(key.input_shape or ZOO[source].input_shape,
+                                 key.batch_size, self.limits)
         else:
             raise DnntuneError("model spec names neither a zoo model nor an uploaded sha256")
         with self._build_lock:
@@ -241,6 +257,14 @@ class ModelStore:
             check_input_elements(shape[1:], shape[0], self.limits)
         identity = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
         return ModelEntry(loaded, identity, (time.perf_counter() - t0) * 1e3)
+
+
+def _is_plain_file(path: Path) -> bool:
+    """A regular file itself, not a symbolic link to one."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def redact(message: str, path: str, name: str) -> str:

@@ -171,6 +171,7 @@ class ProfilerServicer:
         return describe_message(self.s.pb2, entry.identity, graph, cuts)
 
     def Profile(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+        from dnntune.profiling.energy import check_served_energy
         from dnntune.profiling.profiler import ProfileSettings
 
         with rpc_errors(context):
@@ -180,8 +181,10 @@ class ProfilerServicer:
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads,
-                                       energy=request.energy or "none",
-                                       emulation=self.s.emulation)
+                                       energy=check_served_energy(request.energy,
+                                                                  "ProfileRequest.energy"),
+                                       emulation=self.s.emulation,
+                                       shipped_power_profiles_only=True)
             settings.validate()
             key = key_from_spec(request.model, self.s.limits)
         gone = threading.Event()  # the caller cancelled or its deadline passed
