@@ -320,7 +320,7 @@ def test_a_link_that_goes_silent_ends_the_call_within_its_deadline():
         assert client.echo([("x", np.ones(2, np.float32))])["x"].sum() == 2
         proxy.go_silent()
         started = time.monotonic()
-        with pytest.raises(DnntuneError, match="unavailable|UNAVAILABLE|DEADLINE_EXCEEDED"):
+        with pytest.raises(DnntuneError, match="the connection stalled"):
             client.echo([("x", np.ones(2, np.float32))], timeout_s=30)
         assert time.monotonic() - started < 15
         client.close()

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from dnntune.profiling.energy import check_served_energy
-from tests.proto_stubs import Protocol
+from tests.proto_stubs import Protocol, raw_method
 from tests.test_protocol import serve, status
 
 SECRET = "db_password: hunter2\nshared_key: 0xdeadbeef\n"
@@ -40,11 +40,16 @@ def host(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stubs(host, tmp_path_factory):
-    proto = Protocol(tmp_path_factory.mktemp("proto"))
+def channel(host, tmp_path_factory):
     with serve(tmp_path_factory.mktemp("tmp"), "--upload-dir", str(host["store"]),
-               cwd=host["work"]) as (_, address), grpc.insecure_channel(address) as channel:
-        yield proto, proto.stub(channel, "Profiler"), proto.stub(channel, "Cloud")
+               cwd=host["work"]) as (_, address), grpc.insecure_channel(address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stubs(channel, tmp_path_factory):
+    proto = Protocol(tmp_path_factory.mktemp("proto"))
+    return proto, proto.stub(channel, "Profiler"), proto.stub(channel, "Cloud")
 
 
 def model_calls(proto, profiler, cloud, spec):
@@ -129,3 +134,25 @@ def test_shipped_power_profiles_and_meters_are_accepted():
     for spec in ("", "none", "auto", "model:pixel3", "model:default", "rapl:dram",
                  "battery", "ina3221:VDD_IN"):
         assert check_served_energy(spec, "f") == (spec or "none")
+
+
+def test_garbage_bytes_are_invalid_argument_not_internal(channel):
+    """INTERNAL is the server's own bug (the .proto's contract); bytes that are no
+    protobuf of the request's type are the client's mistake, unary or streamed."""
+    for path, streaming, message in (
+            ("/dnntune.v1.Profiler/HasModel", False, "dnntune.v1.ModelRef"),
+            ("/dnntune.v1.Profiler/UploadModel", True, "dnntune.v1.ModelChunk"),
+            ("/dnntune.v1.Cloud/RunTail", True, "dnntune.v1.TailRequest")):
+        call = raw_method(channel, path, streaming, path.endswith("RunTail"))
+        request = iter([b"\xff\xff\xff"]) if streaming else b"\xff\xff\xff"
+        code, details = status(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (path, code, details)
+        assert f"not a valid {message} message" in details, details
+
+
+def test_an_upload_declaring_no_bytes_is_invalid_argument(stubs):
+    proto, profiler, _ = stubs
+    code, details = status(profiler.UploadModel, iter([proto.ModelChunk(
+        sha256="a" * 64, suffix=".keras", total_bytes=0, data=b"x")]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert "ModelChunk.total_bytes must be at least 1" in details

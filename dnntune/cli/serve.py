@@ -111,8 +111,8 @@ def _serve_until_signal(kind: str, running: object) -> int:
     if running.wait_for_signal():  # type: ignore[attr-defined]
         print(f"dnntune {kind} stopped", file=sys.stderr)
         return 0
-    print(f"dnntune {kind} stopped; calls (or gRPC's own threads) still running after "
-          "--grace-s were abandoned", file=sys.stderr, flush=True)
+    print(f"dnntune {kind} stopped; {running.stop_problem}",  # type: ignore[attr-defined]
+          file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(ABANDONED_EXIT_CODE)
 

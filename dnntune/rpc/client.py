@@ -104,10 +104,20 @@ def describe_rpc_error(exc: grpc.RpcError, address: str) -> DnntuneError:
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE and detail and detail.startswith(SERVER_BUSY):
         return DnntuneError(f"{address}: UNAVAILABLE: {detail}")
+    if code == grpc.StatusCode.UNAVAILABLE and _stalled(detail):
+        return DnntuneError(f"{address}: the connection stalled: keepalive pings went "
+                            f"unanswered, so the network (or the server's host) stopped "
+                            f"passing data ({detail})")
     if code == grpc.StatusCode.UNAVAILABLE:
         return DnntuneError(f"{address}: server unavailable or died during the call ({detail})")
     name = code.name if code is not None else "ERROR"
     return DnntuneError(f"{address}: {name}: {detail}")
+
+
+def _stalled(detail: str | None) -> bool:
+    """gRPC's words for a transport closed by its keepalive watchdog."""
+    text = (detail or "").lower()
+    return "keepalive" in text or "ping timeout" in text
 
 
 def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,

@@ -143,14 +143,17 @@ class CallSlots(grpc.ServerInterceptor):
         return run
 
 
-def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
-    """The same RPC method handler with its behaviour passed through ``wrap``."""
+def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+                 request_deserializer: Callable[[bytes], Any] | None = None) -> Any:
+    """The same RPC method handler with its behaviour passed through ``wrap`` (and its
+    request deserializer replaced, if one is given)."""
     kinds = {(False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
              (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
              (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
              (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler)}
     attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(wrap(getattr(handler, attr)), request_deserializer=handler.request_deserializer,
+    return make(wrap(getattr(handler, attr)),
+                request_deserializer=request_deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
 

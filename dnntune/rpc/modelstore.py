@@ -175,7 +175,9 @@ class ModelStore:
         if suffix not in MODEL_SUFFIXES:
             raise DnntuneError(f"model suffix must be one of {', '.join(MODEL_SUFFIXES)}, "
                                f"got {quoted(suffix)}")
-        if not 0 < total_bytes <= self.max_upload_bytes:
+        if total_bytes < 1:
+            raise DnntuneError(f"ModelChunk.total_bytes must be at least 1, got {total_bytes}")
+        if total_bytes > self.max_upload_bytes:
             raise TooLargeError(f"model of {total_bytes} bytes: the limit is "
                                 f"{self.max_upload_bytes} bytes")
         digest = hashlib.sha256()

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dnntune.errors import DnntuneError
+from dnntune.rpc.decoding import RequestDecoding
 from dnntune.rpc.gate import MAX_HEALTH_WATCHES, CallSlots, wrap_handler
 from dnntune.rpc.limits import RequestLimits
 
@@ -159,6 +160,7 @@ class RunningServer:
     options: ServerOptions
     slots: CallSlots
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    stop_problem: str = ""  # why stop() returned False, for the exit line
 
     @property
     def address(self) -> str:
@@ -174,9 +176,16 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.slots.drain()
         finished = self.slots.wait_idle(grace)
+        left = self.slots.in_flight
         stopped = self.server.stop(0.5 if finished else 0).wait(STOP_BOUND_S)
         for cleanup in self.on_stop:
             cleanup()
+        if not finished:
+            self.stop_problem = (f"{left} call(s) still running after --grace-s {grace:g} "
+                                 "were abandoned")
+        elif not stopped:
+            self.stop_problem = (f"no call was running, but gRPC's own threads did not stop "
+                                 f"within {STOP_BOUND_S:g} s and were abandoned")
         return finished and stopped
 
     def wait_for_signal(self) -> bool:
@@ -202,7 +211,7 @@ def build_server(options: ServerOptions, register: Callable[[grpc.Server], list[
     slots = CallSlots(options.max_concurrent_rpcs)
     interceptors: list[grpc.ServerInterceptor] = [TokenAuth(options.token)] if options.token \
         else []
-    interceptors.append(slots)
+    interceptors += [slots, RequestDecoding()]
     # Threads for every counted call, every health Watch, and spares so that a health
     # Check (never counted) always finds one. gRPC's own cap only bounds a flood.
     workers = options.max_concurrent_rpcs + MAX_HEALTH_WATCHES + 4
