@@ -60,6 +60,13 @@ class RunConfig:
 
 
 OBJECTIVES = ("latency-first", "energy-first")
+# Ranges of the numbers a user sets (flags and config keys alike): an absurd value is
+# refused at the edge, never an overflow inside TensorFlow or protobuf.
+MAX_BATCH_SIZE = 1024  # the servers' limit too (proto: batch_size 1..1024)
+MAX_RUNS = 100_000
+MAX_WARMUP_RUNS = 10_000
+MAX_THREADS = 1024
+MAX_SEED = 2**31 - 1
 ENERGY_KINDS = ("auto", "none", "rapl", "battery", "ina3221")  # and model:<profile>
 
 
@@ -161,10 +168,11 @@ def parse_config(data: Any, where: str) -> RunConfig:
         objective=objective, links=tuple(links), source=where,
         model=str(model["name"]),
         input_shape=tuple(shape) if shape is not None else None,
-        batch_size=_int(model, "batch_size", "model", where, 1, 1),
+        batch_size=_int(model, "batch_size", "model", where, 1, 1, MAX_BATCH_SIZE),
         seed=_int(model, "seed", "model", where, DEFAULT_SEED, 0),
-        num_runs=_int(profiling, "num_runs", "profiling", where, defaults.num_runs, 1),
-        warmup_runs=_int(profiling, "warmup_runs", "profiling", where, defaults.warmup_runs, 0),
+        num_runs=_int(profiling, "num_runs", "profiling", where, defaults.num_runs, 1, MAX_RUNS),
+        warmup_runs=_int(profiling, "warmup_runs", "profiling", where, defaults.warmup_runs, 0,
+                         MAX_WARMUP_RUNS),
         device=_side(processing.get("device", {}), "processing.device", where, defaults.device),
         cloud=_side(processing.get("cloud", {}), "processing.cloud", where, defaults.cloud),
     )
@@ -183,11 +191,11 @@ def _section(value: Any, key: str, where: str, allowed: tuple[str, ...]) -> Mapp
 
 
 def _int(section: Mapping[str, Any], key: str, parent: str, where: str, default: int,
-         minimum: int) -> int:
+         minimum: int, maximum: int = MAX_SEED) -> int:
     value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(where, f"key '{parent}.{key}' must be an integer >= {minimum}, "
-                                 f"got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(where, f"key '{parent}.{key}' must be an integer from {minimum} to "
+                                 f"{maximum}, got {value!r}")
     return value
 
 
@@ -209,6 +217,6 @@ def _side(value: Any, key: str, where: str, default: SideConfig) -> SideConfig:
     if emulate is not None and (not isinstance(emulate, str) or not emulate):
         raise ConfigError(where, f"key '{key}.emulate' must be a device preset name (see "
                                  f"configs/devices) or none, got {emulate!r}")
-    return SideConfig(threads=_int(side, "threads", key, where, default.threads, 1),
+    return SideConfig(threads=_int(side, "threads", key, where, default.threads, 1, MAX_THREADS),
                       cpu_affinity=tuple(affinity), energy=energy,
                       emulate=None if emulate in (None, "none") else emulate)

@@ -17,3 +17,12 @@ class ConfigError(DnntuneError):
         super().__init__(f"{where}: {problem}")
         self.where = where
         self.problem = problem
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: a DnntuneError's message, or for an operating-system error the
+    file it names and what went wrong ("/x/out.json: Permission denied")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        names = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}" if names else exc.strerror
+    return str(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -74,4 +75,8 @@ def test_a_failure_after_the_device_profile_keeps_it(tmp_path):
     result = run_cli(["analyze", "--model", "tiny_mlp", "--num_runs", "2", "--cloud",
                       str(broken), "--emulate", "none", "--out", str(out)])
     assert_one_line_error(result, "cloud.json: not JSON", "kept what was measured")
-    assert load_profile(out / "device.json").meta.side == "device"
+    # Kept beside the run folder, which is only ever written whole.
+    assert not out.exists()
+    kept = result.stderr.split("kept what was measured: ")[1].rstrip(")\n")
+    assert Path(kept).parent.parent == out.parent
+    assert load_profile(kept).meta.side == "device"

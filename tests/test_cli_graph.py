@@ -45,7 +45,7 @@ def test_graph_table_has_a_row_per_cut_and_a_summary():
     (["graph", "--model", "missing/model.keras"], ["missing/model.keras", "no such model file"]),
     (["graph", "--model", "tiny_mlp", "--input-shape", "a,b"], ["--input-shape 'a,b'"]),
     (["graph", "--model", "tiny_mlp", "--input-shape", "3;4"], ["one input, got 2 shapes"]),
-    (["graph", "--model", "tiny_mlp", "--batch-size", "0"], ["batch size must be at least 1"]),
+    (["graph", "--model", "tiny_mlp", "--batch-size", "0"], ["--batch-size", "must be 1 to 1024"]),
     (["graph"], ["--model"]),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, needles):

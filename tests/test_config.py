@@ -22,7 +22,7 @@ def test_every_shipped_config_parses_and_names_a_zoo_model():
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"model": {}}, "'model.name' is required"),
-    ({"model": {"name": "x", "batch_size": 0}}, "'model.batch_size' must be an integer >= 1"),
+    ({"model": {"name": "x", "batch_size": 0}}, "'model.batch_size' must be an integer from 1 to 1024"),
     ({"model": {"name": "x", "input_shape": "224"}}, "'model.input_shape' must be a list"),
     ({"model": {"name": "x"}, "profiling": {"num_runs": "many"}}, "'profiling.num_runs'"),
     ({"model": {"name": "x"}, "processing": {"device": {"threads": -1}}},
@@ -65,7 +65,7 @@ def test_profile_with_a_bad_config_is_one_line(tmp_path: Path):
     config = tmp_path / "run.yaml"
     config.write_text("model: {name: tiny_mlp, seed: -3}\n")
     assert_one_line_error(run_cli(["profile", "--config", str(config)]), "run.yaml",
-                          "'model.seed' must be an integer >= 0")
+                          "'model.seed' must be an integer from 0 to 2147483647")
     assert_one_line_error(run_cli(["profile"]), "--model NAME|PATH or --config FILE")
 
 

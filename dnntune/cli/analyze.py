@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from typing import Any
 
@@ -23,8 +24,9 @@ from dnntune.analysis.partition import (
     analyze_profiles,
 )
 from dnntune.analysis.sensitivity import add_sensitivity
+from dnntune.cli import flags
 from dnntune.cli.outputs import check_output_dir
-from dnntune.errors import DnntuneError
+from dnntune.errors import DnntuneError, describe_error
 from dnntune.profiling.profile import load_profile
 from dnntune.report.recommendation import print_report
 
@@ -40,8 +42,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="run configuration (default: configs/default.yaml, MobileNetV2)")
     parser.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
-    parser.add_argument("--num_runs", type=int, metavar="N", help="override profiling runs")
-    parser.add_argument("--warmup_runs", type=int, metavar="N", help="override warm-up runs")
+    parser.add_argument("--num_runs", type=flags.RUNS, metavar="N",
+                        help="override profiling runs")
+    parser.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, metavar="N",
+                        help="override warm-up runs")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: ./dnntune-runs/<model>-<UTC time>/)")
     parser.add_argument("--emulate", metavar="PRESET|none",
@@ -85,7 +89,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                              "measured (head and tail graph calls)")
     parser.add_argument("--no-dag", action="store_true",
                         help="skip the DAG-optimal (min-cut) partitions")
-    parser.add_argument("--trace-starts", type=int, default=200, metavar="N",
+    parser.add_argument("--trace-starts", type=flags.int_in(1, 100_000), default=200, metavar="N",
                         help="start times sampled per trace period (default 200)")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="terminal table (default) or JSON on stdout")
@@ -99,7 +103,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
     saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
     if args.out:
-        check_output_dir(args.out, "--out")
+        from dnntune.report.runs import check_run_target
+
+        check_run_target(check_output_dir(args.out, "--out"), "--out")
     if saved and not (args.config or args.model):
         device, cloud = load_profile(args.device), load_profile(args.cloud)
         analysis = _analyze(args, device, cloud, args.objective, args.links)
@@ -148,7 +154,13 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     from dnntune.cli.pipeline import Source, collect_profiles, side_access
     from dnntune.config import config_links, default_config, load_config, with_overrides
     from dnntune.model.loading import MODEL_SUFFIXES
-    from dnntune.report.runs import default_run_dir, save_partial_profile, write_run
+    from dnntune.report.runs import (
+        check_run_target,
+        default_run_dir,
+        save_partial_profile,
+        staging_dir,
+        write_run,
+    )
     from dnntune.report.tables import progress_bar
 
     config = load_config(args.config) if args.config else default_config()
@@ -166,20 +178,27 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     access = side_access(args)
     name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
     out = check_output_dir(args.out, "--out") if args.out else default_run_dir(name)
+    check_run_target(out, "--out")
+    # The run is written into a staging folder beside --out and moved in place whole at
+    # the end; profiles are kept there as soon as each is measured.
+    stage = staging_dir(out)
     written: list[str] = []
 
     def keep(side: str, profile: Any) -> None:
-        written.append(str(save_partial_profile(out, profile, side)))
+        written.append(str(save_partial_profile(stage, profile, side)))
     rpc: list[tuple[float, float]] = []
     try:
         device, cloud = collect_profiles(config, device_src, cloud_src, access, out,
                                          progress_bar, keep, rpc.append)
-    except DnntuneError as exc:
+        analysis = _analyze(args, device, cloud, args.objective or config.objective,
+                            link_items, rpc[0] if rpc else (0.0, 0.0))
+        files = write_run(out, device, cloud, analysis, plots=not args.no_plots,
+                          staging=stage)
+    except (DnntuneError, OSError) as exc:
+        if not written:
+            shutil.rmtree(stage, ignore_errors=True)
         kept = f" (kept what was measured: {', '.join(written)})" if written else ""
-        raise DnntuneError(f"{exc}{kept}") from None
-    analysis = _analyze(args, device, cloud, args.objective or config.objective, link_items,
-                        rpc[0] if rpc else (0.0, 0.0))
-    files = write_run(out, device, cloud, analysis, plots=not args.no_plots)
+        raise DnntuneError(f"{describe_error(exc)}{kept}") from None
     code = _emit(args, analysis)
     Console(stderr=args.format == "json").print(
         f"results in {files.directory}: device.json, cloud.json, analysis.json, cuts.csv"

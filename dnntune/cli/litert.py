@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dnntune.cli import flags
 from dnntune.errors import DnntuneError
 
 
@@ -134,9 +135,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--frameworks", default="tf,litert", help="subset of tf,litert")
     s.add_argument("--precision", default="fp32,fp16,int8",
                    help="LiteRT precisions (default: fp32,fp16,int8)")
-    s.add_argument("--num_runs", type=int, default=20, metavar="N")
-    s.add_argument("--warmup_runs", type=int, default=3, metavar="N")
-    s.add_argument("--num_threads", type=int, default=1, metavar="N")
+    s.add_argument("--num_runs", type=flags.RUNS, default=20, metavar="N")
+    s.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, default=3, metavar="N")
+    s.add_argument("--num_threads", type=flags.THREADS, default=1, metavar="N")
     s.add_argument("--out", metavar="DIR", help="write study.json, study.csv, study.png")
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.set_defaults(handler=run_study_frameworks)

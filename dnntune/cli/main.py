@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dnntune import __version__
-from dnntune.errors import DnntuneError
+from dnntune.cli import flags
+from dnntune.errors import DnntuneError, describe_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -58,7 +59,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="a zoo model name or a Keras .keras/.h5 file")
     p.add_argument("--input-shape", metavar="DIMS",
                    help="input shape without the batch, e.g. 224,224,3 ('A;B' for several)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+    p.add_argument("--batch-size", type=flags.BATCH, default=1, metavar="N",
                    help="batch dimension for shapes and bytes (default: 1)")
 
 
@@ -115,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file or folder the user named: one line, never a traceback
+        if exc.strerror is None:
+            raise
+        print(f"dnntune: error: {describe_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dnntune: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dnntune.cli import flags
 from dnntune.cli.serve import add_client_flags
 from dnntune.errors import DnntuneError
 
@@ -29,13 +30,15 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--config", metavar="FILE", help="a run configuration (YAML), see configs/")
     p.add_argument("--input-shape", metavar="DIMS",
                    help="input shape without the batch, e.g. 224,224,3 ('A;B' for several)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="batch dimension (default: 1)")
+    p.add_argument("--batch-size", type=flags.BATCH, metavar="N",
+                   help="batch dimension (default: 1)")
     p.add_argument("--side", choices=["device", "cloud"], default="device",
                    help="which side this profile stands for (default: device)")
-    p.add_argument("--num_runs", type=int, metavar="N",
+    p.add_argument("--num_runs", type=flags.RUNS, metavar="N",
                    help="timed runs after warm-up (default: 50)")
-    p.add_argument("--warmup_runs", type=int, metavar="N", help="untimed runs first (default: 5)")
-    p.add_argument("--num_threads", type=int, metavar="N",
+    p.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, metavar="N",
+                   help="untimed runs first (default: 5)")
+    p.add_argument("--num_threads", type=flags.THREADS, metavar="N",
                    help="intra-op threads (default: 1 on the device side, 2 on the cloud side)")
     p.add_argument("--cpu_affinity", metavar="CORES",
                    help="comma-separated cores to pin to, e.g. 0,1")
@@ -229,15 +232,25 @@ def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings
 def emit_profile(args: argparse.Namespace, profile: Profile,
                  print_table: Callable[[Profile], None] | None = None) -> int:
     """Write ``--out``, then print the profile as JSON or a table (``print_table``)."""
+    from dnntune.cli.outputs import rescue_file
     from dnntune.profiling.profile import save_profile
     from dnntune.report.tables import print_profile
 
+    problem = None
     if args.out:
-        path = save_profile(profile, args.out)
-        print(f"profile written to {path}", file=sys.stderr)
+        try:
+            path = save_profile(profile, args.out)
+            print(f"profile written to {path}", file=sys.stderr)
+        except OSError as exc:  # checked before measuring, but the disk may change since
+            kept = rescue_file(json.dumps(profile.to_dict(), indent=1) + "\n",
+                               "dnntune-profile", ".json")
+            problem = (f"--out {args.out}: cannot be written ({exc.strerror}); the profile "
+                       f"was saved to {kept} instead")
     if args.format == "json":
         json.dump(profile.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         (print_table or print_profile)(profile)
+    if problem:
+        raise DnntuneError(problem)
     return 0

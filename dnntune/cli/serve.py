@@ -94,6 +94,10 @@ def _check_early(args: argparse.Namespace, options: object) -> None:
     options.validate()  # type: ignore[attr-defined]
     if args.upload_dir and Path(args.upload_dir).exists() and not Path(args.upload_dir).is_dir():
         raise DnntuneError(f"--upload-dir {args.upload_dir}: exists and is not a folder")
+    if args.upload_dir:
+        from dnntune.cli.outputs import check_output_dir
+
+        check_output_dir(args.upload_dir, "--upload-dir")  # uploads must be writable there
     if args.tls_cert and args.tls_key:
         check_tls_files(args.tls_cert, args.tls_key)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dnntune.cli import flags
 from dnntune.errors import DnntuneError
 from dnntune.validation.validate import CUT_CHOICES, Validation
 
@@ -27,9 +28,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--cuts", default="best", metavar="WHICH",
                    help=f"{CUT_CHOICES}: 'best' is the predicted-fastest cut and both "
                         "baselines (default: best)")
-    p.add_argument("--num_runs", type=int, default=3, metavar="N",
+    p.add_argument("--num_runs", type=flags.RUNS, default=3, metavar="N",
                    help="timed split runs per cut and link (default: 3)")
-    p.add_argument("--profile-runs", type=int, metavar="N",
+    p.add_argument("--profile-runs", type=flags.RUNS, metavar="N",
                    help="profiling runs (default: the config's)")
     p.add_argument("--cloud", metavar="HOST:PORT",
                    help="a running cloud server (default: one started on a free loopback "

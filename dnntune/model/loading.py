@@ -211,6 +211,11 @@ def _load_file(path: Path) -> Any:
     if path.suffix not in MODEL_SUFFIXES:
         raise DnntuneError(f"{path}: expected a Keras model file ending in "
                            f"{', '.join(MODEL_SUFFIXES)}")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise DnntuneError(f"{path}: cannot read the model file ({exc.strerror})") from None
     import keras
 
     import dnntune.model.zoo_layers  # noqa: F401 - registers the zoo's custom layers

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,8 @@ SIDES = ("device", "cloud")
 ANALYSIS_FILE = "analysis.json"
 CUTS_FILE = "cuts.csv"
 PLOTS_DIR = "plots"
+RUN_ENTRIES = frozenset({*(f"{side}.json" for side in SIDES), ANALYSIS_FILE, CUTS_FILE,
+                         PLOTS_DIR})
 CSV_FIRST = ("link", *CUT_FIELDS, "bytes_down", "tail_mj", "idle_mj", "best", "pareto")
 
 
@@ -104,36 +108,98 @@ def save_partial_profile(out_dir: str | Path, profile: Profile, side: str) -> Pa
 
 
 def write_run(out_dir: str | Path, device: Profile, cloud: Profile, analysis: Analysis,
-              *, plots: bool = True) -> RunFiles:
-    """Write a complete run folder (see the module docstring for the layout).
+              *, plots: bool = True, staging: str | Path | None = None) -> RunFiles:
+    """Write a complete run folder (see the module docstring for the layout), whole or
+    not at all.
 
-    Profiles are written first, so they survive a failure further on.
+    Everything is written into a staging folder beside ``out_dir`` (profiles first), which
+    then takes ``out_dir``'s place: a reader never sees half a run, and an earlier run in
+    ``out_dir`` is replaced whole, never mixed with this one. If writing fails, the
+    staging folder stays and the error names it.
 
     Args:
-        out_dir: The run folder, created if missing; existing files are replaced.
+        out_dir: The run folder: new, empty, or an earlier run folder (replaced whole); a
+            folder holding anything else is refused (:func:`check_run_target`).
         device, cloud: The profiles the analysis was made from.
         analysis: The result of :func:`~dnntune.analysis.partition.analyze_profiles`.
         plots: Also draw every plot of :mod:`dnntune.report.plots` for every link.
+        staging: The staging folder (from :func:`staging_dir`) if the caller already
+            keeps partial profiles there; a new one otherwise.
 
     Returns:
-        The paths written.
+        The paths written, inside ``out_dir``.
 
     Example:
         >>> # files = write_run("out", device, cloud, analysis); files.all()
     """
-    directory = Path(out_dir).resolve()
-    device_path = save_partial_profile(directory, device, "device")
-    cloud_path = save_partial_profile(directory, cloud, "cloud")
-    analysis_path = _write_text(directory / ANALYSIS_FILE,
-                                json.dumps(analysis.to_dict(), indent=1, allow_nan=False))
-    cuts_path = write_cuts_csv(analysis, directory / CUTS_FILE)
-    plot_paths: list[Path] = []
-    if plots:
-        from dnntune.report.plots import plot_analysis
+    target = Path(out_dir).resolve()
+    check_run_target(target, "run folder")
+    stage = Path(staging) if staging is not None else staging_dir(target)
+    try:
+        save_partial_profile(stage, device, "device")
+        save_partial_profile(stage, cloud, "cloud")
+        _write_text(stage / ANALYSIS_FILE,
+                    json.dumps(analysis.to_dict(), indent=1, allow_nan=False))
+        write_cuts_csv(analysis, stage / CUTS_FILE)
+        plot_paths: list[Path] = []
+        if plots:
+            from dnntune.report.plots import plot_analysis
 
-        plot_paths = plot_analysis(analysis, directory / PLOTS_DIR)
-    return RunFiles(directory, device_path, cloud_path, analysis_path, cuts_path,
-                    tuple(plot_paths))
+            plot_paths = plot_analysis(analysis, stage / PLOTS_DIR)
+        publish_run(stage, target)
+    except OSError as exc:
+        raise DnntuneError(f"run folder {target}: writing failed ({exc.strerror}); what was "
+                           f"written is in {stage}") from None
+    return RunFiles(target, target / "device.json", target / "cloud.json",
+                    target / ANALYSIS_FILE, target / CUTS_FILE,
+                    tuple(target / PLOTS_DIR / p.name for p in plot_paths))
+
+
+def staging_dir(out_dir: str | Path) -> Path:
+    """A new folder ``<out_dir>.incomplete-<pid>[-N]`` beside ``out_dir``, where a run is
+    written (and its partial profiles kept) until :func:`publish_run` moves it in place."""
+    target = Path(out_dir).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = target.with_name(f"{target.name}.incomplete-{os.getpid()}"
+                                     + (f"-{n}" if n > 1 else ""))
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise DnntuneError(f"{target.parent}: no free name for a staging folder")
+
+
+def check_run_target(out_dir: str | Path, flag: str) -> Path:
+    """``out_dir`` may receive a run: absent, empty, or holding only a run's files (which
+    a new run replaces whole). A folder with anything else in it is refused, so a run is
+    never mixed into (or replaces) a folder of other files."""
+    target = Path(out_dir)
+    if target.is_dir():
+        others = sorted(p.name for p in target.iterdir() if p.name not in RUN_ENTRIES)
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise DnntuneError(f"{flag} {out_dir}: holds {others[0]!r}{more}, which no "
+                               "dnntune run writes; name a new folder, an empty one, or an "
+                               "earlier run's folder (replaced whole)")
+    return target
+
+
+def publish_run(staging: Path, out_dir: Path) -> Path:
+    """Move the finished ``staging`` folder to ``out_dir``; an earlier run there is
+    replaced whole (renamed aside first, removed once the new run is in place)."""
+    check_run_target(out_dir, "run folder")  # again: the folder may have changed since
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out_dir)
+    return out_dir
 
 
 def cut_rows(analysis: Analysis) -> list[dict[str, Any]]:
