@@ -1,7 +1,7 @@
-"""The README's recipes run as written (with a small model and loopback addresses).
+"""The documentation's recipes run as written (with a small model and loopback addresses).
 
-Each recipe is read from the README itself (the block after its ``<!-- recipe: NAME``
-marker), so the test and the documentation cannot drift apart. The only substitutions:
+Each recipe is read from the docs themselves (README.md and docs/*.md: the block after
+its ``<!-- recipe: NAME`` marker), so the test and the documentation cannot drift apart. The only substitutions:
 ``tiny_resnet`` for ``mobilenet_v2`` (time), and for the three-machine recipe, loopback
 for the hosts and free ports for the fixed ones.
 """
@@ -28,10 +28,11 @@ pytestmark = pytest.mark.slow
 
 
 def recipe(name: str) -> str:
-    text = (REPO / "README.md").read_text()
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     match = re.search(rf"<!-- recipe: {re.escape(name)}\b.*?-->\s*```\w*\n(.*?)```", text,
                       re.S)
-    assert match, f"README has no recipe {name!r}"
+    assert match, f"no page of README.md or docs/ has the recipe {name!r}"
     return match.group(1)
 
 
