@@ -22,7 +22,8 @@ def test_every_shipped_config_parses_and_names_a_zoo_model():
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"model": {}}, "'model.name' is required"),
-    ({"model": {"name": "x", "batch_size": 0}}, "'model.batch_size' must be an integer from 1 to 1024"),
+    ({"model": {"name": "x", "batch_size": 0}},
+     "'model.batch_size' must be an integer from 1 to 1024"),
     ({"model": {"name": "x", "input_shape": "224"}}, "'model.input_shape' must be a list"),
     ({"model": {"name": "x"}, "profiling": {"num_runs": "many"}}, "'profiling.num_runs'"),
     ({"model": {"name": "x"}, "processing": {"device": {"threads": -1}}},

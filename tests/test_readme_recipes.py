@@ -1,9 +1,9 @@
 """The documentation's recipes run as written (with a small model and loopback addresses).
 
 Each recipe is read from the docs themselves (README.md and docs/*.md: the block after
-its ``<!-- recipe: NAME`` marker), so the test and the documentation cannot drift apart. The only substitutions:
-``tiny_resnet`` for ``mobilenet_v2`` (time), and for the three-machine recipe, loopback
-for the hosts and free ports for the fixed ones.
+its ``<!-- recipe: NAME`` marker), so the test and the documentation cannot drift apart.
+The only substitutions: ``tiny_resnet`` for ``mobilenet_v2`` (time), and for the
+three-machine recipe, loopback for the hosts and free ports for the fixed ones.
 """
 
 from __future__ import annotations
