@@ -120,7 +120,7 @@ def test_cli_profile_table_warns_about_too_many_threads():
 
 
 @pytest.mark.parametrize(("args", "needles"), [
-    (["--num_runs", "0"], ["--num_runs must be at least 1"]),
+    (["--num_runs", "0"], ["--num_runs", "must be 1 to 100000"]),
     (["--cpu_affinity", "0,x"], ["--cpu_affinity '0,x'"]),
     (["--energy", "rapl"], ["/sys/class/powercap"]),
     (["--energy", "battery"], ["/sys/class/power_supply"]),

@@ -179,7 +179,8 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
                               lambda m: print(f"dnntune: {m}", file=sys.stderr)) as emulation:
             options = dataclasses.replace(options, num_threads=threads)  # type: ignore[type-var]
             running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
-                                    emulation=emulation.to_dict())
+                                    emulation=emulation.to_dict(),
+                                    power_profile=args.emulate)
             print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
             _announce("device agent", running)
             running.wait_for_signal()

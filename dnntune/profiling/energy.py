@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -331,18 +331,19 @@ def shipped_profile_dirs() -> tuple[Path, ...]:
     return (data_path("configs", "devices"),)
 
 
-def check_served_energy(spec: str, field: str) -> str:
+def check_served_energy(spec: str, field: str, own_profiles: Collection[str] = ()) -> str:
     """An ``--energy`` spec a server accepts from a request (``""`` means ``none``).
 
-    A request may name a meter kind or ``model:<name>`` of a power profile dnntune ships.
-    The name is looked up among those names only, never opened as a path, so the
-    answer is the same whether or not a file of that name exists on the server, and no
-    message carries a server path.
+    A request may name a meter kind, ``model:<name>`` of a power profile dnntune ships,
+    or ``model:<one of own_profiles>``: the preset its operator started an emulated agent with
+    (the operator's choice, not the request's). The name is compared with those names
+    only, never opened as a path, so the answer is the same whether or not a file of
+    that name exists on the server, and no message carries a server path.
     """
     kind, _, arg = spec.partition(":")
     if kind == "model":
         names = sorted(p.stem for d in shipped_profile_dirs() for p in d.glob("*.yaml"))
-        if arg not in names:
+        if arg not in names and arg not in own_profiles:
             raise DnntuneError(f"{field}: power profile {arg!r} is not one this server ships; "
                                f"it has {', '.join(names)}")
     elif spec not in ("", "none", "auto") and kind not in _HARDWARE:

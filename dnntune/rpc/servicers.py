@@ -104,6 +104,7 @@ class ServerState:
     profile_lock: threading.Lock
     gate: ComputeGate
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
+    power_profile: str | None = None  # its operator's --emulate preset (a name or a file)
 
 
 def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
@@ -178,13 +179,17 @@ class ProfilerServicer:
             check_runs(request.num_runs, request.warmup_runs)
             if len(request.energy) > MAX_NAME_CHARS:
                 raise DnntuneError(f"ProfileRequest.energy is over {MAX_NAME_CHARS} characters")
+            own = self.s.power_profile  # the operator's --emulate, by its text or name
+            aliases: set[str] = {own, str((self.s.emulation or {}).get("preset", own))
+                                 } if own else set()
+            energy = check_served_energy(request.energy, "ProfileRequest.energy", aliases)
+            if energy.partition(":")[2] in aliases:
+                energy = f"model:{own}"
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
-                                       num_threads=self.s.num_threads,
-                                       energy=check_served_energy(request.energy,
-                                                                  "ProfileRequest.energy"),
+                                       num_threads=self.s.num_threads, energy=energy,
                                        emulation=self.s.emulation,
-                                       shipped_power_profiles_only=True)
+                                       shipped_power_profiles_only=energy != f"model:{own}")
             settings.validate()
             key = key_from_spec(request.model, self.s.limits)
         gone = threading.Event()  # the caller cancelled or its deadline passed
