@@ -23,10 +23,13 @@ PROTO = REPO / "proto" / "dnntune" / "v1" / "dnntune.proto"
 class Protocol:
     """Message classes by name (``proto.ModelSpec``) and stubs by service name."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, root: Path = REPO / "proto") -> None:
+        """Compile ``<root>/dnntune/v1/dnntune.proto`` (proto/, or an earlier version's
+        copy to play a client written against it)."""
         out = workdir / "dnntune.desc"
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'proto'}",
-                        f"--descriptor_set_out={out}", "--include_imports", str(PROTO)],
+        proto = root / PROTO.relative_to(REPO / "proto")
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{root}",
+                        f"--descriptor_set_out={out}", "--include_imports", str(proto)],
                        check=True, capture_output=True, timeout=120)
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
         self.pool = descriptor_pool.DescriptorPool()

@@ -223,9 +223,39 @@ def test_a_tail_of_another_model_is_refused_in_one_line(proto, stubs):
     code, details = status(cloud.RunTail, iter([proto.TailRequest(header=header)]))
     assert code == grpc.StatusCode.FAILED_PRECONDITION, details
     assert "seed 1" in details and "seed 2" in details and "\n" not in details
+    # No head at all is the tail's own model (what clients before the field meant): the
+    # header is accepted, and only the missing crossing tensors are refused.
     code, details = status(cloud.RunTail, iter([proto.TailRequest(header=proto.TailHeader(
         model=proto.ModelSpec(zoo_name="tiny_mlp"), cut_index=2))]))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "TailHeader.head" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "expected tensors" in details
+
+
+def test_a_client_of_the_proto_before_tail_header_head_still_runs_tails(tmp_path, channel,
+                                                                        proto, stubs):
+    """Compatibility within v1: a RunTail built by stubs of the .proto as it was before
+    TailHeader.head (tests/data/proto_before_head, a copy of that version) still works,
+    and gets the same outputs as a request that names the head."""
+    old = Protocol(tmp_path, root=REPO / "tests" / "data" / "proto_before_head")
+    assert "head" not in old.TailHeader.DESCRIPTOR.fields_by_name
+    profiler, cloud = stubs
+    spec = proto.ModelSpec(zoo_name="tiny_mlp")
+    desc = profiler.Describe(proto.DescribeRequest(model=spec), timeout=60)
+    (crossing,) = desc.cuts[2].tensors
+    x = np.random.default_rng(3).standard_normal(list(crossing.shape)).astype(crossing.dtype)
+    old_requests = [old.TailRequest(header=old.TailHeader(
+                        model=old.ModelSpec(zoo_name="tiny_mlp"), cut_index=2)),
+                    *(old.TailRequest(tensor=c) for c in tensor_chunks(old, crossing.name, x))]
+    old_cloud = old.stub(channel, "Cloud")
+    old_replies = list(old_cloud.RunTail(iter(old_requests), timeout=60))
+    new_requests = [proto.TailRequest(header=proto.TailHeader(model=spec, cut_index=2,
+                                                              head=desc.identity)),
+                    *(proto.TailRequest(tensor=c) for c in tensor_chunks(proto, crossing.name, x))]
+    new_replies = list(cloud.RunTail(iter(new_requests), timeout=60))
+    got_old = decode(r.tensor for r in old_replies if r.WhichOneof("part") == "tensor")
+    got_new = decode(r.tensor for r in new_replies if r.WhichOneof("part") == "tensor")
+    assert list(got_old) == list(got_new) and got_old
+    for name in got_new:
+        np.testing.assert_array_equal(got_old[name], got_new[name])
 
 
 def test_first_run_tail_reports_model_loading_apart(proto, stubs):

@@ -297,10 +297,15 @@ class CloudServicer:
     def _tail_for(self, header: Any) -> tuple[Any, Any]:
         """The model entry and split a TailHeader asks for, its head identity checked."""
         key = key_from_spec(header.model, self.s.limits)
-        check_identity(header.head)
-        head = ModelIdentity.of(header.head.sha256, header.head.zoo_name, header.head.seed,
-                                header.head.input_shape)
         tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
+        # A header without `head` is what every client before the field sent: it means the
+        # tail's own model (the compatibility rule in the .proto's header comment).
+        if header.HasField("head"):
+            check_identity(header.head)
+            head = ModelIdentity.of(header.head.sha256, header.head.zoo_name,
+                                    header.head.seed, header.head.input_shape)
+        else:
+            head = tail
         if head != tail:
             raise HeadMismatchError(f"RunTail: the crossing tensors come from {head.describe()}"
                                     f", but the tail is {tail.describe()}; run both halves "
