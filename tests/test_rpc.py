@@ -383,3 +383,31 @@ def test_a_stored_model_computes_its_reference_outputs_once(zoo_model, tmp_path)
     expected = call_model(entry.loaded.model, entry.loaded.example_inputs())
     np.testing.assert_allclose(first[0], expected[0], rtol=1e-5, atol=1e-6)
     store.close()
+
+
+def test_an_oversized_message_is_one_log_line_without_traceback(cloud, caplog):
+    """gRPC refuses a message over --max-message-mb (RESOURCE_EXHAUSTED for the client);
+    the server logs one line naming the method and the client, never a traceback."""
+    from dnntune.rpc.protocol import load_protocol
+
+    pb2, _ = load_protocol()
+    big = pb2.TensorChunk(name="x:0", dtype="uint8", shape=[1, 5 << 20], total_bytes=5 << 20,
+                          data=bytes(5 << 20))
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    with caplog.at_level("INFO"), grpc.insecure_channel(f"127.0.0.1:{cloud.port}",
+                                                        options) as channel:
+        echo = channel.stream_stream("/dnntune.v1.Cloud/Echo",
+                                     request_serializer=pb2.TensorChunk.SerializeToString,
+                                     response_deserializer=pb2.TensorChunk.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            list(echo(iter([big]), timeout=30))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                "Echo" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+    lines = [r for r in caplog.records if "Echo" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0].getMessage(), caplog.text
+    assert not any(r.exc_info for r in caplog.records), caplog.text
+    assert "Traceback" not in caplog.text
+    assert health_status(f"127.0.0.1:{cloud.port}") == health_pb2.HealthCheckResponse.SERVING

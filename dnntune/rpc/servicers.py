@@ -55,15 +55,24 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 
 
 @contextlib.contextmanager
-def rpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
+def rpc_errors(context: grpc.ServicerContext, method: str = "a call") -> Iterator[None]:
     """Abort the call with the right status for dnntune's errors (never a traceback).
 
     Anything else is a bug of ours: logged here, INTERNAL for the caller, with no detail
     (a server path or a stack must not reach a client). Never call ``context.abort``
     inside this block.
     """
+    peer = context.peer()  # while the call is alive
     try:
         yield
+    except grpc.RpcError:
+        # gRPC ended the request stream itself: a message over --max-message-mb (the
+        # client was told RESOURCE_EXHAUSTED), a cancellation or a broken connection.
+        # One line, no traceback; re-raised as is, which gRPC takes as already handled.
+        log.warning("%s from %s: the request stream was ended by gRPC (a message over the "
+                    "message limit, a cancellation or a lost connection)",
+                    method, peer)
+        raise
     except WireError as exc:
         context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
     except DnntuneError as exc:
@@ -134,7 +143,7 @@ class ProfilerServicer:
         self.s = state
 
     def HasModel(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        with rpc_errors(context):
+        with rpc_errors(context, "HasModel"):
             path = self.s.store.file_for(check_sha256(request.sha256, "ModelRef.sha256"))
             size = path.stat().st_size if path else 0
         return self.s.pb2.ModelStatus(sha256=request.sha256, cached=path is not None,
@@ -142,7 +151,7 @@ class ProfilerServicer:
 
     def UploadModel(self, request_iterator: Iterator[Any],  # noqa: N802
                     context: grpc.ServicerContext) -> Any:
-        with rpc_errors(context):
+        with rpc_errors(context, "UploadModel"):
             first = next(request_iterator, None)
             if first is None:
                 raise DnntuneError("model upload: no chunks")
@@ -165,7 +174,7 @@ class ProfilerServicer:
     def Describe(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         from dnntune.model.cuts import enumerate_cuts
 
-        with rpc_errors(context), self.s.gate.compute():
+        with rpc_errors(context, "Describe"), self.s.gate.compute():
             entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
             graph = entry.loaded.graph
             cuts = enumerate_cuts(graph)
@@ -175,7 +184,7 @@ class ProfilerServicer:
         from dnntune.profiling.energy import check_served_energy
         from dnntune.profiling.profiler import ProfileSettings
 
-        with rpc_errors(context):
+        with rpc_errors(context, "Profile"):
             check_runs(request.num_runs, request.warmup_runs)
             if len(request.energy) > MAX_NAME_CHARS:
                 raise DnntuneError(f"ProfileRequest.energy is over {MAX_NAME_CHARS} characters")
@@ -268,7 +277,7 @@ class CloudServicer:
     def RunTail(self, request_iterator: Iterator[Any],  # noqa: N802
                 context: grpc.ServicerContext) -> Iterator[Any]:
         pb2 = self.s.pb2
-        with rpc_errors(context), self.s.gate.compute():
+        with rpc_errors(context, "RunTail"), self.s.gate.compute():
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise DnntuneError("RunTail: the first message must be a header (model, "
@@ -315,7 +324,7 @@ class CloudServicer:
 
     def Echo(self, request_iterator: Iterator[Any],  # noqa: N802
              context: grpc.ServicerContext) -> Iterator[Any]:
-        with rpc_errors(context), self.s.gate.compute():
+        with rpc_errors(context, "Echo"), self.s.gate.compute():
             assembler = TensorAssembler(self.s.limits)
             for chunk in request_iterator:
                 assembler.add(chunk)
@@ -347,7 +356,7 @@ class DeviceServicer:
         from dnntune.rpc.splitrun import run_split
 
         pb2 = self.s.pb2
-        with rpc_errors(context), self.s.gate.compute():
+        with rpc_errors(context, "RunSplit"), self.s.gate.compute():
             check_runs(request.num_runs, request.warmup_runs)
             entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
             split = entry.split(request.cut_index)
