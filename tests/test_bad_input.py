@@ -66,7 +66,21 @@ def cases(tmp: Path, device: str, cloud: str) -> list[tuple[list[str], list[str]
           "--cloud", cloud], ["lots.json", "output_bytes", "'lots'"]),
         (["analyze", "--device", device, "--cloud", cloud, "--cloud-tls-cert", a_file,
           "--model", "tiny_mlp"], ["--cloud-tls-cert", "not a PEM certificate"]),
+        (["analyze", "--device", cloud, "--cloud", device],
+         ["--device", "measured on the cloud side", "--allow-side-mismatch"]),
+        (["analyze", "--device", device, "--cloud", device],
+         ["--cloud", "measured on the device side", "--allow-side-mismatch"]),
+        (["analyze", "--model", "tiny_mlp", "--input-shape", "3;4"],
+         ["--input-shape", "one input shape"]),
     ]
+
+
+def test_a_side_mismatch_is_accepted_when_asked(tmp_path: Path, saved: tuple[str, str]) -> None:
+    device, _ = saved
+    result = run_cli(["analyze", "--device", device, "--cloud", device, "--allow-side-mismatch",
+                      "--format", "json", "--links", "wifi"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["links"][0]["name"] == "wifi"
 
 
 def test_every_case_is_one_line_and_exit_2(tmp_path: Path, saved: tuple[str, str]) -> None:

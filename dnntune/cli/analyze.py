@@ -10,6 +10,7 @@ on which nothing is feasible while another link works is reported, with exit cod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -42,6 +43,12 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="run configuration (default: configs/default.yaml, MobileNetV2)")
     parser.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
+    parser.add_argument("--input-shape", metavar="DIMS",
+                        help="input shape without the batch, e.g. 224,224,3, for a model "
+                             "saved without one (overrides the config's model.input_shape)")
+    parser.add_argument("--allow-side-mismatch", action="store_true",
+                        help="accept a cloud-side profile as --device (or a device-side one "
+                             "as --cloud), e.g. to compare two machines")
     parser.add_argument("--num_runs", type=flags.RUNS, metavar="N",
                         help="override profiling runs")
     parser.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, metavar="N",
@@ -119,6 +126,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: str | None,
              link_items: Any, rpc: tuple[float, float] = (0.0, 0.0)) -> Analysis:
+    check_sides(device, cloud, args.allow_side_mismatch)
     objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
     calls = 0.0 if args.no_call_overhead else None
     options = CostOptions(idle_wait=args.idle_wait, inference_rate_hz=args.inference_rate,
@@ -132,6 +140,17 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
                                 device_speedup=args.device_speedup,
                                 cloud_speedup=args.cloud_speedup)
     return add_sensitivity(analysis) if args.sensitivity else analysis
+
+
+def check_sides(device: Any, cloud: Any, allow: bool) -> None:
+    """Each profile was measured on the side its flag says, unless ``allow``."""
+    for flag, profile, want in (("--device", device, "device"), ("--cloud", cloud, "cloud")):
+        side = profile.meta.side
+        if side != want and not allow:
+            raise DnntuneError(f"{flag}: the profile of {profile.meta.model_name} was measured on "
+                               f"the {side} side, not the {want} side; pass the profiles "
+                               "the other way round, or --allow-side-mismatch to use it "
+                               "as it is")
 
 
 def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
@@ -166,6 +185,14 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else default_config()
     config = with_overrides(config, args.model, args.num_runs, args.warmup_runs,
                             args.emulate)
+    if args.input_shape:
+        from dnntune.model.loading import parse_input_shape
+
+        shapes = parse_input_shape(args.input_shape)
+        if len(shapes) != 1:
+            raise DnntuneError(f"--input-shape {args.input_shape!r}: analyze takes one input "
+                               f"shape (model.input_shape), got {len(shapes)}")
+        config = dataclasses.replace(config, input_shape=shapes[0])
     if args.emulate not in (None, "none") and args.device:
         raise DnntuneError("--emulate goes with a device agent this command starts; a "
                            "remote agent emulates with 'dnntune agent --emulate PRESET'")
