@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dnntune.errors import DnntuneError
+from dnntune.model.graph import count_params
 from dnntune.model.keras_graph import build_layer_graph
 from dnntune.model.loading import compile_model, load_model
 from dnntune.model.split import Splitter
@@ -92,6 +93,9 @@ def test_shared_layers_get_one_node_per_call(user_model):
     # is not connected to the head's inputs)
     between = cuts[4]
     assert [t.name for t in between.tensors] == ["right:0", "encoder@0/embedding:0"]
+    # the shared weights are counted once, as Keras counts them
+    assert count_params(loaded.graph) == loaded.model.count_params()
+    assert sum(layer.params for layer in loaded.graph.layers) > loaded.model.count_params()
 
 
 def test_two_outputs_come_back_from_whichever_side_computes_them(user_model):

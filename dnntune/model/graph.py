@@ -8,6 +8,7 @@ so the analyzer can rebuild the graph from a saved profile with no model at hand
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,6 +221,27 @@ def structure_notes(graph: LayerGraph) -> list[str]:
         notes.append("shared layers, one node per call: " + ", ".join(
             f"{name} ({count} calls)" for name, count in calls.items()))
     return notes
+
+
+def count_params(graph: LayerGraph) -> int:
+    """The model's weights, each counted once: a shared layer's nodes (``layer@i``, one
+    per call, also as a scope: ``encoder@i/layer``) hold the same weights, so only one
+    of them counts.
+
+    Example:
+        >>> x = TensorSpec("in:0", (1, 4), "float32", 16)
+        >>> a = TensorSpec("fc@1:0", (1, 4), "float32", 16)
+        >>> b = TensorSpec("fc@2:0", (1, 4), "float32", 16)
+        >>> count_params(LayerGraph("toy", (LayerNode("in", "InputLayer", (), (x,)),
+        ...     LayerNode("fc@1", "Dense", ("in:0",), (a,), params=20),
+        ...     LayerNode("fc@2", "Dense", ("fc@1:0",), (b,), params=20)), ("in:0",),
+        ...     ("fc@2:0",)))
+        20
+    """
+    weights: dict[str, int] = {}
+    for layer in graph.layers:  # a shared nested model's calls: "encoder@0/hidden", ...
+        weights[re.sub(r"@\d+(?=/|$)", "", layer.name)] = layer.params
+    return sum(weights.values())
 
 
 def validate_layers(layers: Iterable[LayerNode], model_inputs: Iterable[str],

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from dnntune.model.cuts import Cut
-from dnntune.model.graph import LayerGraph
+from dnntune.model.graph import LayerGraph, count_params
 from dnntune.profiling.profile import Profile
 
 
@@ -70,7 +70,7 @@ def print_cut_table(graph: LayerGraph, cuts: Sequence[Cut], console: Console | N
     multi = sum(1 for c in cuts if len(c.tensors) > 1)
     console.print(
         f"{graph.model_name}: {len(graph.layers)} layers, "
-        f"{sum(layer.params for layer in graph.layers):,} parameters, "
+        f"{count_params(graph):,} parameters, "
         f"{sig3(sum(layer.flops for layer in graph.layers) / 1e9)} GFLOPs; input "
         f"{human_bytes(cuts[0].bytes_up)}; smallest split after {smallest.after} "
         f"({human_bytes(smallest.bytes_up)}); {multi} cuts carry several tensors.")
