@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Calibrated zoo builds are cached (dnntune.model.cache); tests keep theirs out of the
 # user's home, shared by the xdist workers and every process a test starts.
 os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune-cache"))
+# The suite builds more shapes and seeds than the default bound keeps: no eviction churn
+# (tests/test_cache_bound.py sets its own bounds).
+os.environ.setdefault("DNNTUNE_CACHE_MAX_FILES", "1000")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,12 @@ own: the orchestrating client uploads the cached file by sha256, exactly as it d
 user's own model file, so device and cloud run bit-identical weights.
 
 The cache lives in ``$DNNTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/dnntune``, else
-``~/.cache/dnntune``; deleting it is always safe.
+``~/.cache/dnntune``; deleting it is always safe. It is bounded on disk: at most
+``$DNNTUNE_CACHE_MAX_FILES`` builds (default 32) and ``$DNNTUNE_CACHE_MAX_MB`` MiB
+(default 4096); beyond either, the least recently used builds are removed (every use
+touches a file's time), never the one just built. A server asked for a stream of new
+shapes or seeds thus keeps a bounded cache, and a removed build is rebuilt when asked for
+again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from typing import Any
 from dnntune.errors import DnntuneError
 
 CACHE_ENV = "DNNTUNE_CACHE_DIR"
+MAX_FILES_ENV = "DNNTUNE_CACHE_MAX_FILES"
+MAX_MB_ENV = "DNNTUNE_CACHE_MAX_MB"
+DEFAULT_MAX_FILES = 32
+DEFAULT_MAX_MB = 4096
 
 
 def cache_dir() -> Path:
@@ -62,7 +71,7 @@ def zoo_model_file(name: str, input_shape: tuple[int, ...], seed: int) -> Path:
     """
     folder = cache_dir() / "zoo"
     path = folder / zoo_file_name(name, input_shape, seed)
-    if path.is_file():
+    if _touch(path):
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +97,57 @@ def zoo_model_file(name: str, input_shape: tuple[int, ...], seed: int) -> Path:
                                f"({exc.strerror})") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
+    evict_least_recent(folder, keep=path)
     return path
+
+
+def cache_limits() -> tuple[int, int]:
+    """(files, bytes) the cache may hold, from the environment or the defaults."""
+    limits = []
+    for env, default in ((MAX_FILES_ENV, DEFAULT_MAX_FILES), (MAX_MB_ENV, DEFAULT_MAX_MB)):
+        text = os.environ.get(env, "")
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            raise DnntuneError(f"{env}={text!r}: expected a whole number") from None
+        if value < 1:
+            raise DnntuneError(f"{env}={text!r}: must be at least 1")
+        limits.append(value)
+    return limits[0], limits[1] << 20
+
+
+def evict_least_recent(folder: Path, keep: Path) -> list[Path]:
+    """Remove the least recently used builds beyond :func:`cache_limits` (never ``keep``);
+    returns what was removed."""
+    max_files, max_bytes = cache_limits()
+    entries = []
+    for p in folder.glob("*.keras"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    entries.sort(key=lambda e: (e[2] != keep, -e[0]))  # ``keep`` first, then newest
+    removed, files, total = [], 0, 0
+    for _, size, p in entries:
+        files, total = files + 1, total + size
+        if p != keep and (files > max_files or total > max_bytes):
+            p.unlink(missing_ok=True)
+            (folder / f".{p.name}.lock").unlink(missing_ok=True)
+            removed.append(p)
+            files, total = files - 1, total - size
+    return removed
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cached build as just used; ``False`` if there is none."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a read-only cache still serves its files
+        return path.is_file()
+    return path.is_file()
 
 
 def forget(path: Path) -> None:
