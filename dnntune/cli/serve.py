@@ -36,6 +36,13 @@ def _server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
                    help="largest uploaded model file (default: 1024)")
     p.add_argument("--max-models", type=int, default=4, metavar="N",
                    help="models kept built, least recently used dropped first (default: 4)")
+    from dnntune.rpc.limits import default_request_memory_mb
+
+    p.add_argument("--max-request-memory-mb", type=int, default=0, metavar="N",
+                   help="largest estimated peak memory of one request's model, and of all "
+                        "calls in progress together; refused before anything is built "
+                        f"(default: 40%% of this machine's memory, "
+                        f"{default_request_memory_mb():,} here)")
     p.add_argument("--upload-dir", metavar="DIR",
                    help="where uploaded models are kept (default: a temporary folder)")
     p.add_argument("--reflection", action="store_true", help="serve gRPC reflection")
@@ -81,6 +88,7 @@ def _options(args: argparse.Namespace) -> object:
                          max_tensor_mb=args.max_tensor_mb, max_call_mb=args.max_call_mb,
                          max_input_elements=args.max_input_elements,
                          max_model_mb=args.max_model_mb, max_models=args.max_models,
+                         max_request_memory_mb=args.max_request_memory_mb,
                          reflection=args.reflection, grace_s=args.grace_s)
 
 

@@ -7,8 +7,9 @@ before anything is opened, built or allocated. Limits are documented in the .pro
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
@@ -37,6 +38,8 @@ class RequestLimits:
         max_tensors: Tensors in one call.
         max_input_elements: Model input elements × batch size of a ModelSpec.
         max_model_bytes: Size of an uploaded model file.
+        max_request_bytes: Estimated peak memory of one request's model
+            (:mod:`dnntune.model.memory`), and of all calls in progress together.
     """
 
     max_tensor_bytes: int = 256 << 20
@@ -44,6 +47,16 @@ class RequestLimits:
     max_tensors: int = MAX_TENSORS_PER_CALL
     max_input_elements: int = 1 << 21
     max_model_bytes: int = 1 << 30
+    max_request_bytes: int = field(default_factory=lambda: default_request_memory_mb() << 20)
+
+
+def default_request_memory_mb() -> int:
+    """40 % of this machine's memory: two requests at the limit still leave the rest."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return max(256, int(total * 0.4) >> 20)
 
 
 def quoted(value: str, limit: int = 72) -> str:

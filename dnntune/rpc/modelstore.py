@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from dnntune.errors import DnntuneError
+from dnntune.model.graph import LayerGraph
 from dnntune.model.loading import DEFAULT_SEED, MODEL_SUFFIXES, LoadedModel, load_model
+from dnntune.model.memory import MemoryEstimate
 from dnntune.rpc.limits import (
     LimitError,
     RequestLimits,
@@ -148,6 +150,7 @@ class ModelStore:
         self._loaded: OrderedDict[ModelKey, ModelEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()  # one build at a time bounds build memory
+        self._references: dict[str, LayerGraph] = {}  # zoo layer graphs at their own shape
 
     def close(self) -> None:
         """Forget loaded models; remove the upload folder if this store created it."""
@@ -212,6 +215,30 @@ class ModelStore:
                        key=lambda p: p.lstat().st_mtime)
         for old in files[:-self.max_files]:
             old.unlink(missing_ok=True)
+
+    def estimate(self, key: ModelKey) -> MemoryEstimate:
+        """The memory ``key``'s model will take (:mod:`dnntune.model.memory`), known
+        before it is built: a zoo model at another shape is estimated from its layer graph
+        at its own shape (built once, uncalibrated); an uploaded file, bounded by
+        ``--max-model-mb``, is loaded and measured exactly."""
+        from dnntune.model.memory import estimate_memory
+
+        with self._lock:
+            entry = self._loaded.get(key)
+        if entry is not None or key.sha256:
+            return estimate_memory((entry or self.get(key)).loaded.graph)
+        from dnntune.model.zoo import ZOO
+
+        name = check_zoo_name(key.zoo_name, "ModelSpec.zoo_name")
+        with self._lock:
+            graph = self._references.get(name)
+        if graph is None:
+            with self._build_lock:
+                graph = load_model(name, calibrate=False).graph
+            with self._lock:
+                self._references[name] = graph
+        return estimate_memory(graph, key.input_shape or ZOO[name].input_shape,
+                               key.batch_size)
 
     def get(self, key: ModelKey) -> ModelEntry:
         """The loaded model for ``key``, loading it (and evicting the oldest) if needed."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import DEFAULT_SEED
+from dnntune.rpc.budget import MemoryBudget
 from dnntune.rpc.gate import BusyError, ComputeGate
 from dnntune.rpc.limits import (
     MAX_NAME_CHARS,
@@ -34,7 +35,7 @@ from dnntune.rpc.limits import (
     check_sha256,
     check_spec,
 )
-from dnntune.rpc.modelstore import ModelIdentity, ModelKey, ModelStore, NotFoundError
+from dnntune.rpc.modelstore import ModelEntry, ModelIdentity, ModelKey, ModelStore, NotFoundError
 from dnntune.rpc.tensors import TensorAssembler, WireError, encode_tensors
 
 PROFILE_CHUNK_BYTES = 1 << 20
@@ -112,8 +113,18 @@ class ServerState:
     limits: RequestLimits
     profile_lock: threading.Lock
     gate: ComputeGate
+    budget: MemoryBudget
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
     power_profile: str | None = None  # its operator's --emulate preset (a name or a file)
+
+    @contextlib.contextmanager
+    def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
+        """The model ``key`` names, its estimated memory held for the whole block: refused
+        (RESOURCE_EXHAUSTED) before it is built if it does not fit the budget."""
+        what = (f"{method} of {key.zoo_name or 'uploaded model ' + key.sha256[:12]} with "
+                f"input {list(key.input_shape) or 'its own'} x batch {key.batch_size}")
+        with self.budget.reserve(self.store.estimate(key), what):
+            yield self.store.get(key)
 
 
 def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerState, Any]:
@@ -128,7 +139,8 @@ def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerS
     limits = options.limits()
     state = ServerState(pb2=pb2, store=ModelStore(upload_dir, options.max_models, limits),
                         side=side, num_threads=int(runtime["intra_op"]), limits=limits,
-                        profile_lock=threading.Lock(), gate=ComputeGate())
+                        profile_lock=threading.Lock(), gate=ComputeGate(),
+                        budget=MemoryBudget(limits.max_request_bytes))
     return state, services
 
 
@@ -175,8 +187,9 @@ class ProfilerServicer:
         from dnntune.model.cuts import enumerate_cuts
 
         with rpc_errors(context, "Describe"), self.s.gate.compute():
-            entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
-            graph = entry.loaded.graph
+            key = key_from_spec(request.model, self.s.limits)
+            with self.s.use_model(key, "Describe") as entry:
+                graph = entry.loaded.graph
             cuts = enumerate_cuts(graph)
         return describe_message(self.s.pb2, entry.identity, graph, cuts)
 
@@ -230,8 +243,9 @@ class ProfilerServicer:
                 # Building the model happens there too: it is compute like any other.
                 with self.s.profile_lock, self.s.gate.profiling(gone) as alone:
                     if alone:
-                        entry = self.s.store.get(key)
-                        events.put(profile_model(entry.loaded, settings, progress=progress))
+                        with self.s.use_model(key, "Profile") as entry:
+                            events.put(profile_model(entry.loaded, settings,
+                                                     progress=progress))
             except DnntuneError as exc:
                 events.put(exc)
             except _Abandoned:
@@ -277,13 +291,14 @@ class CloudServicer:
     def RunTail(self, request_iterator: Iterator[Any],  # noqa: N802
                 context: grpc.ServicerContext) -> Iterator[Any]:
         pb2 = self.s.pb2
-        with rpc_errors(context, "RunTail"), self.s.gate.compute():
+        with rpc_errors(context, "RunTail"), self.s.gate.compute(), \
+                contextlib.ExitStack() as held:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise DnntuneError("RunTail: the first message must be a header (model, "
                                    "cut_index, head)")
             t_load = time.perf_counter()
-            entry, split = self._tail_for(first.header)
+            entry, split = self._tail_for(first.header, held)
             t0 = time.perf_counter()
             graph = entry.loaded.graph
             assembler = TensorAssembler(self.s.limits, expected={
@@ -303,7 +318,7 @@ class CloudServicer:
                                                   compute_ms=(t2 - t1) * 1e3,
                                                   load_ms=(t0 - t_load) * 1e3))
 
-    def _tail_for(self, header: Any) -> tuple[Any, Any]:
+    def _tail_for(self, header: Any, held: contextlib.ExitStack) -> tuple[Any, Any]:
         """The model entry and split a TailHeader asks for, its head identity checked."""
         key = key_from_spec(header.model, self.s.limits)
         tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
@@ -319,7 +334,7 @@ class CloudServicer:
             raise HeadMismatchError(f"RunTail: the crossing tensors come from {head.describe()}"
                                     f", but the tail is {tail.describe()}; run both halves "
                                     "of the same model")
-        entry = self.s.store.get(key)
+        entry = held.enter_context(self.s.use_model(key, "RunTail"))
         return entry, entry.split(header.cut_index)
 
     def Echo(self, request_iterator: Iterator[Any],  # noqa: N802
@@ -356,9 +371,11 @@ class DeviceServicer:
         from dnntune.rpc.splitrun import run_split
 
         pb2 = self.s.pb2
-        with rpc_errors(context, "RunSplit"), self.s.gate.compute():
+        with rpc_errors(context, "RunSplit"), self.s.gate.compute(), \
+                contextlib.ExitStack() as held:
             check_runs(request.num_runs, request.warmup_runs)
-            entry = self.s.store.get(key_from_spec(request.model, self.s.limits))
+            entry = held.enter_context(self.s.use_model(
+                key_from_spec(request.model, self.s.limits), "RunSplit"))
             split = entry.split(request.cut_index)
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)

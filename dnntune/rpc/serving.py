@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dnntune.errors import DnntuneError
 from dnntune.rpc.decoding import RequestDecoding
 from dnntune.rpc.gate import MAX_HEALTH_WATCHES, CallSlots, wrap_handler
-from dnntune.rpc.limits import RequestLimits
+from dnntune.rpc.limits import RequestLimits, default_request_memory_mb
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 STOP_BOUND_S = 5.0  # after the grace period, how long gRPC may take to stop
@@ -53,6 +53,8 @@ class ServerOptions:
         max_input_elements: Largest model input (elements × batch) a request may ask for.
         max_model_mb: Largest uploaded model file (MiB).
         max_models: Models kept built (least recently used go first).
+        max_request_memory_mb: Estimated peak memory one request's model may take, and
+            all calls in progress together (0 = 40 % of this machine's memory).
         reflection: Serve gRPC reflection (off by default; needs the token if one is set).
         grace_s: How long in-flight calls may finish after SIGTERM.
     """
@@ -70,6 +72,7 @@ class ServerOptions:
     max_input_elements: int = 1 << 21
     max_model_mb: int = 1024
     max_models: int = 4
+    max_request_memory_mb: int = 0
     reflection: bool = False
     grace_s: float = 30.0
 
@@ -83,7 +86,8 @@ class ServerOptions:
                             ("--max-call-mb", self.max_call_mb),
                             ("--max-input-elements", self.max_input_elements),
                             ("--max-model-mb", self.max_model_mb),
-                            ("--max-models", self.max_models)):
+                            ("--max-models", self.max_models),
+                            ("--max-request-memory-mb", self.max_request_memory_mb or 1)):
             if value < 1:
                 raise DnntuneError(f"{name} must be at least 1, got {value}")
         if not 0 <= self.port < 65536:
@@ -95,7 +99,9 @@ class ServerOptions:
         return RequestLimits(max_tensor_bytes=self.max_tensor_mb << 20,
                              max_call_bytes=self.max_call_mb << 20,
                              max_input_elements=self.max_input_elements,
-                             max_model_bytes=self.max_model_mb << 20)
+                             max_model_bytes=self.max_model_mb << 20,
+                             max_request_bytes=(self.max_request_memory_mb
+                                                or default_request_memory_mb()) << 20)
 
 
 def read_token(path: str | None) -> str | None:
