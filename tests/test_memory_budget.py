@@ -86,15 +86,15 @@ def test_the_calls_in_progress_together_stay_within_the_budget():
     sixty = MemoryEstimate(0, 0, 60 << 20)
     with budget.reserve(sixty, "first"):
         assert budget.held_bytes == 60 << 20
-        with pytest.raises(LimitError, match="calls in progress hold 60 MiB"):
-            with budget.reserve(sixty, "second"):
-                pass
+        with pytest.raises(LimitError, match="calls in progress hold 60 MiB"), \
+                budget.reserve(sixty, "second"):
+            pass
         with budget.reserve(MemoryEstimate(0, 0, 40 << 20), "third"):
             assert budget.held_bytes == 100 << 20
     assert budget.held_bytes == 0
     with budget.reserve(sixty, "second, later"):
         pass
-    with pytest.raises(LimitError, match="limit is 100 MiB"):
-        with budget.reserve(MemoryEstimate(0, 0, 101 << 20), "alone too big"):
-            pass
+    with pytest.raises(LimitError, match="limit is 100 MiB"), \
+            budget.reserve(MemoryEstimate(0, 0, 101 << 20), "alone too big"):
+        pass
     assert budget.held_bytes == 0
