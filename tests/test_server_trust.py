@@ -156,3 +156,16 @@ def test_an_upload_declaring_no_bytes_is_invalid_argument(stubs):
         sha256="a" * 64, suffix=".keras", total_bytes=0, data=b"x")]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert "ModelChunk.total_bytes must be at least 1" in details
+
+
+def test_a_bool_tensor_byte_other_than_0_or_1_is_refused(stubs):
+    """The .proto says bool is one byte, 0 or 1: a 7 is INVALID_ARGUMENT, not a True."""
+    proto, _, cloud = stubs
+    for data, ok in ((b"\x00\x01\x01", True), (b"\x00\x07\x01", False)):
+        chunk = proto.TensorChunk(name="x", dtype="bool", shape=[3], total_bytes=3, data=data)
+        code, details = status(cloud.Echo, iter([chunk]))
+        if ok:
+            assert code == grpc.StatusCode.OK, details
+        else:
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+            assert "must be 0 or 1" in details, details

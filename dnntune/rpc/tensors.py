@@ -139,6 +139,8 @@ class TensorAssembler:
         if self._received != expected:
             raise WireError(f"tensor {name!r}: received {self._received} of {expected} bytes")
         raw = b"".join(self._parts)
+        if dtype == "bool" and raw.translate(None, b"\x00\x01"):
+            raise WireError(f"tensor {name!r}: a bool tensor's bytes must be 0 or 1")
         self.tensors[name] = np.frombuffer(raw, dtype=_numpy_dtype(dtype).newbyteorder("<")
                                            ).astype(_numpy_dtype(dtype)).reshape(shape)
         self.order.append(name)
