@@ -45,7 +45,15 @@ def test_a_run_tail_header_at_a_huge_uncached_shape_is_refused_before_building(
     # --max-input-elements, at a shape no cache holds.
     header = proto.TailHeader(model=proto.ModelSpec(zoo_name="mobilenet_v2",
                                                     input_shape=[832, 832, 3]), cut_index=3)
+    # With no tensor after it, the header is refused before anything is estimated.
     code, details = status(cloud.RunTail, iter([proto.TailRequest(header=header)]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert "no crossing tensors followed the header" in details
+    # With its first crossing tensor's header chunk, the memory budget refuses it.
+    chunk = proto.TensorChunk(name="Conv1:0", dtype="float32", shape=[1, 416, 416, 32],
+                              total_bytes=416 * 416 * 32 * 4)
+    code, details = status(cloud.RunTail, iter([proto.TailRequest(header=header),
+                                                proto.TailRequest(tensor=chunk)]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert "--max-request-memory-mb" in details and "MiB" in details, details
     assert time.monotonic() - started < 60

@@ -106,11 +106,14 @@ def test_every_malformed_request_gets_a_status_and_the_server_keeps_serving(clie
                                    total_bytes=1 << 24))],
             grpc.StatusCode.INVALID_ARGUMENT, "must be float32[1, 32], got float32[4194304]"),
         "bad cut index": ([pb2.TailRequest(header=pb2.TailHeader(model=tiny, cut_index=99,
-                                                                 head=head))],
+                                                                 head=head)),
+                           pb2.TailRequest(tensor=good)],
                           grpc.StatusCode.INVALID_ARGUMENT, "cut index 99 out of range"),
         "wrong tensor for the cut": ([header, pb2.TailRequest(tensor=pb2.TensorChunk(
             name="fc2:0", dtype="float32", shape=[1, 16], total_bytes=64, data=bytes(64)))],
             grpc.StatusCode.INVALID_ARGUMENT, "expected tensors ['fc1:0']"),
+        "no tensor after the header": ([header], grpc.StatusCode.INVALID_ARGUMENT,
+                                       "no crossing tensors followed the header"),
         "tail of another model": ([pb2.TailRequest(header=pb2.TailHeader(
             model=tiny, cut_index=2, head=pb2.ModelIdentity(zoo_name="tiny_mlp", seed=7)))],
             grpc.StatusCode.FAILED_PRECONDITION, "run both halves of the same model"),

@@ -171,6 +171,14 @@ class ModelStore:
                             path.name)
         return None
 
+    def uploaded_file(self, sha256: str) -> Path:
+        """The stored file of ``sha256``; NotFoundError (NOT_FOUND) if it was never
+        uploaded or was evicted."""
+        path = self.file_for(sha256)
+        if path is None:
+            raise NotFoundError(f"no uploaded model with sha256 {sha256}; upload it first")
+        return path
+
     def save_upload(self, sha256: str, suffix: str, total_bytes: int,
                     parts: Iterable[bytes]) -> Path:
         """Store an uploaded model file; checks its size, suffix, sha256 and format."""
@@ -247,11 +255,7 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
         if key.sha256:
-            path = self.file_for(key.sha256)
-            if path is None:
-                raise NotFoundError(f"no uploaded model with sha256 {key.sha256}; upload it "
-                                    "first")
-            source = str(path)
+            source = str(self.uploaded_file(key.sha256))
         elif key.zoo_name:
             from dnntune.model.zoo import ZOO
 

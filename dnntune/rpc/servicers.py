@@ -10,6 +10,7 @@ maps dnntune's errors to gRPC status codes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import queue
@@ -297,13 +298,23 @@ class CloudServicer:
             if first is None or first.WhichOneof("part") != "header":
                 raise DnntuneError("RunTail: the first message must be a header (model, "
                                    "cut_index, head)")
+            key = self._tail_key(first.header)
+            if key.sha256:
+                self.s.store.uploaded_file(key.sha256)  # NOT_FOUND before anything else
+            # What the call must carry is checked before anything it names is built: a
+            # header with no tensor after it costs no model build.
+            second = next(request_iterator, None)
+            if second is None:
+                raise DnntuneError("RunTail: no crossing tensors followed the header "
+                                   "(Describe lists them: cuts[cut_index].tensors)")
             t_load = time.perf_counter()
-            entry, split = self._tail_for(first.header, held)
+            entry = held.enter_context(self.s.use_model(key, "RunTail"))
+            split = entry.split(first.header.cut_index)
             t0 = time.perf_counter()
             graph = entry.loaded.graph
             assembler = TensorAssembler(self.s.limits, expected={
                 n: (graph.tensor(n).dtype, graph.tensor(n).shape) for n in split.tail_inputs})
-            for request in request_iterator:
+            for request in itertools.chain([second], request_iterator):
                 if request.WhichOneof("part") != "tensor":
                     raise DnntuneError("RunTail: only tensors may follow the header")
                 assembler.add(request.tensor)
@@ -318,8 +329,8 @@ class CloudServicer:
                                                   compute_ms=(t2 - t1) * 1e3,
                                                   load_ms=(t0 - t_load) * 1e3))
 
-    def _tail_for(self, header: Any, held: contextlib.ExitStack) -> tuple[Any, Any]:
-        """The model entry and split a TailHeader asks for, its head identity checked."""
+    def _tail_key(self, header: Any) -> ModelKey:
+        """The store key a TailHeader names, every field and the head identity checked."""
         key = key_from_spec(header.model, self.s.limits)
         tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
         # A header without `head` is what every client before the field sent: it means the
@@ -334,8 +345,7 @@ class CloudServicer:
             raise HeadMismatchError(f"RunTail: the crossing tensors come from {head.describe()}"
                                     f", but the tail is {tail.describe()}; run both halves "
                                     "of the same model")
-        entry = held.enter_context(self.s.use_model(key, "RunTail"))
-        return entry, entry.split(header.cut_index)
+        return key
 
     def Echo(self, request_iterator: Iterator[Any],  # noqa: N802
              context: grpc.ServicerContext) -> Iterator[Any]:
