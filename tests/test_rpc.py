@@ -394,8 +394,16 @@ def test_an_oversized_message_is_one_log_line_without_traceback(cloud, caplog):
     from dnntune.rpc.protocol import load_protocol
 
     pb2, _ = load_protocol()
-    big = pb2.TensorChunk(name="x:0", dtype="uint8", shape=[1, 5 << 20], total_bytes=5 << 20,
-                          data=bytes(5 << 20))
+    first = pb2.TensorChunk(name="x:0", dtype="uint8", shape=[1, 5 << 20],
+                            total_bytes=5 << 20, data=bytes(1 << 10))
+    big = pb2.TensorChunk(data=bytes((5 << 20) - (1 << 10)))
+
+    def requests():
+        # A valid first chunk, then a pause, so the server's handler is reading the stream
+        # (not skipped as already ended) when the oversized chunk arrives.
+        yield first
+        time.sleep(1.0)
+        yield big
     options = [("grpc.max_send_message_length", 64 << 20)]
     with caplog.at_level("INFO"), grpc.insecure_channel(f"127.0.0.1:{cloud.port}",
                                                         options) as channel:
@@ -403,9 +411,9 @@ def test_an_oversized_message_is_one_log_line_without_traceback(cloud, caplog):
                                      request_serializer=pb2.TensorChunk.SerializeToString,
                                      response_deserializer=pb2.TensorChunk.FromString)
         with pytest.raises(grpc.RpcError) as info:
-            list(echo(iter([big]), timeout=30))
+            list(echo(requests(), timeout=30))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # the handler's thread may lag on a busy host
         while time.monotonic() < deadline and not any(
                 "Echo" in r.getMessage() for r in caplog.records):
             time.sleep(0.05)
