@@ -413,12 +413,35 @@ def test_an_oversized_message_is_one_log_line_without_traceback(cloud, caplog):
         with pytest.raises(grpc.RpcError) as info:
             list(echo(requests(), timeout=30))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        deadline = time.monotonic() + 30  # the handler's thread may lag on a busy host
-        while time.monotonic() < deadline and not any(
-                "Echo" in r.getMessage() for r in caplog.records):
-            time.sleep(0.05)
+        time.sleep(2)  # the handler runs on its own thread
+    # gRPC either raises in the handler's request stream (one warning line) or just ends
+    # the stream (the handler's own refusal goes to a client that has gone): never a
+    # traceback either way. The one-line path is pinned down by the test below.
     lines = [r for r in caplog.records if "Echo" in r.getMessage()]
-    assert len(lines) == 1 and "127.0.0.1" in lines[0].getMessage(), caplog.text
+    assert len(lines) <= 1, caplog.text
+    assert all("127.0.0.1" in r.getMessage() for r in lines), caplog.text
     assert not any(r.exc_info for r in caplog.records), caplog.text
     assert "Traceback" not in caplog.text
     assert health_status(f"127.0.0.1:{cloud.port}") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_request_stream_ended_by_grpc_is_one_warning_and_reraised_as_is(caplog):
+    """What the servicers do when gRPC ends a request stream: one line with the method
+    and the client, and the same RpcError re-raised (gRPC then logs nothing itself)."""
+    from dnntune.rpc.servicers import rpc_errors
+
+    class Context:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:5555"
+
+        def abort(self, code, details):  # must not be called: the call is over
+            raise AssertionError((code, details))
+
+    ended = grpc.RpcError()
+    with caplog.at_level("INFO"), pytest.raises(grpc.RpcError) as info, \
+            rpc_errors(Context(), "Echo"):  # type: ignore[arg-type]
+        raise ended
+    assert info.value is ended
+    [line] = caplog.records
+    assert line.levelname == "WARNING" and not line.exc_info
+    assert line.getMessage().startswith("Echo from ipv4:127.0.0.1:5555: the request stream")
