@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.analysis.links import (RangeError, check_in_range, load_links_file,
-                                    preset_links)
+from dnntune.analysis.links import RangeError, check_in_range, load_links_file, preset_links
 from dnntune.errors import ConfigError
 
 SOURCE = "Narayanan et al., SIGCOMM 2021"
@@ -87,3 +86,27 @@ def test_a_bad_range_or_power_names_the_file_and_key(tmp_path: Path, body: str, 
         load_links_file(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and key in message
+
+
+def test_the_link_json_carries_the_extrapolation_labels():
+    d = replace(_bounded_4g(), up_mbps=200.0).to_dict()
+    assert d["up_power_label"].startswith("extrapolated (fit holds for 1-25 Mbit/s")
+    assert d["down_power_label"] == ""
+
+
+def test_cli_strict_ranges_refuses_in_one_line_with_exit_2(tmp_path: Path, capsys):
+    from dnntune.cli.main import main
+    from dnntune.profiling.profile import save_profile
+    from tests.analyzer_fixtures import chain_graph, make_profiles
+
+    device, cloud = make_profiles(chain_graph([4000, 2000, 1000, 40]), [1, 2, 3, 1],
+                                  [0.1, 0.2, 0.3, 0.1], [1, 1, 1, 1])
+    args = ["analyze", "--device", str(save_profile(device, tmp_path / "d.json")),
+            "--cloud", str(save_profile(cloud, tmp_path / "c.json")), "--format", "json",
+            "--links", str(_write(tmp_path, "    up_mbps: 200\n    fit_up_min_mbps: 1\n"
+                                            "    fit_up_max_mbps: 25\n"))]
+    assert main(args) == 0  # held at the range end, labelled
+    assert "extrapolated (fit holds for 1-25 Mbit/s" in capsys.readouterr().out
+    assert main([*args, "--strict-ranges"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'mine'" in err and "extrapolated" in err

@@ -123,6 +123,8 @@ class Link:
         d["name"] = self.name
         d["source"] = self.source
         d["power_source"] = self.power_source
+        d["up_power_label"] = self.up_extrapolation()
+        d["down_power_label"] = self.down_extrapolation()
         if self.trace is not None:
             d["trace"] = {"file": self.trace.path, "mean_mbps": self.trace.mean_mbps,
                           "period_ms": self.trace.period_ms}
@@ -171,11 +173,11 @@ def check_link_values(values: Mapping[str, Any], where: str) -> None:
             expected = (f"a rate from {MIN_RATE_MBPS:g} to {MAX_VALUE:g} Mbit/s" if positive
                         else f"a number from 0 to {MAX_VALUE:g}")
             raise ConfigError(where, f"key {key!r} must be {expected}, got {value!r}")
-    for low, high in (("fit_up_min_mbps", "fit_up_max_mbps"),
-                      ("fit_down_min_mbps", "fit_down_max_mbps")):
-        if low in values and high in values and values[low] >= values[high]:
-            raise ConfigError(where, f"key {high!r} must be above {low!r} "
-                                     f"({values[low]!r}), got {values[high]!r}")
+    for low_key, high_key in (("fit_up_min_mbps", "fit_up_max_mbps"),
+                              ("fit_down_min_mbps", "fit_down_max_mbps")):
+        if low_key in values and high_key in values and values[low_key] >= values[high_key]:
+            raise ConfigError(where, f"key {high_key!r} must be above {low_key!r} "
+                                     f"({values[low_key]!r}), got {values[high_key]!r}")
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
