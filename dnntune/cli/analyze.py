@@ -15,8 +15,7 @@ import sys
 from typing import Any
 
 from dnntune.analysis.costs import CostOptions
-from dnntune.analysis.links import (DEFAULT_TRACE_BASE, check_in_range, preset_links,
-                                    resolve_links)
+from dnntune.analysis.links import DEFAULT_TRACE_BASE, check_in_range, preset_links, resolve_links
 from dnntune.analysis.partition import (
     OBJECTIVES,
     Analysis,
