@@ -110,3 +110,19 @@ def test_cli_strict_ranges_refuses_in_one_line_with_exit_2(tmp_path: Path, capsy
     assert main([*args, "--strict-ranges"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'mine'" in err and "extrapolated" in err
+
+
+def test_a_bandwidth_sweep_to_1000_mbps_holds_upload_power_at_the_range_end():
+    import numpy as np
+
+    from dnntune.analysis.costs import CostOptions, cost_table
+
+    link = replace(preset_links()["4g"], down_mbps=10.0, fit_up_min_mbps=1.0,
+                   fit_up_max_mbps=25.0)
+    rates = np.array([[25.0], [1000.0]])
+    bytes_up = 1_000_000.0
+    table = cost_table([0.0], [0.0], [0.0], [bytes_up], [0.0], link, CostOptions(), 0.0,
+                       up_mbps=rates)
+    held_w = (438.39 * 25.0 + 1288.04) / 1000.0
+    upload_ms = bytes_up * 8 / (rates[:, 0] * 1000.0)
+    assert table.et_mj[:, 0] == pytest.approx(held_w * upload_ms)
