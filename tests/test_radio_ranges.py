@@ -107,6 +107,9 @@ def test_cli_strict_ranges_refuses_in_one_line_with_exit_2(tmp_path: Path, capsy
                                             "    fit_up_max_mbps: 25\n"))]
     assert main(args) == 0  # held at the range end, labelled
     assert "extrapolated (fit holds for 1-25 Mbit/s" in capsys.readouterr().out
+    assert main(args[:-4] + args[-2:]) == 0  # the terminal table says so too
+    assert "mine: uplink radio power extrapolated (fit holds for 1-25" in (
+        capsys.readouterr().out)
     assert main([*args, "--strict-ranges"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'mine'" in err and "extrapolated" in err
