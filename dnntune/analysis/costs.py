@@ -324,7 +324,9 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
                        * np.asarray(device_call_share, dtype=np.float64), 0.0)
     tc = tc + np.where(tc > 0, (options.cloud_call_ms or 0.0)
                        * np.asarray(cloud_call_share, dtype=np.float64), 0.0)
-    p_up_w = (link.alpha_up_mw_per_mbps * rate + link.beta_mw) / 1000.0
+    # Outside its fit's range the power is held at the range end (links.Link.up_power_mw).
+    held = np.clip(rate, link.fit_up_min_mbps, link.fit_up_max_mbps)
+    p_up_w = (link.alpha_up_mw_per_mbps * held + link.beta_mw) / 1000.0
     et = p_up_w * t_up + link.down_power_mw() * t_down / 1000.0
     tail = np.broadcast_to(0.0, et.shape)  # a read-only view: no memory, no time
     saturated = None

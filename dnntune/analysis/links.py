@@ -26,14 +26,17 @@ from dnntune.analysis.traces import Trace, load_trace
 from dnntune.errors import ConfigError, DnntuneError
 
 POSITIVE = ("up_mbps", "down_mbps")
+FIT_RANGE_KEYS = ("fit_up_min_mbps", "fit_up_max_mbps", "fit_down_min_mbps",
+                  "fit_down_max_mbps")
 NON_NEGATIVE = ("rtt_ms", "alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
-                "promotion_ms", "promotion_mw", "tail_ms", "tail_mw")
+                "promotion_ms", "promotion_mw", "tail_ms", "tail_mw", *FIT_RANGE_KEYS)
 REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
             "alpha_down_mw_per_mbps", "beta_mw")
-OPTIONAL_KEYS = ("base", "trace", "description")
+OPTIONAL_KEYS = ("base", "trace", "description", "power_source")
 DEFAULT_TRACE_BASE = "4g"
 MIN_RATE_MBPS = 1e-3  # 1 kbit/s
 MAX_VALUE = 1e9
+UNBOUNDED_MBPS = MAX_VALUE  # default fit range end: the power model's range is not stated
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class Link:
         down_mbps: Downlink throughput, Mbit/s.
         rtt_ms: Round-trip time, paid once per inference when anything crosses.
         alpha_up_mw_per_mbps, alpha_down_mw_per_mbps, beta_mw: Huang et al. power model.
+        fit_up_min_mbps, fit_up_max_mbps, fit_down_min_mbps, fit_down_max_mbps: The
+            throughputs the power fit was measured over; outside them the power is held at
+            the range's end (see :meth:`up_extrapolation`). Defaults: not stated, unbounded.
+        power_source: Citation of the power fit, shown in extrapolation labels.
         promotion_ms, promotion_mw: Idle-to-connected promotion.
         tail_ms, tail_mw: High-power tail after the last packet.
         source: Where the values come from (``"preset"``, a file, a trace).
@@ -68,6 +75,11 @@ class Link:
     promotion_mw: float = 0.0
     tail_ms: float = 0.0
     tail_mw: float = 0.0
+    fit_up_min_mbps: float = 0.0
+    fit_up_max_mbps: float = UNBOUNDED_MBPS
+    fit_down_min_mbps: float = 0.0
+    fit_down_max_mbps: float = UNBOUNDED_MBPS
+    power_source: str = ""
     source: str = "preset"
     trace: Trace | None = field(default=None, compare=False, repr=False)
 
@@ -75,13 +87,32 @@ class Link:
         check_link_values(asdict_numbers(self), f"link {self.name!r}")
 
     def up_power_mw(self, up_mbps: float | None = None) -> float:
-        """Radio power while sending at ``up_mbps`` (default: the link's uplink), mW."""
+        """Radio power while sending at ``up_mbps`` (default: the link's uplink), mW.
+
+        The rate is held inside the fit range, so power is bounded at any throughput.
+        """
         rate = self.up_mbps if up_mbps is None else up_mbps
+        rate = min(max(rate, self.fit_up_min_mbps), self.fit_up_max_mbps)
         return self.alpha_up_mw_per_mbps * rate + self.beta_mw
 
-    def down_power_mw(self) -> float:
-        """Radio power while receiving at the link's downlink rate, mW."""
-        return self.alpha_down_mw_per_mbps * self.down_mbps + self.beta_mw
+    def down_power_mw(self, down_mbps: float | None = None) -> float:
+        """Radio power while receiving at ``down_mbps`` (default: the link's), mW; held
+        inside the fit range like :meth:`up_power_mw`."""
+        rate = self.down_mbps if down_mbps is None else down_mbps
+        rate = min(max(rate, self.fit_down_min_mbps), self.fit_down_max_mbps)
+        return self.alpha_down_mw_per_mbps * rate + self.beta_mw
+
+    def up_extrapolation(self, up_mbps: float | None = None) -> str:
+        """``""`` if the uplink rate is inside the fit range, else the label to print."""
+        rate = self.up_mbps if up_mbps is None else up_mbps
+        return _extrapolation(rate, self.fit_up_min_mbps, self.fit_up_max_mbps,
+                              self.power_source)
+
+    def down_extrapolation(self, down_mbps: float | None = None) -> str:
+        """``""`` if the downlink rate is inside the fit range, else the label to print."""
+        rate = self.down_mbps if down_mbps is None else down_mbps
+        return _extrapolation(rate, self.fit_down_min_mbps, self.fit_down_max_mbps,
+                              self.power_source)
 
     def with_uplink(self, up_mbps: float) -> Link:
         """The same link with a constant uplink of ``up_mbps`` (any trace dropped)."""
@@ -91,16 +122,40 @@ class Link:
         d = asdict_numbers(self)
         d["name"] = self.name
         d["source"] = self.source
+        d["power_source"] = self.power_source
+        d["up_power_label"] = self.up_extrapolation()
+        d["down_power_label"] = self.down_extrapolation()
         if self.trace is not None:
             d["trace"] = {"file": self.trace.path, "mean_mbps": self.trace.mean_mbps,
                           "period_ms": self.trace.period_ms}
         return d
 
 
+def _extrapolation(rate_mbps: float, low: float, high: float, source: str) -> str:
+    if low <= rate_mbps <= high:
+        return ""
+    where = f", {source}" if source else ""
+    return f"extrapolated (fit holds for {low:g}-{high:g} Mbit/s{where})"
+
+
+class RangeError(DnntuneError):
+    """A throughput lies outside its power fit's range and ``--strict-ranges`` is set."""
+
+
+def check_in_range(link: Link) -> None:
+    """Raise :class:`RangeError` (one line naming the link) if either direction's rate
+    lies outside its power fit's range: the ``--strict-ranges`` behaviour."""
+    for direction, label in (("up", link.up_extrapolation()),
+                             ("down", link.down_extrapolation())):
+        if label:
+            raise RangeError(f"link {link.name!r}: {direction}link power is {label}; "
+                             f"drop --strict-ranges to hold it at the range end")
+
+
 def asdict_numbers(link: Link) -> dict[str, Any]:
     """The numeric fields of ``link`` as a dict (no name, source or trace)."""
     return {k: v for k, v in asdict(link).items()
-            if k not in ("name", "source", "trace")}
+            if k not in ("name", "source", "trace", "power_source")}
 
 
 def check_link_values(values: Mapping[str, Any], where: str) -> None:
@@ -118,6 +173,11 @@ def check_link_values(values: Mapping[str, Any], where: str) -> None:
             expected = (f"a rate from {MIN_RATE_MBPS:g} to {MAX_VALUE:g} Mbit/s" if positive
                         else f"a number from 0 to {MAX_VALUE:g}")
             raise ConfigError(where, f"key {key!r} must be {expected}, got {value!r}")
+    for low_key, high_key in (("fit_up_min_mbps", "fit_up_max_mbps"),
+                              ("fit_down_min_mbps", "fit_down_max_mbps")):
+        if low_key in values and high_key in values and values[low_key] >= values[high_key]:
+            raise ConfigError(where, f"key {high_key!r} must be above {low_key!r} "
+                                     f"({values[low_key]!r}), got {values[high_key]!r}")
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -188,6 +248,8 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
                                      f"got {spec['base']!r}")
         values.update(asdict_numbers(presets[spec["base"]]))
     values.update({k: v for k, v in spec.items() if k not in OPTIONAL_KEYS})
+    base_source = presets[spec["base"]].power_source if "base" in spec else ""
+    power_source = str(spec.get("power_source", base_source))
     trace = None
     if "trace" in spec:
         if "up_mbps" in spec:
@@ -200,7 +262,8 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
         raise ConfigError(where, f"missing key {missing[0]!r} (give it, or a 'base' preset)")
     check_link_values(values, where)
     numbers: dict[str, Any] = {k: float(v) for k, v in values.items()}
-    return Link(name=name, source=str(spec.get("description", path)), trace=trace, **numbers)
+    return Link(name=name, source=str(spec.get("description", path)), trace=trace,
+                power_source=power_source, **numbers)
 
 
 def trace_link(trace: Trace, base: Link, name: str | None = None) -> Link:

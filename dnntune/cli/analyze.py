@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from dnntune.analysis.costs import CostOptions
-from dnntune.analysis.links import DEFAULT_TRACE_BASE, preset_links, resolve_links
+from dnntune.analysis.links import DEFAULT_TRACE_BASE, check_in_range, preset_links, resolve_links
 from dnntune.analysis.partition import (
     OBJECTIVES,
     Analysis,
@@ -94,6 +94,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-call-overhead", action="store_true",
                         help="leave out the per-call framework overheads the profiles "
                              "measured (head and tail graph calls)")
+    parser.add_argument("--strict-ranges", action="store_true",
+                        help="refuse a link whose throughput lies outside its radio power "
+                             "fit's range (default: hold power at the range end, labelled)")
     parser.add_argument("--no-dag", action="store_true",
                         help="skip the DAG-optimal (min-cut) partitions")
     parser.add_argument("--trace-starts", type=flags.int_in(1, 100_000), default=200, metavar="N",
@@ -136,6 +139,9 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
                           rpc_ms_per_mb=(args.rpc_ms_per_mb if args.rpc_ms_per_mb is not None
                                          else rpc[1]))
     links = resolve_links(link_items)
+    if getattr(args, "strict_ranges", False):
+        for link in links:
+            check_in_range(link)
     analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
                                 device_speedup=args.device_speedup,
                                 cloud_speedup=args.cloud_speedup)

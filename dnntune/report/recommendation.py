@@ -122,6 +122,10 @@ def _notes(analysis: Analysis) -> list[str]:
         name = la.link.name
         if not la.feasible:
             lines.append(f"{name}: {la.message}")
+        for direction, label in (("uplink", la.link.up_extrapolation()),
+                                 ("downlink", la.link.down_extrapolation())):
+            if label:
+                lines.append(f"{name}: {direction} radio power {label}, held at the range end")
         if la.link.trace is not None:
             lines.append(f"{name}: {la.link.source}; mean uplink {round3(la.link.up_mbps)} "
                          f"Mbit/s, upload times are the median over "
