@@ -1,0 +1,99 @@
+"""The SQLite profile store: dedup, migrations, bad stores, concurrent writer processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dnntune.store import StoreError, open_store, record_quietly
+from dnntune.store.sqlite import Store
+
+
+def profile_body(model: str, n_layers: int = 3, scale: float = 1.0) -> dict[str, Any]:
+    """A dict with the keys of ``Profile.to_dict()`` the store reads."""
+    meta = {"side": "device", "model_name": model, "model_hash": "ab" * 32, "num_threads": 2,
+            "host": "h", "tensorflow_version": "2.x", "keras_version": "3.x",
+            "dnntune_version": "0", "created_utc": "2026-12-05T00:00:00Z",
+            "emulation": {"label": "emulated:pixel"}}
+    layers = [{"layer": {"name": f"l{i}"}, "latency": {"mean_ms": scale * (i + 1)}}
+              for i in range(n_layers)]
+    return {"meta": meta, "layers": layers, "end_to_end": {"mean_ms": scale * 6.0}}
+
+
+def test_dedup_keeps_one_copy_and_dataframes(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s.db"))
+    first = store.add_profile(profile_body("m"))
+    again = store.add_profile(profile_body("m"))
+    other = store.add_profile(profile_body("m", scale=2.0))
+    assert first.created and not again.created and first.id == again.id
+    assert other.id != first.id
+    df = store.profiles(model_name="m")
+    assert list(df["id"]) == [first.id, other.id]
+    assert list(df["device_label"]) == ["emulated:pixel"] * 2
+    assert list(store.layers(other.id)["mean_ms"]) == [2.0, 4.0, 6.0]
+    assert store.profile_body(first.id) == profile_body("m")
+
+
+def test_migration_v1_to_v2_keeps_every_row(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    old = Store(path, migrate_to=1)
+    for k in range(5):
+        old._write(old._db.execute, "INSERT INTO profiles (content_sha256, model_name, "
+                   "model_sha256, side, device_label, num_threads, host, tensorflow_version, "
+                   "keras_version, dnntune_version, created_utc, end_to_end_mean_ms, body_json)"
+                   f" VALUES ('{k}', 'm', 'h', 'device', 'measured', 1, 'h', '', '', '', '', "
+                   f"{k}.0, '{{}}')")
+    assert old.version() == 1
+    old.close()
+    new = open_store(path)
+    assert new.version() == 2
+    df = new.profiles()
+    assert list(df["end_to_end_mean_ms"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert set(df["framework"]) == {"tensorflow"}
+
+
+def test_corrupt_foreign_and_wrong_url_name_the_store(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="corrupt.db"):
+        open_store(str(corrupt))
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE schema_version (version INTEGER)")
+    con.execute("INSERT INTO schema_version VALUES (99)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="foreign.db.*newer"):
+        open_store(str(foreign))
+    with pytest.raises(StoreError, match="mysql://x"):
+        open_store("mysql://x")
+    assert record_quietly(profile_body("m"), str(corrupt)) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt.db" in err[0]
+
+
+def _writer(path: str, worker: int, count: int) -> None:
+    store = open_store(path)
+    for k in range(count):
+        store.add_profile(profile_body(f"w{worker}-{k}", n_layers=20))
+    store.close()
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    open_store(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    store = open_store(path)
+    assert len(store.profiles()) == 60
+    assert store._db.execute("SELECT COUNT(*) FROM layers").fetchone()[0] == 60 * 20
