@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Calibrated zoo builds are cached (dnntune.model.cache); tests keep theirs out of the
 # user's home, shared by the xdist workers and every process a test starts.
 os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune-cache"))
-os.environ.setdefault("DNNTUNE_STORE", str(REPO / ".pytest_cache" / "dnntune-store.db"))  # never the user's store
+# Tests never write into the user's profile store.
+os.environ.setdefault("DNNTUNE_STORE", str(REPO / ".pytest_cache" / "dnntune-store.db"))
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ def test_dedup_keeps_one_copy_and_dataframes(tmp_path: Path) -> None:
     assert list(df["device_label"]) == ["emulated:pixel"] * 2
     assert list(store.layers(other.id)["mean_ms"]) == [2.0, 4.0, 6.0]
     assert store.profile_body(first.id) == profile_body("m")
+    assert len(store.all_layers(model_name="m")) == 6
 
 
 def test_migration_v1_to_v2_keeps_every_row(tmp_path: Path) -> None:

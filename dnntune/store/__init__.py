@@ -7,6 +7,6 @@ raises: a run's files are written before the store is touched.
 
 from dnntune.store.sqlite import Store, StoreError, default_url, open_store, record_quietly
 
-open = open_store  # noqa: A001 - ``dnntune.store.open(url)`` is the notebook entry point
+open = open_store  # ``dnntune.store.open(url)`` is the notebook entry point
 
 __all__ = ["Store", "StoreError", "default_url", "open", "open_store", "record_quietly"]

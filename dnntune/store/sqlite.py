@@ -169,6 +169,17 @@ class Store:
                                  "ORDER BY idx", self._db, params=(profile_id,))
 
 
+    def all_layers(self, model_name: str | None = None) -> Any:
+        """Every stored layer row with its profile's model and device, in one query."""
+        import pandas as pd
+
+        clause, params = ("WHERE p.model_name=?", (model_name,)) if model_name else ("", ())
+        return pd.read_sql_query(
+            "SELECT l.profile_id, p.model_name, p.device_label, l.idx, l.name, l.mean_ms "
+            f"FROM layers l JOIN profiles p ON p.id = l.profile_id {clause} "
+            "ORDER BY l.profile_id, l.idx", self._db, params=params)
+
+
 def open_store(url: str | None = None) -> Store:
     return Store(url or default_url())
 
