@@ -11,6 +11,7 @@ import pytest
 
 from dnntune.store import StoreError, open_store, record_quietly
 from dnntune.store.sqlite import Store
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def profile_body(model: str, n_layers: int = 3, scale: float = 1.0) -> dict[str, Any]:
@@ -98,3 +99,22 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
     store = open_store(path)
     assert len(store.profiles()) == 60
     assert store._db.execute("SELECT COUNT(*) FROM layers").fetchone()[0] == 60 * 20
+
+
+def test_cli_lists_shows_compares_and_names_a_bad_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    store = open_store(path)
+    a = store.add_profile(profile_body("net")).id
+    b = store.add_profile(profile_body("net", scale=3.0)).id
+    store.close()
+    listed = run_cli(["store", "--store", path, "list", "--model", "net"])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("emulated:pixel") == 2
+    shown = run_cli(["store", "--store", path, "show", str(a)])
+    assert shown.returncode == 0 and '"model_name": "net"' in shown.stdout
+    compared = run_cli(["store", "--store", path, "compare", str(a), str(b)])
+    assert compared.returncode == 0 and compared.stdout.count(" 3.0") >= 3, compared.stdout
+    corrupt = tmp_path / "bad.db"
+    corrupt.write_bytes(b"x" * 4096)
+    assert_one_line_error(run_cli(["store", "--store", str(corrupt), "list"]), "bad.db")
+    assert_one_line_error(run_cli(["store", "--store", path, "show", "999"]), "999")
