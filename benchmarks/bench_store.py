@@ -24,7 +24,7 @@ def body(k: int) -> dict[str, Any]:
     meta = {"side": "device", "model_name": f"m{k}", "model_hash": f"{k:064x}",
             "num_threads": 1, "host": "bench", "tensorflow_version": "", "keras_version": "",
             "dnntune_version": "", "created_utc": "", "emulation": None}
-    layers = [{"layer": {"name": f"l{i}"}, "latency": {"mean_ms": 0.01 * i + k}}
+    layers = [{"name": f"l{i}", "latency": {"mean_ms": 0.01 * i + k}}
               for i in range(LAYERS)]
     return {"meta": meta, "layers": layers, "end_to_end": {"mean_ms": float(k)}}
 

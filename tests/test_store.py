@@ -20,7 +20,7 @@ def profile_body(model: str, n_layers: int = 3, scale: float = 1.0) -> dict[str,
             "host": "h", "tensorflow_version": "2.x", "keras_version": "3.x",
             "dnntune_version": "0", "created_utc": "2026-12-05T00:00:00Z",
             "emulation": {"label": "emulated:pixel"}}
-    layers = [{"layer": {"name": f"l{i}"}, "latency": {"mean_ms": scale * (i + 1)}}
+    layers = [{"name": f"l{i}", "latency": {"mean_ms": scale * (i + 1)}}
               for i in range(n_layers)]
     return {"meta": meta, "layers": layers, "end_to_end": {"mean_ms": scale * 6.0}}
 
@@ -118,3 +118,31 @@ def test_cli_lists_shows_compares_and_names_a_bad_store(tmp_path: Path) -> None:
     corrupt.write_bytes(b"x" * 4096)
     assert_one_line_error(run_cli(["store", "--store", str(corrupt), "list"]), "bad.db")
     assert_one_line_error(run_cli(["store", "--store", path, "show", "999"]), "999")
+
+
+def test_profile_command_records_and_survives_a_corrupt_store(tmp_path: Path) -> None:
+    """A real `dnntune profile`: the file is written, the store gets the row; with a corrupt
+    store the run still succeeds, its file is written and stderr names the store once."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def profile(store: Path, out: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DNNTUNE_STORE": str(store)}
+        return subprocess.run([sys.executable, "-m", "dnntune", "profile", "--model",
+                               "tiny_mlp", "--num_runs", "3", "--out", str(out)],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+    good = profile(tmp_path / "s.db", tmp_path / "p.json")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert (tmp_path / "p.json").is_file()
+    df = open_store(str(tmp_path / "s.db")).profiles(model_name="tiny_mlp")
+    assert len(df) == 1
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"y" * 4096)
+    kept = profile(bad, tmp_path / "q.json")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert (tmp_path / "q.json").is_file()
+    assert [ln for ln in kept.stderr.splitlines() if "bad.db" in ln and "store" in ln]

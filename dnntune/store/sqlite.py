@@ -135,7 +135,7 @@ class Store:
         pid = int(cur.lastrowid or 0)
         self._db.executemany(
             "INSERT INTO layers VALUES (?,?,?,?)",
-            [(pid, i, lp["layer"]["name"], float(lp["latency"]["mean_ms"]))
+            [(pid, i, lp["name"], float(lp["latency"]["mean_ms"]))
              for i, lp in enumerate(body["layers"])])
         return StoredProfile(pid, created=True)
 
