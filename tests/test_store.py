@@ -90,15 +90,15 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "s.db")
     open_store(path).close()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, w, 15)) for w in range(4)]
+    procs = [ctx.Process(target=_writer, args=(path, w, 10)) for w in range(8)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
-    assert [p.exitcode for p in procs] == [0] * 4
+    assert [p.exitcode for p in procs] == [0] * 8
     store = open_store(path)
-    assert len(store.profiles()) == 60
-    assert store._db.execute("SELECT COUNT(*) FROM layers").fetchone()[0] == 60 * 20
+    assert len(store.profiles()) == 80
+    assert store._db.execute("SELECT COUNT(*) FROM layers").fetchone()[0] == 80 * 20
 
 
 def test_cli_lists_shows_compares_and_names_a_bad_store(tmp_path: Path) -> None:
@@ -146,3 +146,16 @@ def test_profile_command_records_and_survives_a_corrupt_store(tmp_path: Path) ->
     assert kept.returncode == 0, kept.stderr[-2000:]
     assert (tmp_path / "q.json").is_file()
     assert [ln for ln in kept.stderr.splitlines() if "bad.db" in ln and "store" in ln]
+
+
+def test_default_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dnntune.store import default_url
+
+    monkeypatch.setenv("DNNTUNE_STORE", str(tmp_path / "x.db"))
+    assert default_url() == str(tmp_path / "x.db")
+    monkeypatch.delenv("DNNTUNE_STORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_url() == str(tmp_path / "xdg" / "dnntune" / "store.db")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_url() == str(tmp_path / "home" / ".local" / "share" / "dnntune" / "store.db")
