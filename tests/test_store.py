@@ -114,6 +114,17 @@ def test_cli_lists_shows_compares_and_names_a_bad_store(tmp_path: Path) -> None:
     assert shown.returncode == 0 and '"model_name": "net"' in shown.stdout
     compared = run_cli(["store", "--store", path, "compare", str(a), str(b)])
     assert compared.returncode == 0 and compared.stdout.count(" 3.0") >= 3, compared.stdout
+    exported = run_cli(["store", "--store", path, "export", str(b), str(tmp_path / "b.json")])
+    assert exported.returncode == 0, exported.stderr
+    other = str(tmp_path / "other.db")
+    imported = run_cli(["store", "--store", other, "import", str(tmp_path / "b.json"),
+                        str(tmp_path / "b.json")])
+    assert imported.returncode == 0, imported.stderr
+    assert "already stored" in imported.stdout.splitlines()[1]
+    assert open_store(other).profile_body(1) == profile_body("net", scale=3.0)
+    (tmp_path / "junk.json").write_text("{}")
+    assert_one_line_error(run_cli(["store", "--store", other, "import",
+                                   str(tmp_path / "junk.json")]), "junk.json")
     corrupt = tmp_path / "bad.db"
     corrupt.write_bytes(b"x" * 4096)
     assert_one_line_error(run_cli(["store", "--store", str(corrupt), "list"]), "bad.db")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from dnntune.store import open_store
+from dnntune.errors import DnntuneError
+from dnntune.store import Store, open_store
 
 
 def add_store_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,6 +25,11 @@ def add_store_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     cmp_ = verbs.add_parser("compare", help="two profiles' layers side by side, with ratio")
     cmp_.add_argument("a", type=int)
     cmp_.add_argument("b", type=int)
+    exp = verbs.add_parser("export", help="write a stored profile back as a profile JSON file")
+    exp.add_argument("id", type=int)
+    exp.add_argument("out", metavar="FILE")
+    imp = verbs.add_parser("import", help="load profile JSON files into the store")
+    imp.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(handler=run_store)
 
 
@@ -39,6 +46,10 @@ def run_store(args: argparse.Namespace) -> int:
         elif args.verb == "show":
             json.dump(store.profile_body(args.id), sys.stdout, indent=1)
             sys.stdout.write("\n")
+        elif args.verb == "export":
+            _export(store, args.id, args.out)
+        elif args.verb == "import":
+            _import(store, args.files)
         else:
             a, b = store.layers(args.a), store.layers(args.b)
             side = a.merge(b, on=["idx", "name"], how="outer", suffixes=("_a", "_b"))
@@ -47,3 +58,25 @@ def run_store(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _export(store: Store, profile_id: int, out: str) -> None:
+    body = store.profile_body(profile_id)
+    try:
+        Path(out).write_text(json.dumps(body, indent=1) + "\n")
+    except OSError as exc:
+        raise DnntuneError(f"{out}: cannot be written ({exc.strerror})") from None
+    print(f"profile {profile_id} written to {out}", file=sys.stderr)
+
+
+def _import(store: Store, files: list[str]) -> None:
+    for name in files:
+        try:
+            body = json.loads(Path(name).read_text())
+            stored = store.add_profile(body)
+        except (OSError, ValueError) as exc:
+            raise DnntuneError(f"{name}: not a readable profile JSON ({exc})") from None
+        except (KeyError, TypeError) as exc:
+            raise DnntuneError(f"{name}: not a dnntune profile (missing {exc})") from None
+        state = "stored" if stored.created else "already stored"
+        print(f"{name}: {state} as profile {stored.id}")
