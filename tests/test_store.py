@@ -170,3 +170,11 @@ def test_default_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_url() == str(tmp_path / "home" / ".local" / "share" / "dnntune" / "store.db")
+
+
+def test_analyses_are_recorded_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    first = record_quietly({"cuts": [1, 2]}, path, kind="analysis")
+    assert first is not None
+    assert record_quietly({"cuts": [1, 2]}, path, kind="analysis") == first
+    assert open_store(path)._db.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 1

@@ -135,6 +135,9 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
 
 
 def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
+    from dnntune.store import record_quietly
+
+    record_quietly(analysis.to_dict(), kind="analysis")  # after the files; never fails a run
     if args.format == "json":
         sys.stdout.write(json.dumps(analysis.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

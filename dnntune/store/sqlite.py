@@ -139,6 +139,21 @@ class Store:
              for i, lp in enumerate(body["layers"])])
         return StoredProfile(pid, created=True)
 
+    def add_analysis(self, body: Mapping[str, Any]) -> StoredProfile:
+        """Store an analysis dict (``Analysis.to_dict()``), once per content hash."""
+        return self._write(self._insert_analysis, body)  # type: ignore[no-any-return]
+
+    def _insert_analysis(self, body: Mapping[str, Any]) -> StoredProfile:
+        digest = content_sha256(body)
+        row = self._db.execute("SELECT id FROM analyses WHERE content_sha256=?",
+                               (digest,)).fetchone()
+        if row:
+            return StoredProfile(int(row[0]), created=False)
+        cur = self._db.execute(
+            "INSERT INTO analyses (content_sha256, created_utc, body_json) VALUES (?,?,?)",
+            (digest, datetime.now(UTC).isoformat(), json.dumps(body, sort_keys=True)))
+        return StoredProfile(int(cur.lastrowid or 0), created=True)
+
     def profile_body(self, profile_id: int) -> dict[str, Any]:
         row = self._db.execute("SELECT body_json FROM profiles WHERE id=?",
                                (profile_id,)).fetchone()
@@ -184,14 +199,17 @@ def open_store(url: str | None = None) -> Store:
     return Store(url or default_url())
 
 
-def record_quietly(body: Mapping[str, Any], url: str | None = None) -> int | None:
-    """Record a profile dict; on any store failure print one line on stderr and go on."""
+def record_quietly(body: Mapping[str, Any], url: str | None = None,
+                   kind: str = "profile") -> int | None:
+    """Record a profile (or ``kind="analysis"``) dict; on any store failure print one line
+    on stderr and go on."""
     if os.environ.get("DNNTUNE_NO_STORE"):
         return None
     try:
         store = open_store(url)
         try:
-            return store.add_profile(body).id
+            add = store.add_analysis if kind == "analysis" else store.add_profile
+            return add(body).id
         finally:
             store.close()
     except (StoreError, sqlite3.Error, OSError, KeyError, TypeError, ValueError) as exc:
