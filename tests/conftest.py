@@ -19,6 +19,8 @@ os.environ.setdefault("DNNTUNE_CACHE_DIR", str(REPO / ".pytest_cache" / "dnntune
 # The suite builds more shapes and seeds than the default bound keeps: no eviction churn
 # (tests/test_cache_bound.py sets its own bounds).
 os.environ.setdefault("DNNTUNE_CACHE_MAX_FILES", "1000")
+# Tests never write into the user's profile store.
+os.environ.setdefault("DNNTUNE_STORE", str(REPO / ".pytest_cache" / "dnntune-store.db"))
 
 
 @pytest.fixture(scope="session")

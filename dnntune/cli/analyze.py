@@ -160,6 +160,9 @@ def check_sides(device: Any, cloud: Any, allow: bool) -> None:
 
 
 def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
+    from dnntune.store import record_quietly
+
+    record_quietly(analysis.to_dict(), kind="analysis")  # after the files; never fails a run
     if args.format == "json":
         sys.stdout.write(json.dumps(analysis.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

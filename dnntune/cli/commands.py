@@ -61,3 +61,12 @@ def _litert(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 REGISTRY.append(_litert)
+
+
+def _store(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.cli.store import add_store_command
+
+    add_store_command(sub)
+
+
+REGISTRY.append(_store)

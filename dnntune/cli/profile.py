@@ -235,6 +235,7 @@ def emit_profile(args: argparse.Namespace, profile: Profile,
     from dnntune.cli.outputs import rescue_file
     from dnntune.profiling.profile import save_profile
     from dnntune.report.tables import print_profile
+    from dnntune.store import record_quietly
 
     problem = None
     if args.out:
@@ -251,6 +252,7 @@ def emit_profile(args: argparse.Namespace, profile: Profile,
         sys.stdout.write("\n")
     else:
         (print_table or print_profile)(profile)
+    record_quietly(profile.to_dict())  # after the files; a store failure is one stderr line
     if problem:
         raise DnntuneError(problem)
     return 0
