@@ -179,8 +179,11 @@ def test_profile_times_every_inner_layer(user_model, name):
                                                     energy="none"))
     assert profile.layer_names == loaded.graph.layer_names
     assert all(lp.latency.mean_ms > 0 for lp in profile.layers if not lp.layer.is_input)
-    # loose bounds on a shared 2-core machine; benchmarks/bench_user_models.py measures it
-    assert 1 / 3 < profile.ratio < 3.0, profile.ratio
+    # Σ layers / plain run: a sanity bound that catches lost time or a unit slip (x1000),
+    # not a performance claim: timers around tiny layers cost more than the layers, and a
+    # busy 2-core host measured 4.05 for the attention encoder. benchmarks/bench_user_models.py
+    # measures the ratio itself.
+    assert 1 / 3 < profile.ratio < 10.0, profile.ratio
 
 
 @pytest.fixture(scope="module")
