@@ -21,13 +21,16 @@ __all__ = ["Endpoint", "RunningServer", "ServerOptions", "create_server"]
 def create_server(options: ServerOptions, cloud: Endpoint | None,
                   upload_dir: str | None = None,
                   emulation: dict[str, Any] | None = None,
-                  power_profile: str | None = None) -> RunningServer:
+                  power_profile: str | None = None, device: Any = None) -> RunningServer:
     """Start a device agent (Profiler + Device services, health) and return it running.
 
     ``emulation`` (:meth:`dnntune.profiling.emulation.Emulation.to_dict`) is recorded in every
     profile this agent measures, when it runs as an emulated device. ``power_profile`` is
     the preset (name or file) its operator chose: a Profile request may name it (by that
     text or the preset's name) as ``energy = model:<...>``, beside the shipped profiles.
+    ``device`` (a calibrated :class:`dnntune.profiling.dilation.DilatedDevice`) makes this
+    agent that phone by time dilation: its profiles are dilated and drift-checked, and
+    its split runs hold each head's result until the phone would have finished it.
     """
     from dnntune.errors import DnntuneError
     from dnntune.rpc.servicers import DeviceServicer, ProfilerServicer, make_state
@@ -36,6 +39,9 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
     state, services = make_state("device", options, upload_dir)
     state.emulation = emulation
     state.power_profile = power_profile
+    state.device = device
+    if device is not None:
+        state.emulation = device.emulation.to_dict()
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 

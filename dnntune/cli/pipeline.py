@@ -357,14 +357,18 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source,
     """Device first (with the cloud idle), then cloud; each saved as soon as measured.
 
     With ``processing.device.emulate`` and a local device, the device agent runs in a
-    child process confined to the preset's calibrated CPU share (``emulated:<preset>``);
-    where no cgroup can be written, in this process, its profile scaled to the preset
-    (``scaled:<preset>``, with one line on stderr saying why).
+    child process as the preset's phone (``emulated:<preset>``): by time dilation, or
+    with ``<preset>:quota`` confined to a calibrated CPU share; there, where no cgroup can
+    be written, in this process, its profile scaled to the preset (``scaled:<preset>``,
+    with one line on stderr saying why).
     """
+    from dnntune.profiling.devices import split_emulate
+
     profiles: dict[str, Profile] = {}
     emulate = config.device.emulate if device.kind == "local" else None
     config = emulated_device_config(config) if emulate else config
-    problem = cgroup_problem() if emulate else None
+    problem = (cgroup_problem() if emulate and split_emulate(emulate)[1] == "quota"
+               else None)
     if emulate and problem:
         print(f"dnntune: note: cannot confine the device agent ({problem}): device timings "
               f"are this machine's scaled to {emulate} (scaled:{emulate}), a what-if",

@@ -164,7 +164,7 @@ def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSett
     import signal
 
     from dnntune.cli.pipeline import cgroup_problem
-    from dnntune.profiling.devices import load_emulation_preset
+    from dnntune.profiling.devices import load_emulation_preset, split_emulate
     from dnntune.profiling.emulation import (
         emulated_process,
         scale_profile,
@@ -178,6 +178,8 @@ def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSett
         settings, num_threads=usable_threads(preset),
         energy=f"model:{preset.name}" if settings.energy == "auto" else settings.energy)
     configure_runtime(settings.num_threads, settings.cpu_affinity)
+    if split_emulate(preset_name)[1] == "dilation":
+        return _profile_dilated(preset_name, config, settings)
     problem = cgroup_problem()
     if problem:
         print(f"dnntune: note: cannot confine this process ({problem}): timings are this "
@@ -196,6 +198,20 @@ def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSett
         profile = _profile_here(config, settings)
     return scale_profile(profile, scaled_emulation(preset_name, problem)) if problem \
         else profile
+
+
+def _profile_dilated(preset_name: str, config: RunConfig, settings: ProfileSettings
+                     ) -> Profile:
+    """This process as the preset's phone by time dilation: calibrated, profiled natively,
+    dilated, and drift-checked (recalibrated once, then refused)."""
+    import dataclasses
+
+    from dnntune.profiling.dilation import DilatedDevice
+
+    device = DilatedDevice(preset_name, lambda m: print(f"dnntune: {m}", file=sys.stderr))
+    print(f"dnntune: {device.calibrate().describe()}", file=sys.stderr)
+    return device.profile(lambda emulation: _profile_here(
+        config, dataclasses.replace(settings, emulation=emulation.to_dict())))
 
 
 def _profile_here(config: RunConfig, settings: ProfileSettings) -> Profile:

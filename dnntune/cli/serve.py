@@ -162,15 +162,16 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
-    """The agent confined in its own cgroup, calibrated to the preset; the cgroup is
-    removed when it stops (SIGTERM, SIGINT, an error, or its parent dying)."""
+    """The agent as the preset's phone: by time dilation (the default), or confined in
+    its own cgroup calibrated to the preset (``<preset>:quota``; the cgroup is removed
+    when it stops: SIGTERM, SIGINT, an error, or its parent dying)."""
     import dataclasses
     import signal
 
     from device_agent import create_server
     from dnntune.errors import DnntuneError
     from dnntune.profiling.cgroups import CgroupUnavailableError
-    from dnntune.profiling.devices import load_emulation_preset
+    from dnntune.profiling.devices import load_emulation_preset, split_emulate
     from dnntune.profiling.emulation import emulated_process, usable_threads
     from dnntune.profiling.instrument import configure_runtime
 
@@ -178,6 +179,9 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
     options.validate()  # type: ignore[attr-defined]
     threads = usable_threads(load_emulation_preset(args.emulate))
     configure_runtime(threads)  # before TensorFlow runs anything in this process
+    if split_emulate(args.emulate)[1] == "dilation":
+        return _run_dilated_agent(args, cloud, dataclasses.replace(
+            options, num_threads=threads))  # type: ignore[type-var]
 
     def leave(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)  # unwinds through the cgroup's clean-up
@@ -197,3 +201,16 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
                            f"cgroup ({exc})") from None
     print("dnntune device agent stopped", file=sys.stderr)
     return 0
+
+
+def _run_dilated_agent(args: argparse.Namespace, cloud: object, options: object) -> int:
+    """The agent as the preset's phone by time dilation (no cgroup needed)."""
+    from device_agent import create_server
+    from dnntune.profiling.dilation import DilatedDevice
+
+    device = DilatedDevice(args.emulate, lambda m: print(f"dnntune: {m}", file=sys.stderr))
+    emulation = device.calibrate()
+    running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
+                            power_profile=args.emulate, device=device)
+    print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
+    return _serve_until_signal("device agent", running)

@@ -99,12 +99,14 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
         upload_model,
     )
     from dnntune.netem.shaper import LinkShape, ShapingProxy
+    from dnntune.profiling.devices import split_emulate
     from dnntune.report.tables import progress_bar
     from dnntune.rpc.client import ProfilerClient, parse_address
     from dnntune.validation.validate import validate_on_agent
 
     emulate = None if args.device else config.device.emulate
-    problem = cgroup_problem() if emulate else None
+    problem = (cgroup_problem() if emulate and split_emulate(emulate)[1] == "quota"
+               else None)
     if emulate and problem:
         raise DnntuneError(f"validate: cannot emulate {emulate} here ({problem}); "
                            "validation must run heads on the emulated device, so it needs "

@@ -53,6 +53,7 @@ class NodeProgram:
         if absent:
             raise DnntuneError(f"{name}: outputs {absent} are neither inputs nor computed")
         self._fn: Callable[..., Any] | None = None
+        self._timed_fn: Callable[..., Any] | None = None
 
     def run_symbolic(self, *inputs: Any) -> list[Any]:
         """The program's body on TensorFlow tensors (traced by ``tf.function``)."""
@@ -71,3 +72,24 @@ class NodeProgram:
 
             self._fn = tf.function(self.run_symbolic, autograph=False)
         return [np.asarray(o) for o in self._fn(*inputs)]
+
+    def timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Like calling it, plus the program's in-graph seconds (two stamps bracket it,
+        as in :func:`dnntune.profiling.instrument.compile_plain`; no Python dispatch)."""
+        if self._timed_fn is None:
+            from dnntune.model.loading import import_keras
+
+            import_keras()
+            import tensorflow as tf
+
+            def bracketed(*args: Any) -> Any:
+                start = tf.timestamp()
+                with tf.control_dependencies([start]):
+                    guarded = [tf.identity(a) for a in args]
+                outs = self.run_symbolic(*guarded)
+                with tf.control_dependencies(outs):
+                    end = tf.timestamp()
+                return outs, end - start
+            self._timed_fn = tf.function(bracketed, autograph=False)
+        outs, seconds = self._timed_fn(*inputs)
+        return [np.asarray(o) for o in outs], float(seconds)

@@ -56,6 +56,16 @@ class SplitModel:
             held.update(zip(self.head_outputs, outs, strict=True))
         return held
 
+    def run_head_timed(self, inputs: Sequence[np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], float]:
+        """:meth:`run_head` and the head's in-graph seconds (0 when cloud-only)."""
+        held = dict(zip(self.model_inputs, inputs, strict=True))
+        seconds = 0.0
+        if self.head is not None:
+            outs, seconds = self.head.timed(inputs)
+            held.update(zip(self.head_outputs, outs, strict=True))
+        return held, seconds
+
     def run_tail(self, crossing: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the cloud part on the crossing tensors (in ``tail_inputs`` order)."""
         if self.tail is None:

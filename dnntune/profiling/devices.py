@@ -48,6 +48,35 @@ class EmulationPreset:
 
     threads: int
     reference: ReferenceLatency
+    call_ms: float = 0.0
+    call_source: str = ""
+
+    @property
+    def call_note(self) -> str:
+        """Where the phone's per-call cost comes from (``emulation.call``)."""
+        return self.call_source or DEFAULT_CALL_SOURCE
+
+
+# What an app on the phone pays per inference outside the model's layers. The emulated
+# phone never charges the host's Python/TensorFlow dispatch (a phone app does not run
+# TensorFlow-Python): it charges this modelled figure instead.
+DEFAULT_CALL_SOURCE = ("modelled: LiteRT Interpreter::Invoke runs the graph in native code "
+                       "with no per-call dispatch to speak of (assumed 0 ms)")
+
+MECHANISMS = ("dilation", "quota")
+
+
+def split_emulate(text: str) -> tuple[str, str]:
+    """``"<preset>[:<mechanism>]"`` as ``(preset, mechanism)``; the default is dilation.
+
+    Example:
+        >>> split_emulate("pixel1"), split_emulate("pixel1:quota")
+        (('pixel1', 'dilation'), ('pixel1', 'quota'))
+    """
+    head, sep, tail = text.rpartition(":")
+    if sep and tail in MECHANISMS and head:
+        return head, tail
+    return text, "dilation"
 
 
 @dataclass(frozen=True)
@@ -169,7 +198,8 @@ def load_device_profile(path: str | Path) -> DeviceProfile:
 
 
 def _emulation(data: object, where: str) -> EmulationPreset:
-    section = _mapping(data, "emulation", where, required=("threads", "reference"))
+    section = _mapping(data, "emulation", where, required=("threads", "reference"),
+                       optional=("call",))
     threads = section["threads"]
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(where, f"key 'emulation.threads' must be an integer >= 1, "
@@ -186,13 +216,33 @@ def _emulation(data: object, where: str) -> EmulationPreset:
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(where, f"key 'emulation.reference.{key}' must be non-empty text, "
                                      f"got {text!r}")
+    call_ms, call_source = 0.0, ""
+    if section.get("call") is not None:
+        call = _mapping(section["call"], "emulation.call", where, required=("ms", "source"))
+        call_ms = _duration(call, "ms", "emulation.call", where)
+        if not isinstance(call["source"], str) or not call["source"].strip():
+            raise ConfigError(where, f"key 'emulation.call.source' must be non-empty text, "
+                                     f"got {call['source']!r}")
+        call_source = f"modelled: {call['source'].strip()}"
     return EmulationPreset(threads, ReferenceLatency(str(ref["model"]), float(latency),
-                                                     str(ref["source"]).strip()))
+                                                     str(ref["source"]).strip()),
+                           call_ms, call_source)
+
+
+def _duration(data: dict[str, object], k: str, key: str, where: str) -> float:
+    value = data[k]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value >= 0):
+        raise ConfigError(where, f"key '{key}.{k}' must be a duration in ms (a number >= 0), "
+                                 f"got {value!r}")
+    return float(value)
 
 
 def load_emulation_preset(name: str, search_dirs: Sequence[Path] | None = None
                           ) -> DeviceProfile:
     """A device profile that can be emulated (has ``emulation.reference``), by name.
+
+    ``name`` may end in ``:<mechanism>`` (:func:`split_emulate`), which is ignored here.
 
     Raises:
         DnntuneError: naming the known presets when ``name`` is unknown, or the file
@@ -202,6 +252,7 @@ def load_emulation_preset(name: str, search_dirs: Sequence[Path] | None = None
         >>> load_emulation_preset("dnntune_phone").emulation.reference.model
         'mobilenet_v2'
     """
+    name = split_emulate(name)[0]
     profile = load_device_profile(find_device_profile(name, search_dirs))
     if profile.emulation is None:
         dirs = tuple(search_dirs) if search_dirs is not None else default_profile_dirs()

@@ -63,6 +63,14 @@ class Emulation:
         calibration_runs: Timed runs per calibration step; ``calibration_steps`` steps.
         cgroup: ``v1:<path>`` or ``v2:<path>`` (empty for scaled).
         reason: Why the device is scaled rather than emulated.
+        mechanism: ``"quota"`` (a cgroup CPU limit) or ``"dilation"`` (this machine's
+            native run, each measured time multiplied by ``factor``;
+            :mod:`dnntune.profiling.dilation`).
+        call_ms, call_source: What the phone pays per call outside the layers (dilation:
+            modelled, charged instead of this host's Python dispatch).
+        checked_ms: The reference's mobile-only T measured again after a profile
+            (dilation; 0 when not checked), and ``recalibrated``: how often the drift
+            check recalibrated before the profile it is recorded in.
     """
 
     preset: str
@@ -80,10 +88,20 @@ class Emulation:
     calibration_steps: int = 0
     cgroup: str = ""
     reason: str = ""
+    mechanism: str = "quota"
+    call_ms: float = 0.0
+    call_source: str = ""
+    checked_ms: float = 0.0
+    recalibrated: int = 0
 
     @property
     def label(self) -> str:
         return f"{self.mode}:{self.preset}"
+
+    @property
+    def drift(self) -> float:
+        """The re-measured mobile-only T against the calibration (0 when not checked)."""
+        return self.checked_ms / self.achieved_ms - 1.0 if self.checked_ms else 0.0
 
     @property
     def share_cpus(self) -> float:
@@ -93,6 +111,18 @@ class Emulation:
         """One line: what was emulated, how, and against which reference."""
         ref = (f"{self.reference_model} {self.reference_ms:.3g} ms "
                f"({self.reference_source})")
+        if self.mechanism == "dilation":
+            text = (f"{self.label}: this machine's native run ({self.threads} thread(s), "
+                    f"{self.native_ms:.3g} ms) dilated x{self.factor:.3g}, so "
+                    f"{self.reference_model}'s mobile-only T (layers + call) is "
+                    f"{self.achieved_ms:.3g} ms against the reference {ref}; a call costs "
+                    f"{self.call_ms:.3g} ms ({self.call_source})")
+            if self.checked_ms:
+                text += (f"; re-measured after profiling: {self.checked_ms:.3g} ms, "
+                         f"{self.drift:+.1%} drift")
+            if self.recalibrated:
+                text += f", after {self.recalibrated} recalibration(s)"
+            return text
         if self.mode == "scaled":
             return (f"{self.label}: this machine's timings x{self.factor:.3g} so "
                     f"{self.reference_model} takes {self.achieved_ms:.3g} ms as the "
@@ -104,7 +134,7 @@ class Emulation:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label, "share_cpus": self.share_cpus,
-                "description": self.describe()}
+                "drift": self.drift, "description": self.describe()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Emulation:

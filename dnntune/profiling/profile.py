@@ -282,6 +282,7 @@ class Profile:
         emulation = self.meta.emulation or {}
         calibrated = emulation.get("achieved_ms")
         if (emulation.get("mode") != "emulated" or not calibrated
+                or emulation.get("mechanism") == "dilation"  # its description says it
                 or emulation.get("reference_model") != self.meta.model_name):
             return note
         drift = self.end_to_end.mean_ms / float(calibrated) - 1.0

@@ -10,6 +10,7 @@ maps dnntune's errors to gRPC status codes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -117,6 +118,7 @@ class ServerState:
     budget: MemoryBudget
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
     power_profile: str | None = None  # its operator's --emulate preset (a name or a file)
+    device: Any = None  # a dnntune.profiling.dilation.DilatedDevice: the agent's phone
 
     @contextlib.contextmanager
     def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
@@ -211,7 +213,8 @@ class ProfilerServicer:
             settings = ProfileSettings(side=self.s.side, num_runs=request.num_runs or 50,
                                        warmup_runs=request.warmup_runs,
                                        num_threads=self.s.num_threads, energy=energy,
-                                       emulation=self.s.emulation,
+                                       emulation=(self.s.device.emulation.to_dict()
+                                                  if self.s.device else self.s.emulation),
                                        shipped_power_profiles_only=energy != f"model:{own}")
             settings.validate()
             key = key_from_spec(request.model, self.s.limits)
@@ -225,8 +228,6 @@ class ProfilerServicer:
     def _profile_events(self, key: ModelKey, settings: Any, gone: threading.Event
                         ) -> Iterator[Any]:
         """Progress events then the profile's JSON chunks (or a DnntuneError)."""
-        from dnntune.profiling.profiler import profile_model
-
         pb2 = self.s.pb2
         events: queue.Queue[Any] = queue.Queue()
         done = object()
@@ -245,8 +246,7 @@ class ProfilerServicer:
                 with self.s.profile_lock, self.s.gate.profiling(gone) as alone:
                     if alone:
                         with self.s.use_model(key, "Profile") as entry:
-                            events.put(profile_model(entry.loaded, settings,
-                                                     progress=progress))
+                            events.put(self._profile(entry.loaded, settings, progress))
             except DnntuneError as exc:
                 events.put(exc)
             except _Abandoned:
@@ -266,6 +266,18 @@ class ProfilerServicer:
                                                                    PROFILE_CHUNK_BYTES])
             else:
                 yield item
+
+
+    def _profile(self, loaded: Any, settings: Any, progress: Any) -> Any:
+        """Profile here; on a dilated device, natively, then dilated and drift-checked."""
+        from dnntune.profiling.profiler import profile_model
+
+        device = self.s.device
+        if device is None:
+            return profile_model(loaded, settings, progress=progress)
+        return device.profile(lambda emulation: profile_model(
+            loaded, dataclasses.replace(settings, emulation=emulation.to_dict()),
+            progress=progress))
 
 
 def describe_message(pb2: Any, identity: ModelIdentity, graph: Any, cuts: Any) -> Any:
@@ -391,7 +403,8 @@ class DeviceServicer:
             cloud.ensure_model(request.model, self.s.store)
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
-                               reference=entry.reference_outputs())
+                               reference=entry.reference_outputs(),
+                               hold=self.s.device.hold if self.s.device else None)
         return pb2.SplitReply(
             runs=[pb2.SplitRun(total_ms=r.total_ms, head_ms=r.head_ms,
                                transfer_ms=r.transfer_ms, tail_ms=r.tail_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +30,17 @@ class SplitResult:
 
 def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: int,
               warmup_runs: int = 1, warmup_cloud: Any = None,
-              reference: list[np.ndarray] | None = None) -> SplitResult:
+              reference: list[np.ndarray] | None = None,
+              hold: Callable[[float, float], None] | None = None) -> SplitResult:
     """Run ``split`` ``warmup_runs + num_runs`` times; time the last ``num_runs``.
 
     ``cloud`` is a :class:`dnntune.rpc.client.ProfilerClient` of the cloud server. Warm-up
     runs go through ``warmup_cloud`` when given (e.g. an unshaped channel, so compiling
     the tail does not cost minutes on an emulated 3G link). The outputs of the last run
     are compared with ``reference``, the unsplit model's outputs on the same inputs
-    (computed here when not given).
+    (computed here when not given). ``hold(started, head_in_graph_s)``, on an emulated
+    device (:meth:`dnntune.profiling.dilation.DilatedDevice.hold`), keeps the head's
+    result until the phone would have finished it.
     """
     inputs = loaded.example_inputs()
     if reference is None:
@@ -45,7 +49,11 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
     outputs: list[np.ndarray] = []
     for i in range(warmup_runs + num_runs):
         t0 = time.perf_counter()
-        held = split.run_head(inputs)
+        if hold is not None and split.head is not None:
+            held, head_s = split.run_head_timed(inputs)
+            hold(t0, head_s)
+        else:
+            held = split.run_head(inputs)
         t1 = time.perf_counter()
         tail_ms = 0.0
         if split.tail is not None:
