@@ -133,14 +133,14 @@ def our_cgroups(pid: int) -> list[Path]:
 @pytest.mark.slow
 def test_emulated_agent_profiles_labelled_and_cleans_up_on_sigterm(tmp_path):
     if cgroup_problem():  # another host: the agent refuses in one line instead
-        result = run_cli(["agent", "--port", "0", "--emulate", "dnntune_phone"])
-        assert_one_line_error(result, "--emulate dnntune_phone: cannot confine")
+        result = run_cli(["agent", "--port", "0", "--emulate", "dnntune_phone:quota"])
+        assert_one_line_error(result, "--emulate dnntune_phone:quota: cannot confine")
         return
     from dnntune.cli.pipeline import Access, profile_side
     from dnntune.config import RunConfig, SideConfig
 
     preset = write_preset(tmp_path, "test_phone", 100.0)
-    agent = start_agent("--emulate", str(preset))
+    agent = start_agent("--emulate", f"{preset}:quota")
     try:
         described = agent.stdout.readline()
         address = agent.stdout.readline().split("listening on ")[1].strip()
@@ -167,18 +167,58 @@ def test_emulated_agent_profiles_labelled_and_cleans_up_on_sigterm(tmp_path):
 
 
 @pytest.mark.slow
-def test_unreachable_reference_is_one_line_and_leaves_no_cgroup(tmp_path):
+@pytest.mark.parametrize("mechanism", ["dilation", "quota"])
+def test_unreachable_reference_is_one_line_and_leaves_no_cgroup(tmp_path, mechanism):
     preset = write_preset(tmp_path, "too_fast", 0.5)
-    agent = start_agent("--emulate", str(preset))
+    agent = start_agent("--emulate", f"{preset}:{mechanism}")
     _out, err = agent.communicate(timeout=300)
     assert agent.returncode == 2, err[-2000:]
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("dnntune: calib")]
     assert len(lines) == 1 and "Traceback" not in err
-    if cgroup_problem():
+    if mechanism == "dilation":  # no cgroup needed, on any host
+        assert "cannot emulate too_fast (mobilenet_v2 0.5 ms) by time dilation" in lines[0]
+        assert "natively with 1 thread(s)" in lines[0]
+    elif cgroup_problem():
         assert "cannot confine" in lines[0]
     else:
         assert "cannot emulate a reference of 0.5 ms" in lines[0]
+    if not cgroup_problem():
         assert our_cgroups(agent.pid) == []
+
+
+@pytest.mark.slow
+def test_agent_stopped_mid_calibration_leaves_no_cgroup(tmp_path):
+    """SIGTERM while the quota is being calibrated: the cgroup goes with the agent; after
+    SIGKILL (nothing can run) the next start removes it."""
+    if cgroup_problem():
+        return  # no cgroup can be made here: nothing to leave behind (the test above)
+    from dnntune.profiling.cgroups import find_backend
+
+    preset = write_preset(tmp_path, "slow_phone", 150.0)
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        agent = start_agent("--emulate", f"{preset}:quota")
+        try:
+            for line in agent.stderr:  # "dnntune: calibrating slow_phone: ..."
+                if line.startswith("dnntune: calibrating"):
+                    break
+            deadline = 60
+            import time
+
+            while not our_cgroups(agent.pid) and deadline:  # confined, now calibrating
+                time.sleep(0.1)
+                deadline -= 1
+            assert our_cgroups(agent.pid), "the agent never made its cgroup"
+            agent.send_signal(how)
+            agent.wait(60)
+        finally:
+            agent.kill()
+            agent.wait()
+        if how == signal.SIGTERM:
+            assert agent.returncode != 0 and our_cgroups(agent.pid) == []
+        else:
+            assert our_cgroups(agent.pid) != []  # SIGKILL: nothing ran on the way out
+            find_backend().remove_stale()  # what every emulated start does first
+            assert our_cgroups(agent.pid) == []
 
 
 def test_agent_refuses_unknown_and_unusable_presets():
@@ -201,6 +241,8 @@ def without_cgroups(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
 
 @pytest.mark.slow
 def test_without_cgroup_permission_analyze_scales_and_validate_refuses(tmp_path):
+    """The quota mechanism needs a cgroup: without one, analyze scales (a what-if) and
+    validate refuses. Time dilation, the default, needs none: it emulates anyway."""
     prefix, env = without_cgroups(tmp_path)
     probe = subprocess.run([*prefix, sys.executable, "-c", "from dnntune.cli.pipeline import "
                             "cgroup_problem; print(cgroup_problem() or '')"],
@@ -209,9 +251,14 @@ def test_without_cgroup_permission_analyze_scales_and_validate_refuses(tmp_path)
     if not probe.stdout.strip():
         return  # a delegated cgroup: this user may emulate; covered by the tests above
     out = tmp_path / "run"
-    result = subprocess.run([*prefix, sys.executable, "-m", "dnntune", "analyze", "--model",
-                             "tiny_mlp", "--num_runs", "2", "--warmup_runs", "0",
-                             "--no-plots", "--links", "wifi", "--out", str(out)],
+    analyze = [*prefix, sys.executable, "-m", "dnntune", "analyze", "--model", "tiny_mlp",
+               "--num_runs", "2", "--warmup_runs", "0", "--no-plots", "--links", "wifi"]
+    dilated = subprocess.run([*analyze, "--out", str(tmp_path / "dilated")],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert dilated.returncode == 0, dilated.stderr[-3000:]
+    assert "cannot confine" not in dilated.stderr
+    assert "device: emulated:dnntune_phone" in " ".join(dilated.stdout.split())
+    result = subprocess.run([*analyze, "--emulate", "dnntune_phone:quota", "--out", str(out)],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     notes = [x for x in result.stderr.splitlines() if "cannot confine" in x]
@@ -225,9 +272,9 @@ def test_without_cgroup_permission_analyze_scales_and_validate_refuses(tmp_path)
     assert device.meta.emulation is not None and device.meta.emulation["factor"] > 0
     assert device.energy.label == "estimated:dnntune_phone"
     refused = subprocess.run([*prefix, sys.executable, "-m", "dnntune", "validate", "--model",
-                              "tiny_mlp", "--links", "wifi"], capture_output=True, text=True,
-                             env=env, cwd=REPO, timeout=300)
-    assert_one_line_error(refused, "validate: cannot emulate dnntune_phone",
+                              "tiny_mlp", "--links", "wifi", "--emulate", "dnntune_phone:quota"],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert_one_line_error(refused, "validate: cannot emulate dnntune_phone:quota",
                           "--emulate none")
 
 

@@ -177,6 +177,10 @@ def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSett
     settings = dataclasses.replace(
         settings, num_threads=usable_threads(preset),
         energy=f"model:{preset.name}" if settings.energy == "auto" else settings.energy)
+    if split_emulate(preset_name)[1] == "dilation":
+        from dnntune.profiling.dilation import raise_priority
+
+        raise_priority()  # before TensorFlow starts a thread: they inherit it
     configure_runtime(settings.num_threads, settings.cpu_affinity)
     if split_emulate(preset_name)[1] == "dilation":
         return _profile_dilated(preset_name, config, settings)

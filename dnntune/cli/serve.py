@@ -178,6 +178,10 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
     options = _options(args)
     options.validate()  # type: ignore[attr-defined]
     threads = usable_threads(load_emulation_preset(args.emulate))
+    if split_emulate(args.emulate)[1] == "dilation":
+        from dnntune.profiling.dilation import raise_priority
+
+        raise_priority()  # before TensorFlow starts a thread: they inherit it
     configure_runtime(threads)  # before TensorFlow runs anything in this process
     if split_emulate(args.emulate)[1] == "dilation":
         return _run_dilated_agent(args, cloud, dataclasses.replace(

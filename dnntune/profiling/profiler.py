@@ -24,7 +24,7 @@ from dnntune import __version__
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import LoadedModel, model_hash
 from dnntune.profiling.profile import EnergyInfo, LayerProfile, Profile, ProfileMeta
-from dnntune.profiling.stats import summarize
+from dnntune.profiling.stats import summarize, undisturbed
 
 Progress = Callable[[str, int, int], None]
 
@@ -154,12 +154,17 @@ def build_profile(loaded: LoadedModel, settings: ProfileSettings, raw: RawSample
     from dnntune.profiling.energy import attribute_energy
 
     durations_ms = np.diff(raw.stamps_s, axis=1) * 1e3  # layer i: stamp i+1 − stamp i
+    in_graph_s = raw.plain_in_graph_s
+    if (settings.emulation or {}).get("mechanism") == "dilation":
+        # The dilated phone: runs a neighbour on this host slowed down are not the phone's.
+        durations_ms = durations_ms[undisturbed(durations_ms.sum(axis=1))]
+        in_graph_s = in_graph_s[undisturbed(in_graph_s)]
     graph = loaded.graph
     if durations_ms.shape[1] != len(graph.layers):
         raise DnntuneError(f"internal: {durations_ms.shape[1]} timings for "
                            f"{len(graph.layers)} layers")
     latency = [summarize(durations_ms[:, i]) for i in range(len(graph.layers))]
-    end_to_end = summarize(raw.plain_in_graph_s * 1e3)
+    end_to_end = summarize(in_graph_s * 1e3)
     wall = summarize(raw.plain_wall_s * 1e3)
     inst = summarize(raw.instrumented_wall_s * 1e3)
     if raw.idle_power_mw is not None and raw.active_power_mw is not None:

@@ -37,3 +37,26 @@ def layer_durations_ms(stamps_s: np.ndarray) -> np.ndarray:
     """
     stamps_s = np.asarray(stamps_s, dtype=np.float64)
     return (stamps_s[..., 1] - stamps_s[..., 0]) * 1e3
+
+
+DISTURBED_SLACK = 1.15
+
+
+def undisturbed(totals_ms: Sequence[float] | np.ndarray, slack: float = DISTURBED_SLACK
+                ) -> np.ndarray:
+    """Which runs the host left alone: a boolean mask of runs no slower than ``slack`` x
+    the median run (always at least the faster half).
+
+    A run that a neighbour on the host slowed down says nothing about an emulated phone
+    (:mod:`dnntune.profiling.dilation`), so dilated profiles and their calibration keep
+    only these.
+
+    Example:
+        >>> undisturbed([10.0, 10.2, 9.9, 14.0, 10.1]).tolist()
+        [True, True, True, False, True]
+    """
+    x = np.asarray(totals_ms, dtype=np.float64)
+    keep = x <= np.median(x) * slack
+    if keep.sum() * 2 < x.size:
+        keep = x <= np.sort(x)[(x.size - 1) // 2]
+    return keep

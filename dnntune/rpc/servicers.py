@@ -401,6 +401,8 @@ class DeviceServicer:
             split = entry.split(request.cut_index)
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)
+            if self.s.device is not None:
+                self.s.device.refresh()  # the phone's speed, as this host runs now
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
                                reference=entry.reference_outputs(),
