@@ -1,5 +1,6 @@
-"""A profiling campaign without cgroup permission still runs: device profiles scaled to
-each preset and labelled so (the emulated path runs in tests/test_notebooks.py)."""
+"""A profiling campaign of CFS-quota devices without cgroup permission still runs: device
+profiles scaled to each preset and labelled so (the emulated path, by time dilation,
+which needs no cgroup, runs in tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from dnntune.cli.pipeline import cgroup_problem
 CAMPAIGN = """
 import json
 from dnntune.cli.campaign import CampaignSettings, profile_campaign
-c = profile_campaign(["pixel1"], ["tiny_mlp"], CampaignSettings(num_runs=3, warmup_runs=1))
-device = c.device["pixel1"]["tiny_mlp"]
+c = profile_campaign(["pixel1:quota"], ["tiny_mlp"],
+                     CampaignSettings(num_runs=3, warmup_runs=1))
+device = c.device["pixel1:quota"]["tiny_mlp"]
 print(json.dumps({"label": device.meta.device_label, "note": c.note,
                   "devices": c.devices, "energy": device.energy.label,
                   "cloud": c.cloud["tiny_mlp"].meta.device_label,
@@ -43,8 +45,8 @@ def test_without_cgroup_permission_devices_are_scaled_and_labelled() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["label"] == "scaled:pixel1"
     assert result["note"]  # says why
-    assert result["devices"]["pixel1"].startswith("scaled:pixel1: this machine's timings x")
-    assert "what-if" in result["devices"]["pixel1"]
+    assert result["devices"]["pixel1:quota"].startswith("scaled:pixel1: this machine's timings x")
+    assert "what-if" in result["devices"]["pixel1:quota"]
     assert result["energy"] == "estimated:pixel1"
     assert result["cloud"] == "measured"
     assert result["factor"] > 0

@@ -68,16 +68,12 @@ def test_cli_validate_end_to_end_and_bad_input(tmp_path):
     result = run_cli(["validate", "--model", "tiny_mlp", "--links", "wifi", "--cuts", "best",
                       "--num_runs", "2", "--profile-runs", "3", "--out", str(out),
                       "--format", "json"])
-    from dnntune.cli.pipeline import cgroup_problem
-
-    if cgroup_problem():  # the default device is an emulated phone: no cgroup, no validate
-        assert_one_line_error(result, "validate: cannot emulate dnntune_phone")
-        return
+    # the default device, the emulated phone by time dilation, needs no cgroup: any host
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny_mlp" and doc["links"][0]["name"] == "wifi"
     assert doc["device_label"] == "emulated:dnntune_phone"  # heads ran on the emulated agent
-    assert "CPU limited to" in doc["device_note"]
+    assert "dilated x" in doc["device_note"]
     cuts = doc["links"][0]["cuts"]
     assert {"index", "predicted_ms", "measured_ms", "error_pct"} <= set(cuts[0])
     assert (out / "validation.json").is_file() and (out / "validation-wifi.png").is_file()

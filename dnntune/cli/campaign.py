@@ -84,10 +84,13 @@ def profile_campaign(presets: Sequence[str], models: Sequence[str],
         DnntuneError: an unknown preset or model, or an emulation out of reach.
     """
     from dnntune.cli.pipeline import cgroup_problem, local_cloud_server
+    from dnntune.profiling.devices import split_emulate
 
     settings = settings or CampaignSettings()
     say = report or (lambda line: None)
-    problem = cgroup_problem()
+    # Only the CFS quota needs a cgroup; time dilation (the default) runs anywhere.
+    quota = any(split_emulate(p)[1] == "quota" for p in presets)
+    problem = cgroup_problem() if quota else None
     with local_cloud_server(settings.cloud_threads) as cloud_address:
         if problem is None:
             device, devices = _profile_emulated(presets, models, settings, say)

@@ -196,7 +196,7 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
             options = dataclasses.replace(options, num_threads=threads)  # type: ignore[type-var]
             running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
                                     emulation=emulation.to_dict(),
-                                    power_profile=args.emulate)
+                                    power_profile=split_emulate(args.emulate)[0])
             print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
             _announce("device agent", running)
             running.wait_for_signal()
@@ -210,11 +210,12 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
 def _run_dilated_agent(args: argparse.Namespace, cloud: object, options: object) -> int:
     """The agent as the preset's phone by time dilation (no cgroup needed)."""
     from device_agent import create_server
+    from dnntune.profiling.devices import split_emulate
     from dnntune.profiling.dilation import DilatedDevice
 
     device = DilatedDevice(args.emulate, lambda m: print(f"dnntune: {m}", file=sys.stderr))
     emulation = device.calibrate()
     running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
-                            power_profile=args.emulate, device=device)
+                            power_profile=split_emulate(args.emulate)[0], device=device)
     print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
     return _serve_until_signal("device agent", running)
