@@ -7,9 +7,13 @@ source of every number. More links come from YAML files with the same schema
 :func:`resolve_links` turns the items of ``--links`` into links.
 
 Radio power follows Huang et al. (MobiSys 2012): while sending at ``u`` Mbit/s the radio
-draws ``alpha_up * u + beta`` mW, while receiving ``alpha_down * d + beta`` mW. After a
-transfer the radio stays in a high-power *tail* for ``tail_ms``; waking it from idle
-costs a *promotion* of ``promotion_ms`` at ``promotion_mw``.
+draws ``alpha_up * u + beta_up`` mW, while receiving ``alpha_down * d + beta_down`` mW
+(``beta_up_mw`` / ``beta_down_mw``; a link without them uses one ``beta_mw`` for both, as
+Huang et al.'s fits do, while Narayanan et al.'s 2021 fits have one per direction). While
+connected but not transferring (waiting for the cloud, and in the *tail* of ``tail_ms``
+after the last packet) it draws ``tail_mw``; waking it from idle costs a *promotion* of
+``promotion_ms`` at ``promotion_mw``. :func:`scaled_radio` scales every radio power, for
+the robustness check.
 """
 
 from __future__ import annotations
@@ -28,10 +32,15 @@ from dnntune.errors import ConfigError, DnntuneError
 POSITIVE = ("up_mbps", "down_mbps")
 FIT_RANGE_KEYS = ("fit_up_min_mbps", "fit_up_max_mbps", "fit_down_min_mbps",
                   "fit_down_max_mbps")
+DIRECTION_BETAS = ("beta_up_mw", "beta_down_mw")
 NON_NEGATIVE = ("rtt_ms", "alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
-                "promotion_ms", "promotion_mw", "tail_ms", "tail_mw", *FIT_RANGE_KEYS)
+                *DIRECTION_BETAS, "promotion_ms", "promotion_mw", "tail_ms", "tail_mw",
+                *FIT_RANGE_KEYS)
 REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
-            "alpha_down_mw_per_mbps", "beta_mw")
+            "alpha_down_mw_per_mbps")  # and beta_mw, or both DIRECTION_BETAS
+RADIO_POWER_KEYS = ("alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
+                    *DIRECTION_BETAS, "promotion_mw", "tail_mw")
+DEFAULT_LINKS = ("3g", "4g", "wifi")  # what --links means when not given
 OPTIONAL_KEYS = ("base", "trace", "description", "power_source")
 DEFAULT_TRACE_BASE = "4g"
 MIN_RATE_MBPS = 1e-3  # 1 kbit/s
@@ -49,6 +58,7 @@ class Link:
         down_mbps: Downlink throughput, Mbit/s.
         rtt_ms: Round-trip time, paid once per inference when anything crosses.
         alpha_up_mw_per_mbps, alpha_down_mw_per_mbps, beta_mw: Huang et al. power model.
+        beta_up_mw, beta_down_mw: Per-direction intercepts, mW; ``None`` takes ``beta_mw``.
         fit_up_min_mbps, fit_up_max_mbps, fit_down_min_mbps, fit_down_max_mbps: The
             throughputs the power fit was measured over; outside them the power is held at
             the range's end (see :meth:`up_extrapolation`). Defaults: not stated, unbounded.
@@ -70,11 +80,13 @@ class Link:
     rtt_ms: float
     alpha_up_mw_per_mbps: float
     alpha_down_mw_per_mbps: float
-    beta_mw: float
+    beta_mw: float = 0.0
     promotion_ms: float = 0.0
     promotion_mw: float = 0.0
     tail_ms: float = 0.0
     tail_mw: float = 0.0
+    beta_up_mw: float | None = None
+    beta_down_mw: float | None = None
     fit_up_min_mbps: float = 0.0
     fit_up_max_mbps: float = UNBOUNDED_MBPS
     fit_down_min_mbps: float = 0.0
@@ -86,6 +98,16 @@ class Link:
     def __post_init__(self) -> None:
         check_link_values(asdict_numbers(self), f"link {self.name!r}")
 
+    @property
+    def up_beta_mw(self) -> float:
+        """Uplink intercept, mW: ``beta_up_mw`` if given, else ``beta_mw``."""
+        return self.beta_mw if self.beta_up_mw is None else self.beta_up_mw
+
+    @property
+    def down_beta_mw(self) -> float:
+        """Downlink intercept, mW: ``beta_down_mw`` if given, else ``beta_mw``."""
+        return self.beta_mw if self.beta_down_mw is None else self.beta_down_mw
+
     def up_power_mw(self, up_mbps: float | None = None) -> float:
         """Radio power while sending at ``up_mbps`` (default: the link's uplink), mW.
 
@@ -93,14 +115,14 @@ class Link:
         """
         rate = self.up_mbps if up_mbps is None else up_mbps
         rate = min(max(rate, self.fit_up_min_mbps), self.fit_up_max_mbps)
-        return self.alpha_up_mw_per_mbps * rate + self.beta_mw
+        return self.alpha_up_mw_per_mbps * rate + self.up_beta_mw
 
     def down_power_mw(self, down_mbps: float | None = None) -> float:
         """Radio power while receiving at ``down_mbps`` (default: the link's), mW; held
         inside the fit range like :meth:`up_power_mw`."""
         rate = self.down_mbps if down_mbps is None else down_mbps
         rate = min(max(rate, self.fit_down_min_mbps), self.fit_down_max_mbps)
-        return self.alpha_down_mw_per_mbps * rate + self.beta_mw
+        return self.alpha_down_mw_per_mbps * rate + self.down_beta_mw
 
     def up_extrapolation(self, up_mbps: float | None = None) -> str:
         """``""`` if the uplink rate is inside the fit range, else the label to print."""
@@ -123,6 +145,7 @@ class Link:
         d["name"] = self.name
         d["source"] = self.source
         d["power_source"] = self.power_source
+        d["beta_up_mw"], d["beta_down_mw"] = self.up_beta_mw, self.down_beta_mw
         d["up_power_label"] = self.up_extrapolation()
         d["down_power_label"] = self.down_extrapolation()
         if self.trace is not None:
@@ -153,9 +176,18 @@ def check_in_range(link: Link) -> None:
 
 
 def asdict_numbers(link: Link) -> dict[str, Any]:
-    """The numeric fields of ``link`` as a dict (no name, source or trace)."""
+    """The numeric fields of ``link`` as a dict (no name, source or trace; a direction's
+    intercept only if it has its own)."""
     return {k: v for k, v in asdict(link).items()
-            if k not in ("name", "source", "trace", "power_source")}
+            if k not in ("name", "source", "trace", "power_source") and v is not None}
+
+
+def scaled_radio(link: Link, factor: float) -> Link:
+    """``link`` with every radio power (transfer fit, connected/tail, promotion) times
+    ``factor``: the "radio power halved / doubled" what-if of the robustness check."""
+    values = {k: getattr(link, k) * factor for k in RADIO_POWER_KEYS
+              if getattr(link, k) is not None}
+    return replace(link, name=f"{link.name} (radio x{factor:g})", **values)
 
 
 def check_link_values(values: Mapping[str, Any], where: str) -> None:
@@ -194,12 +226,38 @@ _PRESETS: dict[str, dict[str, Any]] = {
              "alpha_up_mw_per_mbps": 283.17, "alpha_down_mw_per_mbps": 137.01,
              "beta_mw": 132.86, "promotion_ms": 79.1, "promotion_mw": 124.4,
              "tail_ms": 238.1, "tail_mw": 119.3},
+    # Narayanan et al. (SIGCOMM 2021): whole-phone fits minus the 2357 mW idle baseline.
+    "lte-2021": {"up_mbps": 34.4, "down_mbps": 167.3, "rtt_ms": 74.5,
+                 "alpha_up_mw_per_mbps": 80.21, "alpha_down_mw_per_mbps": 14.55,
+                 "beta_up_mw": 442.0, "beta_down_mw": 397.0, "promotion_ms": 260.1,
+                 "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 397.0,
+                 "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 24.85,
+                 "fit_down_min_mbps": 1.05, "fit_down_max_mbps": 50.08},
+    "5g-low": {"up_mbps": 75.2, "down_mbps": 174.4, "rtt_ms": 62.0,
+               "alpha_up_mw_per_mbps": 29.15, "alpha_down_mw_per_mbps": 13.52,
+               "beta_up_mw": 847.0, "beta_down_mw": 568.0, "promotion_ms": 260.1,
+               "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 568.0,
+               "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 39.91,
+               "fit_down_min_mbps": 1.04, "fit_down_max_mbps": 100.45},
+    "5g-mmwave": {"up_mbps": 168.9, "down_mbps": 2759.5, "rtt_ms": 63.0,
+                  "alpha_up_mw_per_mbps": 9.42, "alpha_down_mw_per_mbps": 1.81,
+                  "beta_up_mw": 3267.0, "beta_down_mw": 2779.0, "promotion_ms": 260.1,
+                  "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 2779.0,
+                  "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 190.09,
+                  "fit_down_min_mbps": 1.03, "fit_down_max_mbps": 2195.8},
 }
+_H12 = ("Huang et al., MobiSys 2012 (fitted throughput range not stated here: not "
+        "checked against the paper)")
+_N21 = "Narayanan et al., SIGCOMM 2021 (Verizon, MN)"
+_POWER_SOURCES = {"3g": _H12, "4g": _H12, "wifi": _H12, "lte-2021": _N21, "5g-low": _N21,
+                  "5g-mmwave": _N21}
 
 
 def preset_links() -> dict[str, Link]:
-    """The built-in presets ``3g``, ``4g``, ``wifi`` (a fresh dict on every call)."""
-    return {name: Link(name=name, **values) for name, values in _PRESETS.items()}
+    """The built-in presets (a fresh dict on every call): ``3g``, ``4g``, ``wifi`` (the
+    2012 references), ``lte-2021``, ``5g-low``, ``5g-mmwave`` (2021 fits)."""
+    return {name: Link(name=name, power_source=_POWER_SOURCES[name], **values)
+            for name, values in _PRESETS.items()}
 
 
 def load_links_file(path: str | Path, presets: Mapping[str, Link] | None = None
@@ -258,6 +316,8 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
         trace = load_trace(path.parent / str(spec["trace"]))
         values["up_mbps"] = trace.mean_mbps
     missing = [k for k in REQUIRED if k not in values]
+    if "beta_mw" not in values and not all(k in values for k in DIRECTION_BETAS):
+        missing.append("beta_mw")
     if missing:
         raise ConfigError(where, f"missing key {missing[0]!r} (give it, or a 'base' preset)")
     check_link_values(values, where)
@@ -280,7 +340,8 @@ def resolve_links(items: Iterable[str] | None, presets: Mapping[str, Link] | Non
     Each item (comma-separated items are split) is a preset name, a YAML links file
     (``.yaml``/``.yml``: all its links), or a trace file, optionally suffixed
     ``@<preset>`` to take downlink, RTT and radio power from that preset (default 4g).
-    ``None`` or nothing means all presets.
+    ``None`` or nothing means :data:`DEFAULT_LINKS` (the 2012 presets; the 2021 ones
+    are named explicitly, e.g. ``--links lte-2021,5g-low,5g-mmwave``).
 
     Raises:
         DnntuneError: for an unknown name (listing the known ones), an unreadable or
@@ -293,7 +354,7 @@ def resolve_links(items: Iterable[str] | None, presets: Mapping[str, Link] | Non
     presets = preset_links() if presets is None else dict(presets)
     names = [s.strip() for item in (items or ()) for s in item.split(",") if s.strip()]
     if not names:
-        return list(presets.values())
+        return [presets[n] for n in DEFAULT_LINKS if n in presets] or list(presets.values())
     links: list[Link] = []
     for item in names:
         links.extend(_resolve_one(item, presets))

@@ -17,7 +17,13 @@ import sys
 from typing import Any
 
 from dnntune.analysis.costs import CostOptions
-from dnntune.analysis.links import DEFAULT_TRACE_BASE, check_in_range, preset_links, resolve_links
+from dnntune.analysis.links import (
+    DEFAULT_LINKS,
+    DEFAULT_TRACE_BASE,
+    check_in_range,
+    preset_links,
+    resolve_links,
+)
 from dnntune.analysis.partition import (
     OBJECTIVES,
     Analysis,
@@ -68,7 +74,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
              f"files (Mahimahi or 'seconds Mbit/s'; FILE@3g takes downlink, RTT and radio "
              f"power from a preset, default {DEFAULT_TRACE_BASE}); repeatable; "
-             "default: all presets")
+             f"default: {','.join(DEFAULT_LINKS)}")
     parser.add_argument("--objective", choices=OBJECTIVES, default=None,
                         help="what to minimise (default: energy-first with --deadline-ms "
                              "alone, else latency-first)")
