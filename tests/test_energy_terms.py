@@ -234,3 +234,49 @@ def test_cli_bad_preset_and_mode_conflict_exit_2_and_the_report_says_what_is_cou
         assert total == pytest.approx(float(row["energy_mj"]))
         assert row["radio"] == "warm"
         assert row["down_power_label"].startswith("extrapolated (fit holds for 1.03-2195.8")
+
+
+def test_a_piecewise_linear_curve_interpolates_and_holds_at_its_ends(tmp_path: Path) -> None:
+    path = _links_file(tmp_path, "    base: lte-2021\n    up_mbps: 40\n"
+                                 "    power_up_curve: [[1, 500], [10, 1400], [25, 2300]]\n"
+                                 "    power_source: my bench, 2026\n")
+    link = load_links_file(path)["mine"]
+    assert link.up_power_mw(5.5) == pytest.approx(950.0)
+    assert link.up_power_mw() == link.up_power_mw(1000.0) == 2300.0  # held at 25 Mbit/s
+    assert (link.fit_up_min_mbps, link.fit_up_max_mbps) == (1.0, 25.0)
+    assert link.up_extrapolation() == ("extrapolated (fit holds for 1-25 Mbit/s, "
+                                       "my bench, 2026)")
+    assert link.down_power_mw() == preset_links()["lte-2021"].down_power_mw()
+    assert scaled_radio(link, 2.0).up_power_mw(5.5) == pytest.approx(1900.0)
+    assert link.to_dict()["power_up_curve"] == [[1.0, 500.0], [10.0, 1400.0], [25.0, 2300.0]]
+    # The cost table and a sweep use the curve too.
+    graph = chain_graph(CHAIN_BYTES)
+    sweep = prefix_table(inputs(), link, CostOptions(), up_mbps=np.array([[5.5], [1e3]]))
+    t_up = np.array(graph.layers[0].outputs[0].bytes) / (np.array([[5.5], [1e3]]) * 125.0)
+    np.testing.assert_allclose(sweep.up_mj[:, 0], [950.0 * t_up[0, 0] / 1000,
+                                                   2300.0 * t_up[1, 0] / 1000])
+
+
+@pytest.mark.parametrize(("curve", "key"), [
+    ("[[1, 500], [1, 600]]", "power_up_curve"),          # not increasing
+    ("[[10, 500], [5, 600]]", "power_up_curve"),         # decreasing
+    ("[[1, -5], [5, 600]]", "power_up_curve"),           # negative power
+    ("[[1, 500]]", "power_up_curve"),                    # one point
+    ("[[1, 500], [5, 600]]\n    fit_up_max_mbps: 9", "fit_up_max_mbps"),
+])
+def test_a_bad_curve_is_one_line_naming_file_and_key(tmp_path: Path, curve: str,
+                                                     key: str) -> None:
+    path = _links_file(tmp_path, f"    base: 4g\n    power_up_curve: {curve}\n")
+    with pytest.raises(ConfigError) as err:
+        load_links_file(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and key in message
+
+
+def test_curves_for_both_directions_need_no_fit(tmp_path: Path) -> None:
+    path = _links_file(tmp_path, "    up_mbps: 10\n    down_mbps: 50\n    rtt_ms: 20\n"
+                                 "    power_up_curve: [[1, 400], [20, 1500]]\n"
+                                 "    power_down_curve: [[1, 300], [100, 900]]\n")
+    link = load_links_file(path)["mine"]
+    assert (link.up_power_mw(), link.down_power_mw()) == (pytest.approx(400 + 1100 * 9 / 19),
+                                                          pytest.approx(300 + 600 * 49 / 99))

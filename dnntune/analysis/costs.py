@@ -363,9 +363,8 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     tm = tm + call_ms
     tc = tc + np.where(tc > 0, (options.cloud_call_ms or 0.0)
                        * np.asarray(cloud_call_share, dtype=np.float64), 0.0)
-    # Outside its fit's range the power is held at the range end (links.Link.up_power_mw).
-    held = np.clip(rate, link.fit_up_min_mbps, link.fit_up_max_mbps)
-    up = (link.alpha_up_mw_per_mbps * held + link.up_beta_mw) * t_up / 1000.0
+    # Outside its fit's range the power is held at the range end (links.Link.power_mw_at).
+    up = link.power_mw_at("up", rate) * t_up / 1000.0
     down = link.down_power_mw() * t_down / 1000.0
     # Connected, not transferring: the RTT, the RPC and the cloud's compute.
     wait_ms = np.where(crosses, link.rtt_ms + rpc + tc, 0.0)

@@ -24,8 +24,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import yaml
 
+from dnntune.analysis.curves import CURVE_KEYS, Curve, curve_power_mw, parse_curve, scaled_curve
 from dnntune.analysis.traces import Trace, load_trace
 from dnntune.errors import ConfigError, DnntuneError
 
@@ -41,7 +44,7 @@ REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
 RADIO_POWER_KEYS = ("alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
                     *DIRECTION_BETAS, "promotion_mw", "tail_mw")
 DEFAULT_LINKS = ("3g", "4g", "wifi")  # what --links means when not given
-OPTIONAL_KEYS = ("base", "trace", "description", "power_source")
+OPTIONAL_KEYS = ("base", "trace", "description", "power_source", *CURVE_KEYS)
 DEFAULT_TRACE_BASE = "4g"
 MIN_RATE_MBPS = 1e-3  # 1 kbit/s
 MAX_VALUE = 1e9
@@ -59,6 +62,8 @@ class Link:
         rtt_ms: Round-trip time, paid once per inference when anything crosses.
         alpha_up_mw_per_mbps, alpha_down_mw_per_mbps, beta_mw: Huang et al. power model.
         beta_up_mw, beta_down_mw: Per-direction intercepts, mW; ``None`` takes ``beta_mw``.
+        power_up_curve, power_down_curve: Piecewise-linear ``(Mbit/s, mW)`` points used
+            instead of the direction's fit; their first and last points set its fit range.
         fit_up_min_mbps, fit_up_max_mbps, fit_down_min_mbps, fit_down_max_mbps: The
             throughputs the power fit was measured over; outside them the power is held at
             the range's end (see :meth:`up_extrapolation`). Defaults: not stated, unbounded.
@@ -87,6 +92,8 @@ class Link:
     tail_mw: float = 0.0
     beta_up_mw: float | None = None
     beta_down_mw: float | None = None
+    power_up_curve: Curve | None = None
+    power_down_curve: Curve | None = None
     fit_up_min_mbps: float = 0.0
     fit_up_max_mbps: float = UNBOUNDED_MBPS
     fit_down_min_mbps: float = 0.0
@@ -96,7 +103,15 @@ class Link:
     trace: Trace | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_link_values(asdict_numbers(self), f"link {self.name!r}")
+        where = f"link {self.name!r}"
+        for direction in ("up", "down"):
+            key = f"power_{direction}_curve"
+            if getattr(self, key) is not None:  # the curve's ends are its range
+                curve = parse_curve(getattr(self, key), where, key)
+                object.__setattr__(self, key, curve)
+                object.__setattr__(self, f"fit_{direction}_min_mbps", curve[0][0])
+                object.__setattr__(self, f"fit_{direction}_max_mbps", curve[-1][0])
+        check_link_values(asdict_numbers(self), where)
 
     @property
     def up_beta_mw(self) -> float:
@@ -113,16 +128,25 @@ class Link:
 
         The rate is held inside the fit range, so power is bounded at any throughput.
         """
-        rate = self.up_mbps if up_mbps is None else up_mbps
-        rate = min(max(rate, self.fit_up_min_mbps), self.fit_up_max_mbps)
-        return self.alpha_up_mw_per_mbps * rate + self.up_beta_mw
+        return float(self.power_mw_at("up", self.up_mbps if up_mbps is None else up_mbps))
 
     def down_power_mw(self, down_mbps: float | None = None) -> float:
         """Radio power while receiving at ``down_mbps`` (default: the link's), mW; held
         inside the fit range like :meth:`up_power_mw`."""
         rate = self.down_mbps if down_mbps is None else down_mbps
-        rate = min(max(rate, self.fit_down_min_mbps), self.fit_down_max_mbps)
-        return self.alpha_down_mw_per_mbps * rate + self.down_beta_mw
+        return float(self.power_mw_at("down", rate))
+
+    def power_mw_at(self, direction: str, rate_mbps: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Radio power of ``direction`` (``"up"``/``"down"``) at any array of rates, mW:
+        the curve if the link has one, else the linear fit, held inside the fit range."""
+        curve: Curve | None = getattr(self, f"power_{direction}_curve")
+        if curve is not None:
+            return curve_power_mw(curve, rate_mbps)
+        held = np.clip(np.asarray(rate_mbps, dtype=np.float64),
+                       getattr(self, f"fit_{direction}_min_mbps"),
+                       getattr(self, f"fit_{direction}_max_mbps"))
+        alpha = getattr(self, f"alpha_{direction}_mw_per_mbps")
+        return np.asarray(alpha * held + getattr(self, f"{direction}_beta_mw"))
 
     def up_extrapolation(self, up_mbps: float | None = None) -> str:
         """``""`` if the uplink rate is inside the fit range, else the label to print."""
@@ -146,6 +170,9 @@ class Link:
         d["source"] = self.source
         d["power_source"] = self.power_source
         d["beta_up_mw"], d["beta_down_mw"] = self.up_beta_mw, self.down_beta_mw
+        for key in CURVE_KEYS:
+            curve = getattr(self, key)
+            d[key] = None if curve is None else [list(point) for point in curve]
         d["up_power_label"] = self.up_extrapolation()
         d["down_power_label"] = self.down_extrapolation()
         if self.trace is not None:
@@ -179,14 +206,17 @@ def asdict_numbers(link: Link) -> dict[str, Any]:
     """The numeric fields of ``link`` as a dict (no name, source or trace; a direction's
     intercept only if it has its own)."""
     return {k: v for k, v in asdict(link).items()
-            if k not in ("name", "source", "trace", "power_source") and v is not None}
+            if k not in ("name", "source", "trace", "power_source") and v is not None
+            and k not in CURVE_KEYS}
 
 
 def scaled_radio(link: Link, factor: float) -> Link:
     """``link`` with every radio power (transfer fit, connected/tail, promotion) times
     ``factor``: the "radio power halved / doubled" what-if of the robustness check."""
-    values = {k: getattr(link, k) * factor for k in RADIO_POWER_KEYS
-              if getattr(link, k) is not None}
+    values: dict[str, Any] = {k: getattr(link, k) * factor for k in RADIO_POWER_KEYS
+                              if getattr(link, k) is not None}
+    values.update({k: scaled_curve(getattr(link, k), factor) for k in CURVE_KEYS
+                   if getattr(link, k) is not None})
     return replace(link, name=f"{link.name} (radio x{factor:g})", **values)
 
 
@@ -306,6 +336,7 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
                                      f"got {spec['base']!r}")
         values.update(asdict_numbers(presets[spec["base"]]))
     values.update({k: v for k, v in spec.items() if k not in OPTIONAL_KEYS})
+    curves = _curves(spec, presets[spec["base"]] if "base" in spec else None, where)
     base_source = presets[spec["base"]].power_source if "base" in spec else ""
     power_source = str(spec.get("power_source", base_source))
     trace = None
@@ -315,15 +346,38 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
                                      "comes from the trace")
         trace = load_trace(path.parent / str(spec["trace"]))
         values["up_mbps"] = trace.mean_mbps
-    missing = [k for k in REQUIRED if k not in values]
-    if "beta_mw" not in values and not all(k in values for k in DIRECTION_BETAS):
-        missing.append("beta_mw")
+    missing = [k for k in ("up_mbps", "down_mbps", "rtt_ms") if k not in values]
+    for direction in ("up", "down"):  # a direction needs a curve, or a slope and intercept
+        if curves.get(f"power_{direction}_curve") is None:
+            missing += [k for k in (f"alpha_{direction}_mw_per_mbps",) if k not in values]
+            if "beta_mw" not in values and f"beta_{direction}_mw" not in values:
+                missing.append("beta_mw")
     if missing:
         raise ConfigError(where, f"missing key {missing[0]!r} (give it, or a 'base' preset)")
     check_link_values(values, where)
     numbers: dict[str, Any] = {k: float(v) for k, v in values.items()}
+    numbers.setdefault("alpha_up_mw_per_mbps", 0.0)  # unused beside a curve
+    numbers.setdefault("alpha_down_mw_per_mbps", 0.0)
     return Link(name=name, source=str(spec.get("description", path)), trace=trace,
-                power_source=power_source, **numbers)
+                power_source=power_source, power_up_curve=curves["power_up_curve"],
+                power_down_curve=curves["power_down_curve"], **numbers)
+
+
+def _curves(spec: Mapping[str, Any], base: Link | None, where: str) -> dict[str, Curve | None]:
+    """The curves of a links-file entry (its own, else its base's), checked."""
+    out: dict[str, Curve | None] = {}
+    for direction in ("up", "down"):
+        key = f"power_{direction}_curve"
+        if key in spec:
+            ranged = [k for k in (f"fit_{direction}_min_mbps", f"fit_{direction}_max_mbps")
+                      if k in spec]
+            if ranged:
+                raise ConfigError(where, f"key {ranged[0]!r}: a curve's range is its first "
+                                         f"and last point; give {key!r} or a fit range")
+            out[key] = parse_curve(spec[key], where, key)
+        else:
+            out[key] = getattr(base, key) if base is not None else None
+    return out
 
 
 def trace_link(trace: Trace, base: Link, name: str | None = None) -> Link:
