@@ -280,3 +280,27 @@ def test_curves_for_both_directions_need_no_fit(tmp_path: Path) -> None:
     link = load_links_file(path)["mine"]
     assert (link.up_power_mw(), link.down_power_mw()) == (pytest.approx(400 + 1100 * 9 / 19),
                                                           pytest.approx(300 + 600 * 49 / 99))
+
+
+def test_the_energy_plot_stacks_the_terms_and_names_mode_and_extrapolation() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dnntune.analysis.partition import analyze_profiles
+    from dnntune.report.plots import energy_figure
+
+    profiles = make_profiles(chain_graph(CHAIN_BYTES), DEVICE_MS, CLOUD_MS, DEVICE_MJ, IDLE_MW)
+    analysis = analyze_profiles(*profiles, [preset_links()["lte-2021"]],
+                                Objective("energy-first"),
+                                CostOptions(radio="cold", idle_wait=True))
+    fig = energy_figure(analysis, "lte-2021")
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert "radio cold" in title
+    assert "extrapolated: up power held at 24.85 Mbit/s, down power held at 50.08" in title
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"compute", "upload", "download", "radio connected, waiting", "promotion + tail",
+            "idle power"} <= set(labels)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
