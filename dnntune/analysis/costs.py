@@ -369,7 +369,10 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     # Connected, not transferring: the RTT, the RPC and the cloud's compute.
     wait_ms = np.where(crosses, link.rtt_ms + rpc + tc, 0.0)
     wait = link.tail_mw * wait_ms / 1000.0
-    tail = np.where(crosses, radio.fixed_mj, 0.0)
+    shape = np.broadcast_shapes(np.shape(up), np.shape(wait))
+    # Warm: a read-only view of zeros, so a bandwidth sweep allocates nothing for it.
+    tail = (np.where(crosses, radio.fixed_mj, 0.0) if radio.fixed_mj
+            else np.broadcast_to(0.0, shape))
     saturated = None
     if options.inference_rate_hz is not None:
         busy = t_up + t_down
