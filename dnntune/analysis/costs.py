@@ -364,27 +364,33 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     tc = tc + np.where(tc > 0, (options.cloud_call_ms or 0.0)
                        * np.asarray(cloud_call_share, dtype=np.float64), 0.0)
     # Outside its fit's range the power is held at the range end (links.Link.power_mw_at).
-    up = link.power_mw_at("up", rate) * t_up / 1000.0
+    # In a bandwidth sweep only the upload terms are (rates x cuts): the rest is summed per
+    # cut first, so the big arrays are touched as few times as before these terms existed.
+    up = t_up * (link.power_mw_at("up", rate) / 1000.0)
     down = link.down_power_mw() * t_down / 1000.0
     # Connected, not transferring: the RTT, the RPC and the cloud's compute.
     wait_ms = np.where(crosses, link.rtt_ms + rpc + tc, 0.0)
     wait = link.tail_mw * wait_ms / 1000.0
-    shape = np.broadcast_shapes(np.shape(up), np.shape(wait))
-    # Warm: a read-only view of zeros, so a bandwidth sweep allocates nothing for it.
-    tail = (np.where(crosses, radio.fixed_mj, 0.0) if radio.fixed_mj
-            else np.broadcast_to(0.0, shape))
+    radio_rest = down + wait
+    tail: FloatArray = np.broadcast_to(0.0, np.broadcast_shapes(np.shape(up), np.shape(wait)))
     saturated = None
     if options.inference_rate_hz is not None:
         busy = t_up + t_down
         tail = np.where(crosses, np.maximum(
             radio.fixed_mj - radio.connected_mw * (busy + wait_ms) / 1000.0, 0.0), 0.0)
         saturated = busy > radio.gap_ms
-    et = up + down + wait + tail
+    elif radio.fixed_mj:  # cold
+        tail = np.where(crosses, radio.fixed_mj, 0.0)
+    if radio.fixed_mj:
+        radio_rest = radio_rest + tail
+    et = up + radio_rest
     latency = (tm + tc) + tt
-    idle = (idle_power_mw * latency / 1000.0 if options.idle_wait
-            else np.broadcast_to(0.0, et.shape))
     call = call_ms * call_power_mw / 1000.0
-    energy = em + call + et + idle
+    energy = et + (em + call)
+    idle: FloatArray = np.broadcast_to(0.0, energy.shape)
+    if options.idle_wait:
+        idle = idle_power_mw * latency / 1000.0
+        energy = energy + idle
     p95 = None if t_up_p95 is None else tt - t_up + t_up_p95
     return CostTable(
         bytes_up=up_b, bytes_down=down_b, tm_ms=tm, tt_ms=tt, tc_ms=tc,
