@@ -120,7 +120,8 @@ def test_end_to_end_subprocess_json(chain_files: tuple[str, str]) -> None:
                              "--format", "json", "--inference-rate", "0.5", "--idle-wait"])
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["options"] == {"idle_wait": True, "inference_rate_hz": 0.5, "trace_starts": 200,
+    assert doc["options"] == {"idle_wait": True, "radio": "periodic",
+                              "inference_rate_hz": 0.5, "trace_starts": 200,
                               "device_call_ms": 0.0, "cloud_call_ms": 0.0, "rpc_ms": 0.0,
                               "rpc_ms_per_mb": 0.0}
     assert doc["links"][0]["cloud_only"]["tail_mj"] > 0

@@ -60,9 +60,10 @@ def test_every_cut_on_the_chain_by_hand() -> None:
     np.testing.assert_allclose(table.tt_ms, [1024, 1024, 274, 34, 0])  # RTT + up + down
     np.testing.assert_allclose(table.latency_ms, [1040, 1040, 380, 185, 160])
     np.testing.assert_allclose(table.em_mj, [0, 0, 200, 300, 320])
-    # 1000 mW x t_up + 600 mW x 4 ms, in mJ
-    np.testing.assert_allclose(table.et_mj, [1002.4, 1002.4, 252.4, 12.4, 0])
-    np.testing.assert_allclose(table.energy_mj, [1002.4, 1002.4, 452.4, 312.4, 320])
+    # 1000 mW x t_up + 600 mW x 4 ms + 500 mW (connected) x (RTT + Tc), in mJ
+    np.testing.assert_allclose(table.wait_mj, [18, 18, 13, 10.5, 0])
+    np.testing.assert_allclose(table.et_mj, [1020.4, 1020.4, 265.4, 22.9, 0])
+    np.testing.assert_allclose(table.energy_mj, [1020.4, 1020.4, 465.4, 322.9, 320])
     assert table.saturated is None
 
 
@@ -88,14 +89,15 @@ def test_promotion_and_tail_when_the_radio_idles_between_inferences() -> None:
     table = prefix_table(chain_inputs(), LINK, CostOptions(inference_rate_hz=0.5))
     np.testing.assert_allclose(table.tail_mj, [600, 600, 600, 600, 0])
     np.testing.assert_allclose(table.tt_ms, [1124, 1124, 374, 134, 0])
-    np.testing.assert_allclose(table.energy_mj, [1602.4, 1602.4, 1052.4, 912.4, 320])
+    np.testing.assert_allclose(table.energy_mj, [1620.4, 1620.4, 1065.4, 922.9, 320])
 
 
 def test_tail_when_the_radio_never_idles() -> None:
-    # 2 inferences/s: 500 ms gap < 1000 ms tail: 500 mW for the gap minus the transfers.
+    # 2 inferences/s: 500 ms gap < 1000 ms tail: 500 mW for the gap minus the transfers
+    # and the wait (counted in up/down/wait_mj).
     table = prefix_table(chain_inputs(), LINK, CostOptions(inference_rate_hz=2.0))
-    np.testing.assert_allclose(table.tail_mj, [0, 0, 500 * (500 - 254) / 1000,
-                                               500 * (500 - 14) / 1000, 0])
+    np.testing.assert_allclose(table.tail_mj, [0, 0, 500 * (500 - 254 - 26) / 1000,
+                                               500 * (500 - 14 - 21) / 1000, 0])
     np.testing.assert_allclose(table.tt_ms, [1024, 1024, 274, 34, 0])  # no promotion
     assert table.saturated is not None
     assert table.saturated.tolist() == [True, True, False, False, False]
@@ -103,8 +105,10 @@ def test_tail_when_the_radio_never_idles() -> None:
 
 def test_idle_wait_energy() -> None:
     table = prefix_table(chain_inputs(idle_power_mw=100.0), LINK, CostOptions(idle_wait=True))
-    np.testing.assert_allclose(table.idle_mj, [104.0, 104.0, 28.0, 3.5, 0.0])  # 0.1 W x (Tt+Tc)
-    np.testing.assert_allclose(table.energy_mj - table.em_mj - table.et_mj, table.idle_mj)
+    # 0.1 W x T, for every cut (mobile-only too)
+    np.testing.assert_allclose(table.idle_mj, [104.0, 104.0, 38.0, 18.5, 16.0])
+    np.testing.assert_allclose(table.energy_mj - table.em_mj - table.call_mj - table.et_mj,
+                               table.idle_mj)
 
 
 def test_missing_layer_energy_is_estimated_from_power() -> None:
@@ -188,17 +192,21 @@ def closed_sets(graph: LayerGraph):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 7), idle=st.booleans(),
-       rate=st.sampled_from([None, 0.2, 0.001]))
+       rate=st.sampled_from([None, 0.2, 0.001, "cold"]))
 @pytest.mark.parametrize("overheads", [False, True])
 def test_linear_cost_equals_the_cost_table(seed: int, n: int, idle: bool,
-                                           rate: float | None, overheads: bool) -> None:
+                                           rate: float | str | None, overheads: bool) -> None:
     rng = random.Random(seed)
     graph = with_weights(random_graph(rng, n), rng)
-    inputs = cut_inputs(graph, layer_costs(*random_profiles(rng, graph)))
-    options = CostOptions(idle_wait=idle, inference_rate_hz=rate)
+    costs = dataclasses.replace(layer_costs(*random_profiles(rng, graph)), call_power_mw=700.0)
+    inputs = cut_inputs(graph, costs)
+    radio = "cold" if rate == "cold" else "warm"
+    hz = rate if isinstance(rate, float) else None
+    options = CostOptions(idle_wait=idle, inference_rate_hz=hz, radio=radio)
     if overheads:
-        options = CostOptions(idle_wait=idle, inference_rate_hz=rate, device_call_ms=2.5,
-                              cloud_call_ms=4.0, rpc_ms=3.0, rpc_ms_per_mb=1.5)
+        options = CostOptions(idle_wait=idle, inference_rate_hz=hz, radio=radio,
+                              device_call_ms=2.5, cloud_call_ms=4.0, rpc_ms=3.0,
+                              rpc_ms_per_mb=1.5)
     for metric in ("latency", "energy"):
         lin = linear_cost(inputs, LINK, options, metric)
         for device in closed_sets(graph):

@@ -18,10 +18,10 @@ from dnntune.report.decisions import (
     uplink_sweep,
     uplink_sweep_figure,
 )
-from tests.test_analysis import chain_profiles
-from tests.test_costs import LINK
+from tests.test_analysis import LINK, chain_profiles
 
-# On LINK the chain's cuts cost (T ms, E mJ): 0 and 1 (1040, 1002.4), 2 (380, 452.4),
+# On LINK (tests/test_analysis.py: no connected-idle power) the chain's cuts cost
+# (T ms, E mJ): 0 and 1 (1040, 1002.4), 2 (380, 452.4),
 # 3 (185, 312.4), 4 = mobile-only (160, 320). Layers: in, l1, l2, l3.
 FAST_LINK = replace(LINK, name="fast", rtt_ms=10.0)  # latency-first: 4 < 50 Mbit/s, 2, 0 > 66.7
 

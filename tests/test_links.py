@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_builtin_presets_equal_configs_links_yaml() -> None:
     from_file = load_links_file(REPO / "configs" / "links.yaml")
     builtin = preset_links()
-    assert list(from_file) == list(builtin) == ["3g", "4g", "wifi"]
+    assert list(from_file) == list(builtin) == ["3g", "4g", "wifi", "lte-2021", "5g-low",
+                                                "5g-mmwave"]
     for name, link in builtin.items():
         assert asdict_numbers(from_file[name]) == asdict_numbers(link), name
+        assert from_file[name].power_source == link.power_source, name
 
 
 def test_presets_carry_the_design_table() -> None:

@@ -128,4 +128,4 @@ def test_a_bandwidth_sweep_to_1000_mbps_holds_upload_power_at_the_range_end():
                        up_mbps=rates)
     held_w = (438.39 * 25.0 + 1288.04) / 1000.0
     upload_ms = bytes_up * 8 / (rates[:, 0] * 1000.0)
-    assert table.et_mj[:, 0] == pytest.approx(held_w * upload_ms)
+    assert table.up_mj[:, 0] == pytest.approx(held_w * upload_ms)

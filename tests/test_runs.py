@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dnntune.analysis.links import preset_links
+from dnntune.analysis.links import resolve_links
 from dnntune.analysis.partition import Analysis, Objective, analyze_profiles
 from dnntune.errors import DnntuneError
 from dnntune.profiling.profile import Profile, load_profile
@@ -31,7 +31,7 @@ def profiles() -> tuple[Profile, Profile]:
 
 
 def analysis_of(device: Profile, cloud: Profile) -> Analysis:
-    return analyze_profiles(device, cloud, list(preset_links().values()),
+    return analyze_profiles(device, cloud, resolve_links(None),
                             Objective("energy-first"))
 
 

@@ -7,16 +7,27 @@ predecessors) and a link:
   layer times outside ``M``, ``Tt = RTT + 8 bytes_up / up + 8 bytes_down / down`` when
   anything crosses (0 for mobile-only). ``bytes_down`` is the model output computed in
   the cloud, returned to the phone.
-* ``E = Em + Et (+ idle)``: ``Em`` sums device layer energies, ``Et`` is radio energy,
-  ``P_up t_up + P_down t_down`` with Huang et al.'s ``P = alpha * throughput + beta``,
-  plus promotion and tail energy when an inference rate is given (``tail_mj``, part of
-  ``et_mj``). With ``idle_wait`` the phone's idle power over ``Tt + Tc`` is added
-  (``idle_mj``).
+* Phone energy per inference, one definition for every cut (docs/energy.md)::
 
-Radio tail per inference at ``rate`` inferences/s (gap ``1000 / rate`` ms): if the gap
-is shorter than the tail timer the radio never demotes, and it draws ``tail_mw`` for the
-part of the gap it is not transferring; otherwise every inference pays the promotion
-(energy *and* ``promotion_ms`` of latency) and the full tail. Units: mW x ms / 1000 = mJ.
+    E = em_mj + call_mj + up_mj + down_mj + wait_mj + tail_mj + idle_mj
+        (et_mj = up_mj + down_mj + wait_mj + tail_mj, the radio's part)
+
+  ``em_mj`` the device layers' energy; ``call_mj`` the head's framework call cost
+  (``device_call_ms`` share) at the device's active-above-idle power; ``up_mj`` /
+  ``down_mj`` the transfers at the link's throughput-dependent power (held at the fit's
+  range end); ``wait_mj`` the radio connected but not transferring (``tail_mw``) while the
+  phone waits for the RTT, the RPC and the cloud's compute; ``tail_mj`` promotion and
+  tail by radio mode; ``idle_mj`` the rest of the phone (idle power) over the whole
+  latency ``T``, for every cut when ``idle_wait`` is set, for none otherwise.
+
+Radio modes (``CostOptions.radio``): ``warm`` (default: the radio is already connected
+by other traffic; no promotion, its tail is that traffic's), ``cold`` (one inference
+after idle: every cut that crosses pays the promotion, energy and ``promotion_ms`` of
+latency, and the full tail), ``periodic`` (set by ``inference_rate_hz``): at ``rate``
+inferences/s (gap ``1000 / rate`` ms), if the gap is shorter than the tail timer the radio
+never demotes and draws ``tail_mw`` for the part of the gap not already counted
+(transfers, wait); otherwise every inference pays the promotion and the full tail.
+Units: mW x ms / 1000 = mJ.
 
 Everything is linear in the bytes that cross, so the same coefficients drive both the
 per-cut table here and the min-cut in :mod:`dnntune.analysis.dagcut` (:func:`linear_cost`).
@@ -41,6 +52,8 @@ from dnntune.profiling.profile import Profile, check_same_model
 
 FloatArray = npt.NDArray[np.float64]
 METRICS = ("latency", "energy")
+RADIO_MODES = ("warm", "cold", "periodic")
+ENERGY_TERMS = ("em_mj", "call_mj", "up_mj", "down_mj", "wait_mj", "tail_mj", "idle_mj")
 
 
 @dataclass(frozen=True)
@@ -48,9 +61,12 @@ class CostOptions:
     """Optional parts of the energy model.
 
     Attributes:
-        idle_wait: Add the phone's idle power while it waits for the network and cloud.
-        inference_rate_hz: Inferences per second, to amortise radio promotion and tail;
-            ``None`` leaves them out.
+        idle_wait: Count the rest of the phone (its idle power) over the whole inference,
+            for every cut (``idle_mj``); off: for none.
+        inference_rate_hz: Inferences per second, to amortise radio promotion and tail
+            (the ``periodic`` radio mode); ``None``: the ``radio`` mode decides.
+        radio: ``"warm"`` (default), ``"cold"`` or ``"periodic"`` (the mode an inference
+            rate implies); see the module docstring.
         trace_starts: Start times sampled per trace period for trace-driven uplinks.
         device_call_ms, cloud_call_ms: Framework cost of one call of the head / tail
             outside its graph (dispatch, weight captures); ``None`` takes each profile's
@@ -66,8 +82,18 @@ class CostOptions:
     cloud_call_ms: float | None = None
     rpc_ms: float = 0.0
     rpc_ms_per_mb: float = 0.0
+    radio: str = "warm"
 
     def __post_init__(self) -> None:
+        if self.radio not in RADIO_MODES:
+            raise ConfigError("--radio", f"must be one of warm, cold, got {self.radio!r}")
+        if self.inference_rate_hz is not None and self.radio == "cold":
+            raise ConfigError("--radio", "cold is a single inference after idle; "
+                                         "--inference-rate sets the periodic mode: give one")
+        if self.inference_rate_hz is not None:
+            object.__setattr__(self, "radio", "periodic")
+        elif self.radio == "periodic":
+            raise ConfigError("--radio", "the periodic mode needs --inference-rate")
         for name in ("device_call_ms", "cloud_call_ms", "rpc_ms", "rpc_ms_per_mb"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -91,6 +117,7 @@ class LayerCosts:
     device_mj: FloatArray
     idle_power_mw: float
     energy_label: str
+    call_power_mw: float = 0.0  # device power above idle while a call runs outside its graph
     estimated_layers: int = 0
     device_label: str = "measured"  # or emulated:<preset> / scaled:<preset>
     device_note: str = ""           # how it was emulated or scaled, one line
@@ -132,7 +159,7 @@ def layer_costs(device: Profile, cloud: Profile) -> LayerCosts:
                                f"finite number >= 0, got {float(values[bad[0]])!r}")
     return LayerCosts(names=device.layer_names, device_ms=device_ms, cloud_ms=cloud_ms,
                       device_mj=device_mj, idle_power_mw=info.idle_power_mw,
-                      energy_label=info.label,
+                      energy_label=info.label, call_power_mw=delta_mw,
                       estimated_layers=sum(e is None for e in energies),
                       device_label=device.meta.device_label,
                       device_note=device.device_note)
@@ -251,6 +278,10 @@ class CostTable:
     tail_mj: FloatArray
     idle_mj: FloatArray
     energy_mj: FloatArray
+    call_mj: FloatArray
+    up_mj: FloatArray
+    down_mj: FloatArray
+    wait_mj: FloatArray
     saturated: npt.NDArray[np.bool_] | None = None
     tt_p95_ms: FloatArray | None = None
     latency_p95_ms: FloatArray | None = None
@@ -258,7 +289,8 @@ class CostTable:
     def row(self, i: int) -> dict[str, Any]:
         """Plain-Python values of partition ``i`` (no index/after: the caller knows them)."""
         keys = ["bytes_up", "tm_ms", "tt_ms", "tc_ms", "latency_ms", "em_mj", "et_mj",
-                "energy_mj", "bytes_down", "tail_mj", "idle_mj"]
+                "energy_mj", "bytes_down", "call_mj", "up_mj", "down_mj", "wait_mj",
+                "tail_mj", "idle_mj"]
         out: dict[str, Any] = {k: float(getattr(self, k)[i]) for k in keys}
         out["bytes_up"], out["bytes_down"] = int(out["bytes_up"]), int(out["bytes_down"])
         for k in ("tt_p95_ms", "latency_p95_ms"):
@@ -276,30 +308,35 @@ class RadioState:
 
     promotion_delay_ms: float  # added to Tt whenever something crosses
     fixed_mj: float  # promotion + tail energy per inference that crosses
-    connected_mw: float  # tail power saved while transferring (the radio never idles)
+    connected_mw: float  # tail power already counted while transferring or waiting
     gap_ms: float  # time between inferences (inf without a rate)
 
 
 def radio_state(link: Link, options: CostOptions) -> RadioState:
-    if options.inference_rate_hz is None:
+    """Promotion and tail of one inference that crosses, by ``options.radio``."""
+    full = (link.promotion_mw * link.promotion_ms + link.tail_mw * link.tail_ms) / 1000.0
+    if options.radio == "cold":
+        return RadioState(link.promotion_ms, full, 0.0, math.inf)
+    if options.inference_rate_hz is None:  # warm
         return RadioState(0.0, 0.0, 0.0, math.inf)
     gap_ms = 1000.0 / options.inference_rate_hz
     if gap_ms < link.tail_ms:
         return RadioState(0.0, link.tail_mw * gap_ms / 1000.0, link.tail_mw, gap_ms)
-    fixed = (link.promotion_mw * link.promotion_ms + link.tail_mw * link.tail_ms) / 1000.0
-    return RadioState(link.promotion_ms, fixed, 0.0, gap_ms)
+    return RadioState(link.promotion_ms, full, 0.0, gap_ms)
 
 
 def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
                bytes_up: npt.ArrayLike, bytes_down: npt.ArrayLike, link: Link,
                options: CostOptions, idle_power_mw: float,
                up_mbps: npt.ArrayLike | None = None, device_call_share: npt.ArrayLike = 1.0,
-               cloud_call_share: npt.ArrayLike = 1.0) -> CostTable:
+               cloud_call_share: npt.ArrayLike = 1.0, call_power_mw: float = 0.0
+               ) -> CostTable:
     """The cost model over arrays of partitions (inputs broadcast together).
 
     ``device_call_share`` and ``cloud_call_share`` are the parts of a whole-model call's
     framework cost (``options.device_call_ms``, ``cloud_call_ms``) that the head and the
     tail pay (see :func:`call_shares`); 1 charges each side the whole call.
+    ``call_power_mw`` is the device's power above idle while its call runs (``call_mj``).
 
     ``up_mbps`` overrides the uplink with constant rates (any array shape that
     broadcasts, e.g. ``(n, 1)`` against ``L + 1`` cuts for a bandwidth sweep). Without
@@ -318,34 +355,49 @@ def cost_table(tm_ms: npt.ArrayLike, tc_ms: npt.ArrayLike, em_mj: npt.ArrayLike,
     tt = np.where(crosses, link.rtt_ms + radio.promotion_delay_ms, 0.0) + t_down + t_up
     # Framework costs measured on the real path (validate showed them systematic): a
     # remote call and its serialisation, and one call of each side's compiled graph.
-    tt = tt + np.where(crosses, options.rpc_ms + options.rpc_ms_per_mb * (up_b + down_b) / 1e6,
-                       0.0)
-    tm = tm + np.where(tm > 0, (options.device_call_ms or 0.0)
+    rpc = np.where(crosses, options.rpc_ms + options.rpc_ms_per_mb * (up_b + down_b) / 1e6,
+                   0.0)
+    tt = tt + rpc
+    call_ms = np.where(tm > 0, (options.device_call_ms or 0.0)
                        * np.asarray(device_call_share, dtype=np.float64), 0.0)
+    tm = tm + call_ms
     tc = tc + np.where(tc > 0, (options.cloud_call_ms or 0.0)
                        * np.asarray(cloud_call_share, dtype=np.float64), 0.0)
-    # Outside its fit's range the power is held at the range end (links.Link.up_power_mw).
-    held = np.clip(rate, link.fit_up_min_mbps, link.fit_up_max_mbps)
-    p_up_w = (link.alpha_up_mw_per_mbps * held + link.beta_mw) / 1000.0
-    et = p_up_w * t_up + link.down_power_mw() * t_down / 1000.0
-    tail = np.broadcast_to(0.0, et.shape)  # a read-only view: no memory, no time
+    # Outside its fit's range the power is held at the range end (links.Link.power_mw_at).
+    # In a bandwidth sweep only the upload terms are (rates x cuts): the rest is summed per
+    # cut first, so the big arrays are touched as few times as before these terms existed.
+    up = t_up * (link.power_mw_at("up", rate) / 1000.0)
+    down = link.down_power_mw() * t_down / 1000.0
+    # Connected, not transferring: the RTT, the RPC and the cloud's compute.
+    wait_ms = np.where(crosses, link.rtt_ms + rpc + tc, 0.0)
+    wait = link.tail_mw * wait_ms / 1000.0
+    radio_rest = down + wait
+    tail: FloatArray = np.broadcast_to(0.0, np.broadcast_shapes(np.shape(up), np.shape(wait)))
     saturated = None
     if options.inference_rate_hz is not None:
         busy = t_up + t_down
-        tail = np.where(crosses, np.maximum(radio.fixed_mj - radio.connected_mw * busy / 1000.0,
-                                            0.0), 0.0)
-        et = et + tail
+        tail = np.where(crosses, np.maximum(
+            radio.fixed_mj - radio.connected_mw * (busy + wait_ms) / 1000.0, 0.0), 0.0)
         saturated = busy > radio.gap_ms
-    energy = em + et
-    idle = np.broadcast_to(0.0, et.shape)
+    elif radio.fixed_mj:  # cold
+        tail = np.where(crosses, radio.fixed_mj, 0.0)
+    if radio.fixed_mj:
+        radio_rest = radio_rest + tail
+    et = up + radio_rest
+    latency = (tm + tc) + tt
+    call = call_ms * call_power_mw / 1000.0
+    energy = et + (em + call)
+    idle: FloatArray = np.broadcast_to(0.0, energy.shape)
     if options.idle_wait:
-        idle = np.where(crosses, idle_power_mw * (tt + tc) / 1000.0, 0.0)
+        idle = idle_power_mw * latency / 1000.0
         energy = energy + idle
     p95 = None if t_up_p95 is None else tt - t_up + t_up_p95
     return CostTable(
         bytes_up=up_b, bytes_down=down_b, tm_ms=tm, tt_ms=tt, tc_ms=tc,
-        latency_ms=(tm + tc) + tt, em_mj=em, et_mj=et, tail_mj=tail, idle_mj=idle,
-        energy_mj=energy, saturated=saturated, tt_p95_ms=p95,
+        latency_ms=latency, em_mj=em, et_mj=et, tail_mj=tail, idle_mj=idle,
+        energy_mj=energy, call_mj=np.broadcast_to(call, et.shape),
+        up_mj=np.broadcast_to(up, et.shape), down_mj=np.broadcast_to(down, et.shape),
+        wait_mj=wait, saturated=saturated, tt_p95_ms=p95,
         latency_p95_ms=None if p95 is None else tm + p95 + tc)
 
 
@@ -363,7 +415,8 @@ def prefix_table(inputs: CutInputs, link: Link, options: CostOptions,
     """Costs of every prefix cut on ``link`` (arrays of length ``L + 1``)."""
     return cost_table(inputs.tm_ms, inputs.tc_ms, inputs.em_mj, inputs.bytes_up,
                       inputs.bytes_down, link, options, inputs.costs.idle_power_mw, up_mbps,
-                      inputs.head_call_share, 1.0 - inputs.head_call_share)
+                      inputs.head_call_share, 1.0 - inputs.head_call_share,
+                      inputs.costs.call_power_mw)
 
 
 def partition_table(inputs: CutInputs, device_layers: Iterable[str], link: Link,
@@ -377,7 +430,7 @@ def partition_table(inputs: CutInputs, device_layers: Iterable[str], link: Link,
     return cost_table([costs.device_ms[mask].sum()], [costs.cloud_ms[~mask].sum()],
                       [costs.device_mj[mask].sum()], [up], [down], link, options,
                       costs.idle_power_mw, device_call_share=head_share,
-                      cloud_call_share=1.0 - head_share)
+                      cloud_call_share=1.0 - head_share, call_power_mw=costs.call_power_mw)
 
 
 @dataclass(frozen=True)
@@ -412,9 +465,35 @@ def linear_cost(inputs: CutInputs, link: Link, options: CostOptions, metric: str
     if metric != "energy":
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     idle = costs.idle_power_mw if options.idle_wait else 0.0
+    wait = link.tail_mw - radio.connected_mw  # connected, not transferring
     p_up = link.up_power_mw() - radio.connected_mw
     p_down = link.down_power_mw() - radio.connected_mw
-    return LinearCost(costs.device_mj, cloud_ms * idle / 1000.0,
-                      ((p_up + idle) * ms_up + idle * rpc_per_byte) / 1000.0,
-                      ((p_down + idle) * ms_down + idle * rpc_per_byte) / 1000.0,
-                      radio.fixed_mj + idle * fixed_ms / 1000.0)
+    call_ms = (options.device_call_ms or 0.0) * inputs.call_share
+    device = (costs.device_mj + (call_ms * (costs.call_power_mw + idle)
+                                 + costs.device_ms * idle) / 1000.0)
+    return LinearCost(device, cloud_ms * (idle + wait) / 1000.0,
+                      ((p_up + idle) * ms_up + (idle + wait) * rpc_per_byte) / 1000.0,
+                      ((p_down + idle) * ms_down + (idle + wait) * rpc_per_byte) / 1000.0,
+                      radio.fixed_mj + ((idle + wait) * (link.rtt_ms + options.rpc_ms)
+                                        + idle * radio.promotion_delay_ms) / 1000.0)
+
+
+def describe_energy(options: CostOptions) -> str:
+    """One line saying what the phone energy ``E`` counts under ``options``, for the
+    report header (the same terms for every cut).
+
+    Example:
+        >>> describe_energy(CostOptions()).split(";")[0]
+        'radio warm (already connected: no promotion, no tail)'
+    """
+    if options.radio == "periodic":
+        mode = (f"radio periodic at {options.inference_rate_hz:g} inferences/s "
+                "(promotion and tail amortised)")
+    else:
+        mode = {"warm": "radio warm (already connected: no promotion, no tail)",
+                "cold": "radio cold (one inference after idle: full promotion and "
+                        "tail)"}[options.radio]
+    idle = ("the rest of the phone at idle power over T, for every cut" if options.idle_wait
+            else "not the rest of the phone's idle power, for any cut (--idle-wait counts it)")
+    return (f"{mode}; E = compute + call + upload + download + radio connected while "
+            f"waiting (RTT, RPC, cloud) + promotion/tail; {idle}")

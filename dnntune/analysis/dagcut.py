@@ -389,7 +389,7 @@ def _device_set_table(inputs: CutInputs, network: FlowNetwork, device_mask: Bool
     return cost_table([costs.device_ms[device_mask].sum()], [costs.cloud_ms[~device_mask].sum()],
                       [costs.device_mj[device_mask].sum()], [up], [down], link, options,
                       costs.idle_power_mw, device_call_share=head_share,
-                      cloud_call_share=1.0 - head_share)
+                      cloud_call_share=1.0 - head_share, call_power_mw=costs.call_power_mw)
 
 
 def _metric_array(table: CostTable, metric: str) -> np.ndarray:

@@ -7,9 +7,13 @@ source of every number. More links come from YAML files with the same schema
 :func:`resolve_links` turns the items of ``--links`` into links.
 
 Radio power follows Huang et al. (MobiSys 2012): while sending at ``u`` Mbit/s the radio
-draws ``alpha_up * u + beta`` mW, while receiving ``alpha_down * d + beta`` mW. After a
-transfer the radio stays in a high-power *tail* for ``tail_ms``; waking it from idle
-costs a *promotion* of ``promotion_ms`` at ``promotion_mw``.
+draws ``alpha_up * u + beta_up`` mW, while receiving ``alpha_down * d + beta_down`` mW
+(``beta_up_mw`` / ``beta_down_mw``; a link without them uses one ``beta_mw`` for both, as
+Huang et al.'s fits do, while Narayanan et al.'s 2021 fits have one per direction). While
+connected but not transferring (waiting for the cloud, and in the *tail* of ``tail_ms``
+after the last packet) it draws ``tail_mw``; waking it from idle costs a *promotion* of
+``promotion_ms`` at ``promotion_mw``. :func:`scaled_radio` scales every radio power, for
+the robustness check.
 """
 
 from __future__ import annotations
@@ -20,19 +24,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import yaml
 
+from dnntune.analysis.curves import CURVE_KEYS, Curve, curve_power_mw, parse_curve, scaled_curve
 from dnntune.analysis.traces import Trace, load_trace
 from dnntune.errors import ConfigError, DnntuneError
 
 POSITIVE = ("up_mbps", "down_mbps")
 FIT_RANGE_KEYS = ("fit_up_min_mbps", "fit_up_max_mbps", "fit_down_min_mbps",
                   "fit_down_max_mbps")
+DIRECTION_BETAS = ("beta_up_mw", "beta_down_mw")
 NON_NEGATIVE = ("rtt_ms", "alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
-                "promotion_ms", "promotion_mw", "tail_ms", "tail_mw", *FIT_RANGE_KEYS)
+                *DIRECTION_BETAS, "promotion_ms", "promotion_mw", "tail_ms", "tail_mw",
+                *FIT_RANGE_KEYS)
 REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
-            "alpha_down_mw_per_mbps", "beta_mw")
-OPTIONAL_KEYS = ("base", "trace", "description", "power_source")
+            "alpha_down_mw_per_mbps")  # and beta_mw, or both DIRECTION_BETAS
+RADIO_POWER_KEYS = ("alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
+                    *DIRECTION_BETAS, "promotion_mw", "tail_mw")
+DEFAULT_LINKS = ("3g", "4g", "wifi")  # what --links means when not given
+OPTIONAL_KEYS = ("base", "trace", "description", "power_source", *CURVE_KEYS)
 DEFAULT_TRACE_BASE = "4g"
 MIN_RATE_MBPS = 1e-3  # 1 kbit/s
 MAX_VALUE = 1e9
@@ -49,6 +61,9 @@ class Link:
         down_mbps: Downlink throughput, Mbit/s.
         rtt_ms: Round-trip time, paid once per inference when anything crosses.
         alpha_up_mw_per_mbps, alpha_down_mw_per_mbps, beta_mw: Huang et al. power model.
+        beta_up_mw, beta_down_mw: Per-direction intercepts, mW; ``None`` takes ``beta_mw``.
+        power_up_curve, power_down_curve: Piecewise-linear ``(Mbit/s, mW)`` points used
+            instead of the direction's fit; their first and last points set its fit range.
         fit_up_min_mbps, fit_up_max_mbps, fit_down_min_mbps, fit_down_max_mbps: The
             throughputs the power fit was measured over; outside them the power is held at
             the range's end (see :meth:`up_extrapolation`). Defaults: not stated, unbounded.
@@ -70,11 +85,15 @@ class Link:
     rtt_ms: float
     alpha_up_mw_per_mbps: float
     alpha_down_mw_per_mbps: float
-    beta_mw: float
+    beta_mw: float = 0.0
     promotion_ms: float = 0.0
     promotion_mw: float = 0.0
     tail_ms: float = 0.0
     tail_mw: float = 0.0
+    beta_up_mw: float | None = None
+    beta_down_mw: float | None = None
+    power_up_curve: Curve | None = None
+    power_down_curve: Curve | None = None
     fit_up_min_mbps: float = 0.0
     fit_up_max_mbps: float = UNBOUNDED_MBPS
     fit_down_min_mbps: float = 0.0
@@ -84,23 +103,50 @@ class Link:
     trace: Trace | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_link_values(asdict_numbers(self), f"link {self.name!r}")
+        where = f"link {self.name!r}"
+        for direction in ("up", "down"):
+            key = f"power_{direction}_curve"
+            if getattr(self, key) is not None:  # the curve's ends are its range
+                curve = parse_curve(getattr(self, key), where, key)
+                object.__setattr__(self, key, curve)
+                object.__setattr__(self, f"fit_{direction}_min_mbps", curve[0][0])
+                object.__setattr__(self, f"fit_{direction}_max_mbps", curve[-1][0])
+        check_link_values(asdict_numbers(self), where)
+
+    @property
+    def up_beta_mw(self) -> float:
+        """Uplink intercept, mW: ``beta_up_mw`` if given, else ``beta_mw``."""
+        return self.beta_mw if self.beta_up_mw is None else self.beta_up_mw
+
+    @property
+    def down_beta_mw(self) -> float:
+        """Downlink intercept, mW: ``beta_down_mw`` if given, else ``beta_mw``."""
+        return self.beta_mw if self.beta_down_mw is None else self.beta_down_mw
 
     def up_power_mw(self, up_mbps: float | None = None) -> float:
         """Radio power while sending at ``up_mbps`` (default: the link's uplink), mW.
 
         The rate is held inside the fit range, so power is bounded at any throughput.
         """
-        rate = self.up_mbps if up_mbps is None else up_mbps
-        rate = min(max(rate, self.fit_up_min_mbps), self.fit_up_max_mbps)
-        return self.alpha_up_mw_per_mbps * rate + self.beta_mw
+        return float(self.power_mw_at("up", self.up_mbps if up_mbps is None else up_mbps))
 
     def down_power_mw(self, down_mbps: float | None = None) -> float:
         """Radio power while receiving at ``down_mbps`` (default: the link's), mW; held
         inside the fit range like :meth:`up_power_mw`."""
         rate = self.down_mbps if down_mbps is None else down_mbps
-        rate = min(max(rate, self.fit_down_min_mbps), self.fit_down_max_mbps)
-        return self.alpha_down_mw_per_mbps * rate + self.beta_mw
+        return float(self.power_mw_at("down", rate))
+
+    def power_mw_at(self, direction: str, rate_mbps: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Radio power of ``direction`` (``"up"``/``"down"``) at any array of rates, mW:
+        the curve if the link has one, else the linear fit, held inside the fit range."""
+        curve: Curve | None = getattr(self, f"power_{direction}_curve")
+        if curve is not None:
+            return curve_power_mw(curve, rate_mbps)
+        held = np.clip(np.asarray(rate_mbps, dtype=np.float64),
+                       getattr(self, f"fit_{direction}_min_mbps"),
+                       getattr(self, f"fit_{direction}_max_mbps"))
+        alpha = getattr(self, f"alpha_{direction}_mw_per_mbps")
+        return np.asarray(alpha * held + getattr(self, f"{direction}_beta_mw"))
 
     def up_extrapolation(self, up_mbps: float | None = None) -> str:
         """``""`` if the uplink rate is inside the fit range, else the label to print."""
@@ -123,6 +169,10 @@ class Link:
         d["name"] = self.name
         d["source"] = self.source
         d["power_source"] = self.power_source
+        d["beta_up_mw"], d["beta_down_mw"] = self.up_beta_mw, self.down_beta_mw
+        for key in CURVE_KEYS:
+            curve = getattr(self, key)
+            d[key] = None if curve is None else [list(point) for point in curve]
         d["up_power_label"] = self.up_extrapolation()
         d["down_power_label"] = self.down_extrapolation()
         if self.trace is not None:
@@ -153,9 +203,21 @@ def check_in_range(link: Link) -> None:
 
 
 def asdict_numbers(link: Link) -> dict[str, Any]:
-    """The numeric fields of ``link`` as a dict (no name, source or trace)."""
+    """The numeric fields of ``link`` as a dict (no name, source or trace; a direction's
+    intercept only if it has its own)."""
     return {k: v for k, v in asdict(link).items()
-            if k not in ("name", "source", "trace", "power_source")}
+            if k not in ("name", "source", "trace", "power_source") and v is not None
+            and k not in CURVE_KEYS}
+
+
+def scaled_radio(link: Link, factor: float) -> Link:
+    """``link`` with every radio power (transfer fit, connected/tail, promotion) times
+    ``factor``: the "radio power halved / doubled" what-if of the robustness check."""
+    values: dict[str, Any] = {k: getattr(link, k) * factor for k in RADIO_POWER_KEYS
+                              if getattr(link, k) is not None}
+    values.update({k: scaled_curve(getattr(link, k), factor) for k in CURVE_KEYS
+                   if getattr(link, k) is not None})
+    return replace(link, name=f"{link.name} (radio x{factor:g})", **values)
 
 
 def check_link_values(values: Mapping[str, Any], where: str) -> None:
@@ -194,12 +256,38 @@ _PRESETS: dict[str, dict[str, Any]] = {
              "alpha_up_mw_per_mbps": 283.17, "alpha_down_mw_per_mbps": 137.01,
              "beta_mw": 132.86, "promotion_ms": 79.1, "promotion_mw": 124.4,
              "tail_ms": 238.1, "tail_mw": 119.3},
+    # Narayanan et al. (SIGCOMM 2021): whole-phone fits minus the 2357 mW idle baseline.
+    "lte-2021": {"up_mbps": 34.4, "down_mbps": 167.3, "rtt_ms": 74.5,
+                 "alpha_up_mw_per_mbps": 80.21, "alpha_down_mw_per_mbps": 14.55,
+                 "beta_up_mw": 442.0, "beta_down_mw": 397.0, "promotion_ms": 260.1,
+                 "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 397.0,
+                 "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 24.85,
+                 "fit_down_min_mbps": 1.05, "fit_down_max_mbps": 50.08},
+    "5g-low": {"up_mbps": 75.2, "down_mbps": 174.4, "rtt_ms": 62.0,
+               "alpha_up_mw_per_mbps": 29.15, "alpha_down_mw_per_mbps": 13.52,
+               "beta_up_mw": 847.0, "beta_down_mw": 568.0, "promotion_ms": 260.1,
+               "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 568.0,
+               "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 39.91,
+               "fit_down_min_mbps": 1.04, "fit_down_max_mbps": 100.45},
+    "5g-mmwave": {"up_mbps": 168.9, "down_mbps": 2759.5, "rtt_ms": 63.0,
+                  "alpha_up_mw_per_mbps": 9.42, "alpha_down_mw_per_mbps": 1.81,
+                  "beta_up_mw": 3267.0, "beta_down_mw": 2779.0, "promotion_ms": 260.1,
+                  "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 2779.0,
+                  "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 190.09,
+                  "fit_down_min_mbps": 1.03, "fit_down_max_mbps": 2195.8},
 }
+_H12 = ("Huang et al., MobiSys 2012 (fitted throughput range not stated here: not "
+        "checked against the paper)")
+_N21 = "Narayanan et al., SIGCOMM 2021 (Verizon, MN)"
+_POWER_SOURCES = {"3g": _H12, "4g": _H12, "wifi": _H12, "lte-2021": _N21, "5g-low": _N21,
+                  "5g-mmwave": _N21}
 
 
 def preset_links() -> dict[str, Link]:
-    """The built-in presets ``3g``, ``4g``, ``wifi`` (a fresh dict on every call)."""
-    return {name: Link(name=name, **values) for name, values in _PRESETS.items()}
+    """The built-in presets (a fresh dict on every call): ``3g``, ``4g``, ``wifi`` (the
+    2012 references), ``lte-2021``, ``5g-low``, ``5g-mmwave`` (2021 fits)."""
+    return {name: Link(name=name, power_source=_POWER_SOURCES[name], **values)
+            for name, values in _PRESETS.items()}
 
 
 def load_links_file(path: str | Path, presets: Mapping[str, Link] | None = None
@@ -248,6 +336,7 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
                                      f"got {spec['base']!r}")
         values.update(asdict_numbers(presets[spec["base"]]))
     values.update({k: v for k, v in spec.items() if k not in OPTIONAL_KEYS})
+    curves = _curves(spec, presets[spec["base"]] if "base" in spec else None, where)
     base_source = presets[spec["base"]].power_source if "base" in spec else ""
     power_source = str(spec.get("power_source", base_source))
     trace = None
@@ -257,13 +346,38 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
                                      "comes from the trace")
         trace = load_trace(path.parent / str(spec["trace"]))
         values["up_mbps"] = trace.mean_mbps
-    missing = [k for k in REQUIRED if k not in values]
+    missing = [k for k in ("up_mbps", "down_mbps", "rtt_ms") if k not in values]
+    for direction in ("up", "down"):  # a direction needs a curve, or a slope and intercept
+        if curves.get(f"power_{direction}_curve") is None:
+            missing += [k for k in (f"alpha_{direction}_mw_per_mbps",) if k not in values]
+            if "beta_mw" not in values and f"beta_{direction}_mw" not in values:
+                missing.append("beta_mw")
     if missing:
         raise ConfigError(where, f"missing key {missing[0]!r} (give it, or a 'base' preset)")
     check_link_values(values, where)
     numbers: dict[str, Any] = {k: float(v) for k, v in values.items()}
+    numbers.setdefault("alpha_up_mw_per_mbps", 0.0)  # unused beside a curve
+    numbers.setdefault("alpha_down_mw_per_mbps", 0.0)
     return Link(name=name, source=str(spec.get("description", path)), trace=trace,
-                power_source=power_source, **numbers)
+                power_source=power_source, power_up_curve=curves["power_up_curve"],
+                power_down_curve=curves["power_down_curve"], **numbers)
+
+
+def _curves(spec: Mapping[str, Any], base: Link | None, where: str) -> dict[str, Curve | None]:
+    """The curves of a links-file entry (its own, else its base's), checked."""
+    out: dict[str, Curve | None] = {}
+    for direction in ("up", "down"):
+        key = f"power_{direction}_curve"
+        if key in spec:
+            ranged = [k for k in (f"fit_{direction}_min_mbps", f"fit_{direction}_max_mbps")
+                      if k in spec]
+            if ranged:
+                raise ConfigError(where, f"key {ranged[0]!r}: a curve's range is its first "
+                                         f"and last point; give {key!r} or a fit range")
+            out[key] = parse_curve(spec[key], where, key)
+        else:
+            out[key] = getattr(base, key) if base is not None else None
+    return out
 
 
 def trace_link(trace: Trace, base: Link, name: str | None = None) -> Link:
@@ -280,7 +394,8 @@ def resolve_links(items: Iterable[str] | None, presets: Mapping[str, Link] | Non
     Each item (comma-separated items are split) is a preset name, a YAML links file
     (``.yaml``/``.yml``: all its links), or a trace file, optionally suffixed
     ``@<preset>`` to take downlink, RTT and radio power from that preset (default 4g).
-    ``None`` or nothing means all presets.
+    ``None`` or nothing means :data:`DEFAULT_LINKS` (the 2012 presets; the 2021 ones
+    are named explicitly, e.g. ``--links lte-2021,5g-low,5g-mmwave``).
 
     Raises:
         DnntuneError: for an unknown name (listing the known ones), an unreadable or
@@ -293,7 +408,7 @@ def resolve_links(items: Iterable[str] | None, presets: Mapping[str, Link] | Non
     presets = preset_links() if presets is None else dict(presets)
     names = [s.strip() for item in (items or ()) for s in item.split(",") if s.strip()]
     if not names:
-        return list(presets.values())
+        return [presets[n] for n in DEFAULT_LINKS if n in presets] or list(presets.values())
     links: list[Link] = []
     for item in names:
         links.extend(_resolve_one(item, presets))

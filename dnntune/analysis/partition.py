@@ -31,10 +31,12 @@ import numpy as np
 import numpy.typing as npt
 
 from dnntune.analysis.costs import (
+    ENERGY_TERMS,
     CostOptions,
     CostTable,
     CutInputs,
     cut_inputs,
+    describe_energy,
     layer_costs,
     prefix_table,
 )
@@ -243,6 +245,7 @@ class Analysis:
     links: tuple[LinkAnalysis, ...]
     what_if: Mapping[str, float] = field(default_factory=dict)
     sensitivity: Mapping[str, Any] | None = None
+    robustness: Mapping[str, Any] | None = None  # per link, see sensitivity.add_robustness
     measured_cuts: str | None = None  # says so when only a device profile's cuts count
 
     @property
@@ -267,6 +270,8 @@ class Analysis:
             entry = la.to_dict()
             if self.sensitivity is not None and la.link.name in self.sensitivity:
                 entry["sensitivity"] = self.sensitivity[la.link.name]
+            if self.robustness is not None and la.link.name in self.robustness:
+                entry["robustness"] = self.robustness[la.link.name]
             links.append(entry)
         return {
             "model": self.model,
@@ -274,7 +279,10 @@ class Analysis:
             "objective_description": self.objective.describe(),
             "deadline_ms": self.objective.deadline_ms,
             "energy_budget_mj": self.objective.energy_budget_mj,
+            "energy_definition": describe_energy(self.options),
+            "energy_terms": list(ENERGY_TERMS),
             "options": {"idle_wait": self.options.idle_wait,
+                        "radio": self.options.radio,
                         "inference_rate_hz": self.options.inference_rate_hz,
                         "trace_starts": self.options.trace_starts,
                         "device_call_ms": self.options.device_call_ms,

@@ -6,6 +6,9 @@
   tolerance (a cut best on an interval narrower than one grid step can be missed).
 * :func:`what_if`: the best cut per link when the device or the cloud computes
   ``k`` times faster (e.g. "cloud 10x faster").
+* :func:`energy_robustness`: whether the energy-first cut on a link changes when every
+  radio power is halved or doubled, or under the other radio modes (part of every
+  ``dnntune analyze`` report, one line per link).
 
 Example:
     >>> # segs = uplink_segments(analysis.inputs, preset_links()["4g"], Objective(),
@@ -24,12 +27,13 @@ import numpy as np
 import numpy.typing as npt
 
 from dnntune.analysis.costs import CostOptions, CutInputs, prefix_table
-from dnntune.analysis.links import Link
+from dnntune.analysis.links import Link, scaled_radio
 from dnntune.analysis.partition import Analysis, Objective, best_indices
 from dnntune.errors import ConfigError
 
 DEFAULT_RANGE_MBPS = (0.05, 1000.0)
 DEFAULT_SCENARIOS = ((1.0, 10.0), (1.0, 0.1), (2.0, 1.0), (0.5, 1.0))
+RADIO_FACTORS = (0.5, 2.0)
 
 
 def best_cut_for_uplinks(inputs: CutInputs, link: Link, objective: Objective,
@@ -154,3 +158,47 @@ def add_sensitivity(analysis: Analysis,
                                analysis.options, scenarios),
         }
     return replace(analysis, sensitivity=per_link)
+
+
+def energy_robustness(inputs: CutInputs, link: Link, objective: Objective,
+                      options: CostOptions) -> dict[str, Any]:
+    """Does the energy-first cut on ``link`` survive the radio's uncertainty?
+
+    The cut is recomputed with every radio power (transfer fit, connected/tail,
+    promotion) times 0.5 and 2 (:func:`~dnntune.analysis.links.scaled_radio`), and under
+    each other radio mode (warm, cold; a periodic analysis is compared with both).
+    ``objective`` is used if it is energy-first (its constraints kept), else plain
+    energy-first.
+
+    Returns:
+        ``{"index", "after", "robust", "variants": [{"what", "index", "after",
+        "energy_mj"}]}``; ``index`` ``None`` when no cut is feasible.
+    """
+    if objective.metric != "energy":
+        objective = Objective("energy-first")
+
+    def best(lk: Link, opts: CostOptions) -> tuple[int | None, float | None]:
+        table = prefix_table(inputs, lk, opts)
+        i = int(best_indices(table.latency_ms, table.energy_mj, objective))
+        return (i, float(table.energy_mj[i])) if i >= 0 else (None, None)
+
+    cases = [(f"radio power x{f:g}", scaled_radio(link, f), options) for f in RADIO_FACTORS]
+    cases += [(f"radio {mode}", link, replace(options, radio=mode, inference_rate_hz=None))
+              for mode in ("warm", "cold") if mode != options.radio]
+    base, _ = best(link, options)
+    variants = []
+    for what, lk, opts in cases:
+        i, energy = best(lk, opts)
+        variants.append({"what": what, "index": i,
+                         "after": inputs.after[i] if i is not None else None,
+                         "energy_mj": energy})
+    return {"index": base, "after": inputs.after[base] if base is not None else None,
+            "robust": all(v["index"] == base for v in variants), "variants": variants}
+
+
+def add_robustness(analysis: Analysis) -> Analysis:
+    """``analysis`` with :func:`energy_robustness` for every link (``robustness``)."""
+    return replace(analysis, robustness={
+        la.link.name: energy_robustness(analysis.inputs, la.link, analysis.objective,
+                                        analysis.options)
+        for la in analysis.links})

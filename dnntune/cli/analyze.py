@@ -17,14 +17,20 @@ import sys
 from typing import Any
 
 from dnntune.analysis.costs import CostOptions
-from dnntune.analysis.links import DEFAULT_TRACE_BASE, check_in_range, preset_links, resolve_links
+from dnntune.analysis.links import (
+    DEFAULT_LINKS,
+    DEFAULT_TRACE_BASE,
+    check_in_range,
+    preset_links,
+    resolve_links,
+)
 from dnntune.analysis.partition import (
     OBJECTIVES,
     Analysis,
     Objective,
     analyze_profiles,
 )
-from dnntune.analysis.sensitivity import add_sensitivity
+from dnntune.analysis.sensitivity import add_robustness, add_sensitivity
 from dnntune.cli import flags
 from dnntune.cli.outputs import check_output_dir
 from dnntune.errors import DnntuneError, describe_error
@@ -68,7 +74,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"presets ({', '.join(preset_links())}), YAML links files, or uplink trace "
              f"files (Mahimahi or 'seconds Mbit/s'; FILE@3g takes downlink, RTT and radio "
              f"power from a preset, default {DEFAULT_TRACE_BASE}); repeatable; "
-             "default: all presets")
+             f"default: {','.join(DEFAULT_LINKS)}")
     parser.add_argument("--objective", choices=OBJECTIVES, default=None,
                         help="what to minimise (default: energy-first with --deadline-ms "
                              "alone, else latency-first)")
@@ -76,10 +82,16 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only cuts with latency <= X ms")
     parser.add_argument("--energy-budget-mj", type=float, metavar="X",
                         help="only cuts with phone energy <= X mJ")
+    parser.add_argument("--radio", choices=("warm", "cold"), default=None,
+                        help="radio state before an inference: warm (default: already "
+                             "connected, no promotion or tail) or cold (one inference after "
+                             "idle: full promotion and tail); see docs/energy.md")
     parser.add_argument("--inference-rate", type=float, metavar="R",
-                        help="inferences per second: add radio promotion and tail energy")
+                        help="inferences per second: the periodic radio mode, promotion and "
+                             "tail amortised (instead of --radio)")
     parser.add_argument("--idle-wait", action="store_true",
-                        help="add the phone's idle power while it waits for network and cloud")
+                        help="count the rest of the phone (its idle power) over the whole "
+                             "inference, for every cut (default: for none)")
     parser.add_argument("--device-speedup", type=float, default=1.0, metavar="K",
                         help="what-if: device compute K times faster (default 1)")
     parser.add_argument("--cloud-speedup", type=float, default=1.0, metavar="K",
@@ -133,6 +145,7 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
     objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
     calls = 0.0 if args.no_call_overhead else None
     options = CostOptions(idle_wait=args.idle_wait, inference_rate_hz=args.inference_rate,
+                          radio=getattr(args, "radio", None) or "warm",
                           trace_starts=args.trace_starts, device_call_ms=calls,
                           cloud_call_ms=calls,
                           rpc_ms=args.rpc_ms if args.rpc_ms is not None else rpc[0],
@@ -145,6 +158,7 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
     analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
                                 device_speedup=args.device_speedup,
                                 cloud_speedup=args.cloud_speedup)
+    analysis = add_robustness(analysis)
     return add_sensitivity(analysis) if args.sensitivity else analysis
 
 

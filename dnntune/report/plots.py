@@ -44,6 +44,10 @@ PLOT_KINDS = ("latency", "energy", "pareto", "uplink")
 LOG_RANGE = 30.0  # a log axis once the largest value exceeds the smallest this many times
 PARETO_LOG_RANGE = 10.0  # the front hugs the origin: spread it sooner
 MAX_CUT_LABELS = 28  # layer names on the x axis of the per-cut plots, besides marked cuts
+ENERGY_PARTS = (("em_mj", "compute", "#4C72B0"), ("call_mj", "call", "#64B5CD"),
+                ("up_mj", "upload", "#DD8452"), ("down_mj", "download", "#F2B880"),
+                ("wait_mj", "radio connected, waiting", "#CCB974"),
+                ("tail_mj", "promotion + tail", "#C44E52"), ("idle_mj", "idle power", "#8C8C8C"))
 COLORS = {"tm": "#4C72B0", "tt": "#DD8452", "tc": "#55A868", "em": "#4C72B0",
           "et": "#DD8452", "idle": "#8C8C8C", "best": "#C44E52", "mobile": "#222222",
           "cloud": "#8172B3", "dag": "#937860", "front": "#DD8452"}
@@ -202,15 +206,12 @@ def latency_figure(analysis: Analysis, link: str | LinkAnalysis) -> Figure:
 
 
 def energy_figure(analysis: Analysis, link: str | LinkAnalysis) -> Figure:
-    """Phone energy per cut, stacked Em (compute) / Et (radio) [/ idle], best marked."""
+    """Phone energy per cut, stacked by term (compute, call, transfers, radio connected
+    while waiting, promotion/tail, idle), best marked; the title names the radio mode."""
     la = find_link(analysis, link)
     table = la.table
-    parts = [("Em: device compute", table.em_mj, COLORS["em"]),
-             ("Et: radio (send + receive" + (" + tail)" if analysis.options.inference_rate_hz
-                                             else ")"), table.et_mj, COLORS["et"])]
-    if analysis.options.idle_wait:
-        parts.append(("idle while waiting", np.asarray(table.idle_mj, dtype=np.float64),
-                      COLORS["idle"]))
+    parts = [(label, np.asarray(getattr(table, key), dtype=np.float64), color)
+             for key, label, color in ENERGY_PARTS if np.any(getattr(table, key))]
     fig, (ax,) = _new_figure()
     total = _stacked_cuts(ax, la, parts)
     _mark_cuts(ax, analysis, la, total, "mJ")
@@ -220,8 +221,13 @@ def energy_figure(analysis: Analysis, link: str | LinkAnalysis) -> Figure:
                    label=f"energy budget {budget:g} mJ")
     log = " (log scale)" if ax.get_yscale() == "log" else ""
     ax.set_ylabel(f"phone energy per inference E, mJ{log}")
+    held = [f"{d} power held at {getattr(la.link, f'fit_{d}_max_mbps'):g} Mbit/s"
+            if getattr(la.link, f"{d}_mbps") > getattr(la.link, f"fit_{d}_max_mbps")
+            else f"{d} power held at {getattr(la.link, f'fit_{d}_min_mbps'):g} Mbit/s"
+            for d in ("up", "down") if getattr(la.link, f"{d}_extrapolation")()]
     ax.set_title(_link_title(analysis, la, "phone energy per cut") +
-                 f"\ndevice energy: {analysis.energy_label}", fontsize=11)
+                 f"\ndevice energy: {analysis.energy_label}; radio {analysis.options.radio}"
+                 + ("; extrapolated: " + ", ".join(held) if held else ""), fontsize=11)
     _cut_ticks(ax, la)
     ax.legend(loc="upper left", fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3, which="both")

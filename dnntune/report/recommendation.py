@@ -12,6 +12,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from dnntune.analysis.costs import describe_energy
 from dnntune.analysis.dagcut import DagPartition
 from dnntune.analysis.partition import Analysis, LinkAnalysis, Objective, best_indices
 
@@ -77,6 +78,7 @@ def print_report(analysis: Analysis, console: Console | None = None) -> None:
     console.print(f"[bold]{analysis.model}[/bold] (device: {device}): "
                   f"{analysis.objective.describe()}; {_energy_text(analysis)}; T in ms, "
                   f"E in mJ, gains in {metric}")
+    console.print(f"energy: {describe_energy(analysis.options)}", highlight=False)
     if analysis.inputs.costs.device_note:
         console.print(f"device {analysis.inputs.costs.device_note}", highlight=False)
     table = Table(show_lines=False)
@@ -140,7 +142,27 @@ def _notes(analysis: Analysis) -> list[str]:
                 and bool(la.table.saturated[la.best]):
             lines.append(f"{name}: at {analysis.options.inference_rate_hz:g} inferences/s "
                          "the link cannot finish one transfer before the next starts")
+    lines += _robustness_notes(analysis)
     lines += _sensitivity_notes(analysis)
+    return lines
+
+
+def _robustness_notes(analysis: Analysis) -> list[str]:
+    """One line per link: does the energy-first cut survive radio power x0.5/x2 and the
+    other radio modes?"""
+    if not analysis.robustness:
+        return []
+    last = len(analysis.inputs.after) - 1
+    lines = []
+    for name, info in analysis.robustness.items():
+        cut = _index_name(info["index"], info["after"], last)
+        if info["robust"]:
+            whats = ", ".join(v["what"] for v in info["variants"])
+            lines.append(f"{name}: energy-first cut {cut} holds under {whats}")
+            continue
+        changes = "; ".join(f"{v['what']}: {_index_name(v['index'], v['after'], last)}"
+                            for v in info["variants"] if v["index"] != info["index"])
+        lines.append(f"{name}: energy-first cut {cut} is NOT robust: {changes}")
     return lines
 
 

@@ -44,7 +44,9 @@ CUTS_FILE = "cuts.csv"
 PLOTS_DIR = "plots"
 RUN_ENTRIES = frozenset({*(f"{side}.json" for side in SIDES), ANALYSIS_FILE, CUTS_FILE,
                          PLOTS_DIR})
-CSV_FIRST = ("link", *CUT_FIELDS, "bytes_down", "tail_mj", "idle_mj", "best", "pareto")
+CSV_FIRST = ("link", *CUT_FIELDS, "bytes_down", "call_mj", "up_mj", "down_mj", "wait_mj",
+             "tail_mj", "idle_mj", "best", "pareto", "radio", "up_power_label",
+             "down_power_label")
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,9 @@ def cut_rows(analysis: Analysis) -> list[dict[str, Any]]:
         front = set(la.pareto)
         for i in range(len(la.inputs.after)):
             rows.append({"link": la.link.name, **la.cut(i), "best": i == la.best,
-                         "pareto": i in front})
+                         "pareto": i in front, "radio": analysis.options.radio,
+                         "up_power_label": la.link.up_extrapolation(),
+                         "down_power_label": la.link.down_extrapolation()})
     return rows
 
 
