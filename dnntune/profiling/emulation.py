@@ -112,16 +112,16 @@ class Emulation:
         ref = (f"{self.reference_model} {self.reference_ms:.3g} ms "
                f"({self.reference_source})")
         if self.mechanism == "dilation":
-            text = (f"{self.label}: this machine's native run ({self.threads} thread(s), "
-                    f"{self.native_ms:.3g} ms) dilated x{self.factor:.3g}, so "
-                    f"{self.reference_model}'s mobile-only T (layers + call) is "
-                    f"{self.achieved_ms:.3g} ms against the reference {ref}; a call costs "
-                    f"{self.call_ms:.3g} ms ({self.call_source})")
+            text = (f"{self.label}: this machine's native run ({self.threads} thread(s); "
+                    f"{self.reference_model} {self.native_ms:.3g} ms) dilated "
+                    f"x{self.factor:.3g}, so {self.reference_model}'s mobile-only T (layers "
+                    f"+ call) is {self.achieved_ms:.3g} ms against the reference {ref}; a "
+                    f"call costs {self.call_ms:.3g} ms ({self.call_source})")
             if self.checked_ms:
-                text += (f"; re-measured after profiling: {self.checked_ms:.3g} ms, "
-                         f"{self.drift:+.1%} drift")
+                text += (f"; this profile of {self.reference_model}: {self.checked_ms:.3g} "
+                         f"ms, {self.drift:+.1%} drift")
             if self.recalibrated:
-                text += f", after {self.recalibrated} recalibration(s)"
+                text += f", after {self.recalibrated} more profile(s)"
             return text
         if self.mode == "scaled":
             return (f"{self.label}: this machine's timings x{self.factor:.3g} so "

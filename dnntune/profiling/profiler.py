@@ -86,20 +86,26 @@ class RawSamples:
 
 
 def profile_model(loaded: LoadedModel, settings: ProfileSettings,
-                  progress: Progress | None = None, meter_root: str = "/") -> Profile:
+                  progress: Progress | None = None, meter_root: str = "/",
+                  pace: Callable[[], object] | None = None) -> Profile:
     """Profile ``loaded`` on this machine.
+
+    ``pace``, when given, runs once after every timed run (an emulated device's reference,
+    :meth:`dnntune.profiling.dilation.DilatedDevice.pace`), so it sees the host as the
+    model's runs do.
 
     Example:
         >>> # profile = profile_model(load_model("mobilenet_v2"), ProfileSettings(num_runs=20))
     """
     for note in settings.validate():
         warnings.warn(note, stacklevel=2)
-    raw = collect_samples(loaded, settings, progress, meter_root)
+    raw = collect_samples(loaded, settings, progress, meter_root, pace)
     return build_profile(loaded, settings, raw)
 
 
 def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
-                    progress: Progress | None = None, meter_root: str = "/") -> RawSamples:
+                    progress: Progress | None = None, meter_root: str = "/",
+                    pace: Callable[[], object] | None = None) -> RawSamples:
     """Run the model (runner side): timings interleaved run by run, then energy."""
     from dnntune.profiling.energy import get_meter, shipped_profile_dirs
     from dnntune.profiling.instrument import InstrumentedModel, compile_plain, configure_runtime
@@ -133,6 +139,8 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
         inst_wall.append(t2 - t1)
         in_graph.append(seconds)
         stamps.append(s)
+        if pace is not None:
+            pace()
         report("runs", i + 1, settings.num_runs)
     idle = active = None
     if choice.meter is not None:

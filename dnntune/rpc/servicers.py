@@ -269,15 +269,15 @@ class ProfilerServicer:
 
 
     def _profile(self, loaded: Any, settings: Any, progress: Any) -> Any:
-        """Profile here; on a dilated device, natively, then dilated and drift-checked."""
+        """Profile here; on a dilated device natively, paced by its reference, dilated."""
         from dnntune.profiling.profiler import profile_model
 
         device = self.s.device
         if device is None:
             return profile_model(loaded, settings, progress=progress)
-        return device.profile(lambda emulation: profile_model(
+        return device.profile(lambda emulation, pace: profile_model(
             loaded, dataclasses.replace(settings, emulation=emulation.to_dict()),
-            progress=progress))
+            progress=progress, pace=pace))
 
 
 def describe_message(pb2: Any, identity: ModelIdentity, graph: Any, cuts: Any) -> Any:
@@ -406,7 +406,8 @@ class DeviceServicer:
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
                                reference=entry.reference_outputs(),
-                               hold=self.s.device.hold if self.s.device else None)
+                               hold=self.s.device.hold if self.s.device else None,
+                               pace=self.s.device.pace_split if self.s.device else None)
         return pb2.SplitReply(
             runs=[pb2.SplitRun(total_ms=r.total_ms, head_ms=r.head_ms,
                                transfer_ms=r.transfer_ms, tail_ms=r.tail_ms)

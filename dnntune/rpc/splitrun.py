@@ -11,7 +11,6 @@ import numpy as np
 
 from dnntune.model.loading import LoadedModel, compile_model
 
-
 NATIVE_HEAD_WARMUP = 30
 
 
@@ -34,7 +33,8 @@ class SplitResult:
 def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: int,
               warmup_runs: int = 1, warmup_cloud: Any = None,
               reference: list[np.ndarray] | None = None,
-              hold: Callable[[float, float], None] | None = None) -> SplitResult:
+              hold: Callable[[float, float], None] | None = None,
+              pace: Callable[[], object] | None = None) -> SplitResult:
     """Run ``split`` ``warmup_runs + num_runs`` times; time the last ``num_runs``.
 
     ``cloud`` is a :class:`dnntune.rpc.client.ProfilerClient` of the cloud server. Warm-up
@@ -43,7 +43,8 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
     are compared with ``reference``, the unsplit model's outputs on the same inputs
     (computed here when not given). ``hold(started, head_in_graph_s)``, on an emulated
     device (:meth:`dnntune.profiling.dilation.DilatedDevice.hold`), keeps the head's
-    result until the phone would have finished it.
+    result until the phone would have finished it; ``pace()`` runs before each head
+    (:meth:`~dnntune.profiling.dilation.DilatedDevice.pace_split`).
     """
     inputs = loaded.example_inputs()
     if reference is None:
@@ -61,6 +62,8 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
             # the next head ran 7-13 % slower than profiled (back to back); that is this
             # host, not the phone, whose time is k x the native time. One untimed native
             # run warms them, as profiling does.
+            if pace is not None:
+                pace()
             split.run_head_timed(inputs)
         t0 = time.perf_counter()
         if hold is not None and split.head is not None:
