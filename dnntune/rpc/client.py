@@ -160,7 +160,7 @@ class ProfilerClient:
         self.cloud = services.CloudStub(self.channel)
         self.device = services.DeviceStub(self.channel)
         # Tensors go out as encode_tensors wrote them (one copy of the data), in chunks
-        # as large as this client's message limit allows.
+        # of 1 MiB or what this client's message limit allows.
         pb2 = self.pb2
         self._run_tail = self.channel.stream_stream(
             "/dnntune.v1.Cloud/RunTail", request_serializer=wire_serializer(pb2.TailRequest),

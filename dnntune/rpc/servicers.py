@@ -125,8 +125,8 @@ class ServerState:
     profile_lock: threading.Lock
     gate: ComputeGate
     budget: MemoryBudget
-    # Data bytes per TensorChunk the server sends: within its own message limit and
-    # gRPC's default 4 MiB, which any client accepts (the .proto promises it).
+    # Data bytes per TensorChunk the server sends: at most 1 MiB (the .proto's promise),
+    # within its own message limit and gRPC's default 4 MiB, which any client accepts.
     reply_chunk_bytes: int = chunk_bytes_for(GRPC_DEFAULT_MESSAGE_BYTES)
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
     power_profile: str | None = None  # its operator's --emulate preset (a name or a file)

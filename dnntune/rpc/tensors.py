@@ -12,8 +12,8 @@ protobuf's wire format straight from the array's memory (:class:`WireMessage`: t
 header fields serialised by protobuf, then the data field appended, one copy); gRPC
 sends those bytes as they are (:func:`wire_serializer`). Receiving, a tensor that came
 in one chunk is a numpy view of the message's bytes (no copy); one in several chunks is
-copied once into its own buffer. A chunk is as large as the message limit allows
-(:func:`chunk_bytes_for`): every extra message costs a round of gRPC's per-message work.
+copied once into its own buffer. Chunks carry 1 MiB of data, less only if the message
+limit needs it (:func:`chunk_bytes_for`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ ALLOWED_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "uint8", 
 # TailRequest/TailReply. A few hundred bytes at most; 64 KiB leaves a wide margin.
 MESSAGE_OVERHEAD_BYTES = 64 << 10
 GRPC_DEFAULT_MESSAGE_BYTES = 4 << 20  # what any gRPC peer accepts unless told otherwise
-DEFAULT_CHUNK_BYTES = 1 << 20  # model files and profiles; tensors use chunk_bytes_for
+# Data per chunk. Larger chunks were measured slower, not faster: glibc hands out each
+# allocation above its mmap threshold as fresh pages, and their page faults cost more
+# than gRPC's per-message work (a 5 MB Echo on loopback: 12.9 ms in 1 MiB chunks, 52.7
+# ms in 4 MiB ones, 69 ms in one message; benchmarks/bench_transfer.py, docs/servers.md).
+DEFAULT_CHUNK_BYTES = 1 << 20
 _DATA_TAG = b"\x2a"  # TensorChunk.data: field 5, length-delimited
 
 
@@ -63,8 +67,9 @@ def wire_serializer(message_type: Any) -> Callable[[Any], bytes]:
 
 
 def chunk_bytes_for(max_message_bytes: int) -> int:
-    """Data bytes per chunk so that a chunk, with its header, fits ``max_message_bytes``."""
-    return max(max_message_bytes - MESSAGE_OVERHEAD_BYTES, 1 << 12)
+    """Data bytes per chunk: :data:`DEFAULT_CHUNK_BYTES`, or less if a chunk with its
+    header would not fit ``max_message_bytes``."""
+    return max(min(DEFAULT_CHUNK_BYTES, max_message_bytes - MESSAGE_OVERHEAD_BYTES), 1 << 12)
 
 
 def _varint(value: int) -> bytes:
