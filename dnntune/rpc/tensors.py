@@ -36,8 +36,9 @@ MESSAGE_OVERHEAD_BYTES = 64 << 10
 GRPC_DEFAULT_MESSAGE_BYTES = 4 << 20  # what any gRPC peer accepts unless told otherwise
 # Data per chunk. Larger chunks were measured slower, not faster: glibc hands out each
 # allocation above its mmap threshold as fresh pages, and their page faults cost more
-# than gRPC's per-message work (a 5 MB Echo on loopback: 12.9 ms in 1 MiB chunks, 52.7
-# ms in 4 MiB ones, 69 ms in one message; benchmarks/bench_transfer.py, docs/servers.md).
+# than gRPC's per-message work (a 5 MB Echo on loopback: 12.1 ms in 1 MiB chunks, 16.2
+# ms in 256 KiB, 35.9 ms in 4032 KiB; `benchmarks/bench_transfer.py --chunk-kib N`,
+# docs/servers.md).
 DEFAULT_CHUNK_BYTES = 1 << 20
 _DATA_TAG = b"\x2a"  # TensorChunk.data: field 5, length-delimited
 
