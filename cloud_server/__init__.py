@@ -16,14 +16,19 @@ __all__ = ["RunningServer", "ServerOptions", "create_server"]
 
 def create_server(options: ServerOptions, upload_dir: str | None = None) -> RunningServer:
     """Start a cloud server (Profiler + Cloud services, health) and return it running."""
-    from dnntune.rpc.servicers import CloudServicer, ProfilerServicer, make_state
+    from dnntune.rpc.servicers import (
+        CloudServicer,
+        ProfilerServicer,
+        add_cloud_servicer,
+        make_state,
+    )
     from dnntune.rpc.serving import build_server
 
     state, services = make_state("cloud", options, upload_dir)
 
     def register(server: object) -> list[str]:
         services.add_ProfilerServicer_to_server(ProfilerServicer(state), server)
-        services.add_CloudServicer_to_server(CloudServicer(state), server)
+        add_cloud_servicer(state.pb2, CloudServicer(state), server)
         return ["dnntune.v1.Profiler", "dnntune.v1.Cloud"]
 
     try:

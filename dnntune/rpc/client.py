@@ -24,7 +24,13 @@ from dnntune.errors import DnntuneError
 from dnntune.model.loading import MODEL_SUFFIXES
 from dnntune.profiling.profile import Profile
 from dnntune.rpc.protocol import load_protocol
-from dnntune.rpc.tensors import DEFAULT_CHUNK_BYTES, TensorAssembler, encode_tensors
+from dnntune.rpc.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    TensorAssembler,
+    chunk_bytes_for,
+    encode_tensors,
+    wire_serializer,
+)
 from dnntune.rpc.tls_probe import diagnose_unreachable, read_certificate
 
 DEFAULT_MAX_MESSAGE_MB = 16
@@ -33,6 +39,7 @@ SLOWEST_LINK_BYTES_PER_S = 30_000  # 0.24 Mbit/s: the slowest link a deadline al
 PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device expected
 ENERGY_S = 120.0               # an energy measurement on top of the runs
 SERVER_BUSY = ("profiling in progress", "server is shutting down")  # UNAVAILABLE, retry
+TAIL_REQUEST_TENSOR = 2  # the field number of TailRequest.tensor
 
 
 def transfer_deadline_s(nbytes: int) -> float:
@@ -152,6 +159,16 @@ class ProfilerClient:
         self.profiler = services.ProfilerStub(self.channel)
         self.cloud = services.CloudStub(self.channel)
         self.device = services.DeviceStub(self.channel)
+        # Tensors go out as encode_tensors wrote them (one copy of the data), in chunks
+        # of 1 MiB or what this client's message limit allows.
+        pb2 = self.pb2
+        self._run_tail = self.channel.stream_stream(
+            "/dnntune.v1.Cloud/RunTail", request_serializer=wire_serializer(pb2.TailRequest),
+            response_deserializer=pb2.TailReply.FromString, _registered_method=True)
+        self._echo = self.channel.stream_stream(
+            "/dnntune.v1.Cloud/Echo", request_serializer=wire_serializer(pb2.TensorChunk),
+            response_deserializer=pb2.TensorChunk.FromString, _registered_method=True)
+        self.chunk_bytes = chunk_bytes_for(endpoint.max_message_mb << 20)
 
     def close(self) -> None:
         self.channel.close()
@@ -237,15 +254,14 @@ class ProfilerClient:
         def requests() -> Iterator[Any]:
             yield pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index,
                                                         head=head))
-            for chunk in encode_tensors(pb2, tensors):
-                yield pb2.TailRequest(tensor=chunk)
+            yield from encode_tensors(pb2, tensors, self.chunk_bytes, field=TAIL_REQUEST_TENSOR)
         if timeout_s is None:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
         assembler = TensorAssembler()
         timing = None
         try:
-            for reply in self.cloud.RunTail(requests(), metadata=self.endpoint.metadata,
-                                            timeout=timeout_s):
+            for reply in self._run_tail(requests(), metadata=self.endpoint.metadata,
+                                        timeout=timeout_s):
                 if reply.WhichOneof("part") == "tensor":
                     assembler.add(reply.tensor)
                 else:
@@ -260,8 +276,8 @@ class ProfilerClient:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
         assembler = TensorAssembler()
         try:
-            for chunk in self.cloud.Echo(encode_tensors(self.pb2, tensors),
-                                         metadata=self.endpoint.metadata, timeout=timeout_s):
+            for chunk in self._echo(encode_tensors(self.pb2, tensors, self.chunk_bytes),
+                                    metadata=self.endpoint.metadata, timeout=timeout_s):
                 assembler.add(chunk)
         except grpc.RpcError as exc:
             raise describe_rpc_error(exc, self.endpoint.address) from None

@@ -38,9 +38,19 @@ from dnntune.rpc.limits import (
     check_spec,
 )
 from dnntune.rpc.modelstore import ModelEntry, ModelIdentity, ModelKey, ModelStore, NotFoundError
-from dnntune.rpc.tensors import TensorAssembler, WireError, encode_tensors
+from dnntune.rpc.tensors import (
+    GRPC_DEFAULT_MESSAGE_BYTES,
+    TensorAssembler,
+    WireError,
+    chunk_bytes_for,
+    encode_tensors,
+    wire_serializer,
+)
 
 PROFILE_CHUNK_BYTES = 1 << 20
+CLOUD_SERVICE = "dnntune.v1.Cloud"
+TAIL_REQUEST_TENSOR = 2  # field numbers of TailRequest.tensor and TailReply.tensor
+TAIL_REPLY_TENSOR = 1
 log = logging.getLogger("dnntune.server")
 
 
@@ -116,6 +126,9 @@ class ServerState:
     profile_lock: threading.Lock
     gate: ComputeGate
     budget: MemoryBudget
+    # Data bytes per TensorChunk the server sends: at most 1 MiB (the .proto's promise),
+    # within its own message limit and gRPC's default 4 MiB, which any client accepts.
+    reply_chunk_bytes: int = chunk_bytes_for(GRPC_DEFAULT_MESSAGE_BYTES)
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
     power_profile: str | None = None  # its operator's --emulate preset (a name or a file)
     device: Any = None  # a dnntune.profiling.dilation.DilatedDevice: the agent's phone
@@ -143,7 +156,9 @@ def make_state(side: str, options: Any, upload_dir: str | None) -> tuple[ServerS
     state = ServerState(pb2=pb2, store=ModelStore(upload_dir, options.max_models, limits),
                         side=side, num_threads=int(runtime["intra_op"]), limits=limits,
                         profile_lock=threading.Lock(), gate=ComputeGate(),
-                        budget=MemoryBudget(limits.max_request_bytes))
+                        budget=MemoryBudget(limits.max_request_bytes),
+                        reply_chunk_bytes=chunk_bytes_for(min(
+                            options.max_message_mb << 20, GRPC_DEFAULT_MESSAGE_BYTES)))
     return state, services
 
 
@@ -335,8 +350,8 @@ class CloudServicer:
             t1 = time.perf_counter()
             outputs = split.run_tail([tensors[n] for n in split.tail_inputs])
             t2 = time.perf_counter()
-        yield from (pb2.TailReply(tensor=c) for c in
-                    encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True)))
+        yield from encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True),
+                                  self.s.reply_chunk_bytes, field=TAIL_REPLY_TENSOR)
         yield pb2.TailReply(timing=pb2.TailTiming(receive_ms=(t1 - t0) * 1e3,
                                                   compute_ms=(t2 - t1) * 1e3,
                                                   load_ms=(t0 - t_load) * 1e3))
@@ -366,7 +381,23 @@ class CloudServicer:
             for chunk in request_iterator:
                 assembler.add(chunk)
             tensors = assembler.finish()
-        yield from encode_tensors(self.s.pb2, tensors.items())
+        yield from encode_tensors(self.s.pb2, tensors.items(), self.s.reply_chunk_bytes)
+
+
+def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
+    """Register the Cloud service (as ``add_CloudServicer_to_server`` does) with reply
+    serializers that send chunks encoded by :func:`encode_tensors` as they are."""
+    handlers = {
+        "RunTail": grpc.stream_stream_rpc_method_handler(
+            servicer.RunTail, request_deserializer=pb2.TailRequest.FromString,
+            response_serializer=wire_serializer(pb2.TailReply)),
+        "Echo": grpc.stream_stream_rpc_method_handler(
+            servicer.Echo, request_deserializer=pb2.TensorChunk.FromString,
+            response_serializer=wire_serializer(pb2.TensorChunk)),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CLOUD_SERVICE,
+                                                                          handlers),))
+    server.add_registered_method_handlers(CLOUD_SERVICE, handlers)
 
 
 def check_crossing(graph: Any, expected: tuple[str, ...], tensors: dict[str, np.ndarray]

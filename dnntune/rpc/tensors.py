@@ -6,11 +6,20 @@ chunk (name, dtype, shape, total_bytes, first data), then chunks that carry only
 as the .proto says. The decoder checks every header against the limits and against the
 tensors it expects *before* it keeps any data, and raises :class:`WireError` (which
 servers turn into INVALID_ARGUMENT or RESOURCE_EXHAUSTED).
+
+The data path copies as little as Python gRPC allows. Sending, a chunk is written in
+protobuf's wire format straight from the array's memory (:class:`WireMessage`: the
+header fields serialised by protobuf, then the data field appended, one copy); gRPC
+sends those bytes as they are (:func:`wire_serializer`). Receiving, a tensor that came
+in one chunk is a numpy view of the message's bytes (no copy); one in several chunks is
+copied once into its own buffer. Chunks carry 1 MiB of data, less only if the message
+limit needs it (:func:`chunk_bytes_for`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from math import prod
 from typing import Any
 
@@ -20,7 +29,18 @@ from dnntune.rpc.limits import MAX_NAME_CHARS, MAX_RANK, RequestLimits, quoted
 
 ALLOWED_DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "uint8", "int16",
                   "int32", "int64", "bool")
+# Room in a message for everything beside a chunk's data: name (at most 256 characters),
+# dtype, shape (at most 8 dimensions), total_bytes, the field tags and the enclosing
+# TailRequest/TailReply. A few hundred bytes at most; 64 KiB leaves a wide margin.
+MESSAGE_OVERHEAD_BYTES = 64 << 10
+GRPC_DEFAULT_MESSAGE_BYTES = 4 << 20  # what any gRPC peer accepts unless told otherwise
+# Data per chunk. Larger chunks were measured slower, not faster: glibc hands out each
+# allocation above its mmap threshold as fresh pages, and their page faults cost more
+# than gRPC's per-message work (a 5 MB Echo on loopback: 12.1 ms in 1 MiB chunks, 16.2
+# ms in 256 KiB, 35.9 ms in 4032 KiB; `benchmarks/bench_transfer.py --chunk-kib N`,
+# docs/servers.md).
 DEFAULT_CHUNK_BYTES = 1 << 20
+_DATA_TAG = b"\x2a"  # TensorChunk.data: field 5, length-delimited
 
 
 class WireError(ValueError):
@@ -31,30 +51,86 @@ class WireError(ValueError):
         self.code = code
 
 
+@dataclass(frozen=True)
+class WireMessage:
+    """A message already in protobuf's wire format; :func:`wire_serializer` sends it as is."""
+
+    wire: bytes
+
+
+def wire_serializer(message_type: Any) -> Callable[[Any], bytes]:
+    """The serializer of ``message_type`` for gRPC, passing :class:`WireMessage` through."""
+    serialize = message_type.SerializeToString
+
+    def run(message: Any) -> bytes:
+        return message.wire if isinstance(message, WireMessage) else serialize(message)
+    return run
+
+
+def chunk_bytes_for(max_message_bytes: int) -> int:
+    """Data bytes per chunk: :data:`DEFAULT_CHUNK_BYTES`, or less if a chunk with its
+    header would not fit ``max_message_bytes``."""
+    return max(min(DEFAULT_CHUNK_BYTES, max_message_bytes - MESSAGE_OVERHEAD_BYTES), 1 << 12)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _chunk(header: bytes, data: memoryview, field: int | None) -> WireMessage:
+    """One ``TensorChunk`` (inside field ``field`` of an enclosing message, if given)."""
+    parts: list[Any] = [header]
+    if len(data):
+        parts += [_DATA_TAG, _varint(len(data)), data]
+    if field is not None:
+        size = sum(len(p) for p in parts)
+        parts[:0] = [_varint(field << 3 | 2), _varint(size)]
+    return WireMessage(b"".join(parts))  # the only copy of the data on this side
+
+
 def encode_tensor(pb2: Any, name: str, array: np.ndarray,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Any]:
-    """Yield ``TensorChunk`` messages for ``array``: a header chunk, then data."""
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, field: int | None = None
+                  ) -> Iterator[WireMessage]:
+    """Yield ``TensorChunk`` messages for ``array``: a header chunk, then data.
+
+    Args:
+        pb2: The generated messages module.
+        name: The tensor's name.
+        array: Any array of an allowed dtype (copied only if not C-ordered little-endian).
+        chunk_bytes: Data bytes per chunk (:func:`chunk_bytes_for` the message limit).
+        field: When given, each chunk is wrapped as this field of an enclosing message
+            (``TailRequest.tensor`` is 2, ``TailReply.tensor`` is 1).
+    """
     array = np.asarray(array)
     dtype = array.dtype.name
     if dtype not in ALLOWED_DTYPES:
         raise WireError(f"tensor {name!r}: dtype {dtype} is not one of {', '.join(ALLOWED_DTYPES)}")
     data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
-    raw = memoryview(data.tobytes())
-    first = raw[:chunk_bytes]
-    yield pb2.TensorChunk(name=name, dtype=dtype, shape=list(array.shape),
-                          total_bytes=len(raw), data=bytes(first))
+    raw = memoryview(data.reshape(-1).view(np.uint8).data)
+    header = pb2.TensorChunk(name=name, dtype=dtype, shape=list(array.shape),
+                             total_bytes=len(raw)).SerializeToString()
+    yield _chunk(header, raw[:chunk_bytes], field)
     for start in range(chunk_bytes, len(raw), chunk_bytes):
-        yield pb2.TensorChunk(data=bytes(raw[start:start + chunk_bytes]))
+        yield _chunk(b"", raw[start:start + chunk_bytes], field)
 
 
 def encode_tensors(pb2: Any, named: Iterable[tuple[str, np.ndarray]],
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Any]:
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, field: int | None = None
+                   ) -> Iterator[WireMessage]:
     for name, array in named:
-        yield from encode_tensor(pb2, name, array, chunk_bytes)
+        yield from encode_tensor(pb2, name, array, chunk_bytes, field)
 
 
 class TensorAssembler:
     """Collects ``TensorChunk`` messages back into named numpy arrays, checking each.
+
+    A tensor that arrived in one chunk is a read-only view of that chunk's bytes (no
+    copy); one in several chunks is copied once into a buffer of its own.
 
     Args:
         limits: Bytes per tensor, bytes per call and tensors per call.
@@ -68,7 +144,8 @@ class TensorAssembler:
         self.tensors: dict[str, np.ndarray] = {}
         self.order: list[str] = []
         self._current: tuple[str, str, tuple[int, ...], int] | None = None
-        self._parts: list[bytes] = []
+        self._first = b""  # the data of the current tensor's first chunk
+        self._buffer: np.ndarray | None = None  # its bytes, once a second chunk came
         self._received = 0
         self._declared = 0  # bytes of all tensors announced so far
 
@@ -82,11 +159,21 @@ class TensorAssembler:
         elif (chunk.name and chunk.name != self._current[0]) or chunk.shape or chunk.total_bytes:
             raise WireError(f"tensor {self._current[0]!r}: a continuation chunk carries only "
                             "data (or repeats the name); start a new tensor with a dtype")
-        self._received += len(chunk.data)
-        if self._current is not None and self._received > self._current[3]:
+        data = chunk.data  # each read of a bytes field is a copy: read it once
+        start, self._received = self._received, self._received + len(data)
+        if self._current is None:
+            return
+        if self._received > self._current[3]:
             raise WireError(f"tensor {self._current[0]!r}: received more than its declared "
                             f"{self._current[3]} bytes")
-        self._parts.append(chunk.data)
+        if start == 0:
+            self._first = data
+            return
+        if self._buffer is None:  # a second chunk: from now on, one buffer of the tensor
+            self._buffer = np.empty(self._current[3], np.uint8)
+            self._buffer[:len(self._first)] = np.frombuffer(self._first, np.uint8)
+            self._first = b""
+        self._buffer[start:self._received] = np.frombuffer(data, np.uint8)
 
     def _start(self, chunk: Any) -> None:
         name, dtype = chunk.name, chunk.dtype
@@ -120,7 +207,7 @@ class TensorAssembler:
             raise WireError(f"tensors of this call add up to over the limit of "
                             f"{self.limits.max_call_bytes} bytes", code="RESOURCE_EXHAUSTED")
         self._current = (name, dtype, shape, expected)
-        self._parts, self._received = [], 0
+        self._first, self._buffer, self._received = b"", None, 0
 
     def _check_expected(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
         assert self.expected is not None
@@ -138,13 +225,14 @@ class TensorAssembler:
         name, dtype, shape, expected = self._current
         if self._received != expected:
             raise WireError(f"tensor {name!r}: received {self._received} of {expected} bytes")
-        raw = b"".join(self._parts)
-        if dtype == "bool" and raw.translate(None, b"\x00\x01"):
+        raw = np.frombuffer(self._first, np.uint8) if self._buffer is None else self._buffer
+        if dtype == "bool" and raw.size and int(raw.max()) > 1:
             raise WireError(f"tensor {name!r}: a bool tensor's bytes must be 0 or 1")
-        self.tensors[name] = np.frombuffer(raw, dtype=_numpy_dtype(dtype).newbyteorder("<")
-                                           ).astype(_numpy_dtype(dtype)).reshape(shape)
+        wire_dtype = _numpy_dtype(dtype).newbyteorder("<")
+        self.tensors[name] = raw.view(wire_dtype).astype(_numpy_dtype(dtype), copy=False
+                                                         ).reshape(shape)
         self.order.append(name)
-        self._current, self._parts, self._received = None, [], 0
+        self._current, self._first, self._buffer, self._received = None, b"", None, 0
 
     def finish(self) -> dict[str, np.ndarray]:
         """Complete the last tensor; returns every tensor by name (in arrival order)."""
