@@ -38,8 +38,13 @@ def round3(value: float | None) -> str:
     return f"{rounded:.{max(digits, 0)}f}"
 
 
-def _cut_name(la: LinkAnalysis, index: int) -> str:
-    return _index_name(index, la.inputs.after[index], len(la.inputs.after) - 1)
+def _cut_name(la: LinkAnalysis, row: dict[str, Any]) -> str:
+    """The row's cut, and with wire encodings what it sends (``after x (#i/L) as int8``)."""
+    cut_index = la.inputs.cut_index
+    last = len(la.inputs.after) - 1 if cut_index is None else int(cut_index[-1])
+    name = _index_name(row["index"], row["after"], last)
+    encoding = row.get("encoding")
+    return name if encoding in (None, "none") else f"{name} as {encoding}"
 
 
 def _index_name(index: int | None, after: str | None, last: int) -> str:
@@ -100,7 +105,7 @@ def _row(la: LinkAnalysis, metric: str) -> list[str]:
         cells += ["no feasible cut", "-", "-"]
         gains = ["-", "-"]
     else:
-        cells += [_cut_name(la, best["index"]), round3(best["latency_ms"]),
+        cells += [_cut_name(la, best), round3(best["latency_ms"]),
                   round3(best["energy_mj"])]
         gains = [_pct(best[f"{metric}_gain_vs_mobile_only_pct"]),
                  _pct(best[f"{metric}_gain_vs_cloud_only_pct"])]
@@ -117,6 +122,7 @@ def _pct(value: float | None) -> str:
 
 def _notes(analysis: Analysis) -> list[str]:
     lines = [analysis.measured_cuts] if analysis.measured_cuts else []
+    lines += _wire_notes(analysis)
     metric = analysis.objective.metric
     for la in analysis.links:
         name = la.link.name
@@ -141,6 +147,20 @@ def _notes(analysis: Analysis) -> list[str]:
             lines.append(f"{name}: at {analysis.options.inference_rate_hz:g} inferences/s "
                          "the link cannot finish one transfer before the next starts")
     lines += _sensitivity_notes(analysis)
+    return lines
+
+
+def _wire_notes(analysis: Analysis) -> list[str]:
+    wire = analysis.wire
+    if wire is None:
+        return ["wire: every crossing tensor sent as float32 (as profiled; --wire to encode)"]
+    lines = [f"wire: every (cut, encoding) pair of {', '.join(wire['encodings'])}, measured "
+             f"on {wire['samples']}; encode times at the device's speed "
+             f"(x{round3(wire['device_factor'])} this machine's), decode in the cloud; "
+             f"pairs below top-1 agreement {wire['min_agreement']:g} are excluded; "
+             f"cloud-only T / E is cut 0 as {analysis.links[0].cut(0).get('encoding')}"
+             if analysis.links else ""]
+    lines += [f"wire: {text}" for text in [*wire["excluded"], *wire["notes"]]]
     return lines
 
 
