@@ -1,9 +1,10 @@
 """Sample inputs for wire measurements: real photographs, or the user's own files.
 
 By default: photographs shipped inside declared dependencies, so a run needs no network
-(matplotlib's ``grace_hopper.jpg``; scikit-image's ``astronaut``, ``chelsea``,
-``coffee`` and ``rocket``). ``--samples DIR`` takes a folder of JPEG/PNG images or
-``.npy`` arrays (uint8 ``H x W x 3`` pixels, or float tensors of the model's input shape).
+(matplotlib's ``grace_hopper.jpg``; scikit-image's ``astronaut`` and ``chelsea``, then
+``coffee`` and ``rocket`` when more are asked for). ``--samples DIR`` takes a folder of
+JPEG/PNG images or ``.npy`` arrays (uint8 ``H x W x 3`` pixels, or float tensors of the
+model's input shape).
 Images are resized (shorter side to the model's, bicubic) and centre-cropped.
 
 The model input is ``preprocess(pixels)``; the input codecs send the pixels and the
@@ -26,6 +27,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SAMPLE_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 MAX_SAMPLES = 64
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+# The built-in run measures on three photographs: every cut runs a tail per lossy
+# encoding over the samples, which on MobileNetV2 costs about 8 s per photograph here
+# (docs/wire.md); --samples takes up to MAX_SAMPLES of a user's own.
+DEFAULT_PHOTOS = 3
 # keras.applications' preprocess_input modes: "tf" scales to [-1, 1], "caffe" flips to BGR
 # and subtracts the ImageNet means, "torch" scales to [0, 1] and standardises.
 PREPROCESSING = {"mobilenet_v1": "tf", "mobilenet_v2": "tf", "inception_v3": "tf",
@@ -108,7 +113,7 @@ def fit_image(path: Path, height: int, width: int, channels: int = 3) -> np.ndar
 
 
 def load_samples(input_shape: Sequence[int], model_name: str, folder: str | None = None,
-                 limit: int = 4) -> Samples:
+                 limit: int = DEFAULT_PHOTOS) -> Samples:
     """Samples fitted to ``input_shape`` (no batch): the user's ``folder``, else photos.
 
     Raises:
