@@ -162,12 +162,25 @@ def _wire_names(items: list[str] | None) -> tuple[str, ...]:
 
 def _measure_wire(args: argparse.Namespace, device: Any, names: tuple[str, ...],
                   model: str | None = None, seed: int | None = None) -> Any:
-    """Measured encodings for ``device``'s model, or None for float32 as profiled."""
+    """Measured encodings for ``device``'s model, or None for float32 as profiled.
+
+    Encodings from a config (not ``--wire``) that cannot be measured on this model (no
+    image input and no ``--samples``, a non-float input, several inputs) fall back to
+    float32 with a note; asked for with ``--wire``, that is an error.
+    """
     if names == ("fp32",) and not args.samples:
         return None
     from dnntune.report.tables import progress_bar
     from dnntune.wire.codecs import parse_encodings
-    from dnntune.wire.measure import measure_for_profiles
+    from dnntune.wire.measure import measure_for_profiles, unmeasurable
+
+    problem = unmeasurable(device.graph, args.samples)
+    if problem and args.wire:
+        raise DnntuneError(f"--wire: {problem}")
+    if problem:
+        print(f"dnntune: note: every crossing tensor sent as float32: {problem}",
+              file=sys.stderr)
+        return None
 
     with progress_bar("measuring wire encodings") as update:
         return measure_for_profiles(device, parse_encodings(names), model=model, seed=seed,

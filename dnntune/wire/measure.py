@@ -195,6 +195,20 @@ class _Fidelity:
         return out
 
 
+def unmeasurable(graph: LayerGraph, samples_dir: str | None) -> str | None:
+    """Why encodings cannot be measured on ``graph``'s model, or ``None``."""
+    if len(graph.model_inputs) != 1:
+        return f"{graph.model_name} has {len(graph.model_inputs)} inputs (one is measured)"
+    spec = graph.tensor(graph.model_inputs[0])
+    if not spec.dtype.startswith("float"):
+        return f"{graph.model_name} takes {spec.dtype} inputs, not float tensors"
+    shape = spec.shape[1:]
+    if samples_dir is None and not (len(shape) == 3 and shape[-1] in (1, 3)):
+        return (f"{graph.model_name} does not take images (input {list(shape)}); "
+                "give --samples DIR with .npy inputs")
+    return None
+
+
 def measure_for_profiles(device: Profile, encodings: Sequence[Encoding], *,
                          model: str | None = None, input_shape: tuple[int, ...] | None = None,
                          seed: int | None = None, samples_dir: str | None = None,
