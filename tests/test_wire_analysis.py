@@ -110,3 +110,16 @@ def _only_int8(w: EncodedCuts) -> EncodedCuts:
         max_abs_error=w.max_abs_error[keep], max_rel_error=w.max_rel_error[keep],
         tensor_bytes=(w.tensor_bytes[2],), tensor_encode_ms=(w.tensor_encode_ms[2],),
         tensor_decode_ms=(w.tensor_decode_ms[2],))
+
+
+def test_sensitivity_names_cuts_and_encodings():
+    from dnntune.analysis.sensitivity import add_sensitivity
+
+    device, cloud = profiles()
+    analysis = add_sensitivity(analyze_profiles(device, cloud, [preset_links()["3g"]],
+                                                Objective("latency-first"), wire=wire(),
+                                                device_speedup=0.1))
+    info = analysis.sensitivity["3g"]  # type: ignore[index]
+    first = info["uplink_segments"][0]
+    assert first["index"] in range(5) and first["encoding"] in ("fp32", "jpeg90", "int8", "none")
+    assert all(row["index"] in range(5) for row in info["what_if"])

@@ -159,8 +159,10 @@ class CutInputs:
 
     def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> CutInputs:
         """The same cuts with device/cloud compute scaled (see :meth:`LayerCosts.scaled`)."""
-        if self.cut_index is not None:
-            raise ConfigError("what-if", "scale the plain cut inputs, then add encodings")
+        if self.cut_index is not None:  # (cut, encoding) rows: codec times scale with
+            return replace(self, costs=self.costs.scaled(device_speedup, cloud_speedup),
+                           tm_ms=self.tm_ms / device_speedup, tc_ms=self.tc_ms / cloud_speedup,
+                           em_mj=self.em_mj / device_speedup)  # the side that runs them
         return cut_inputs(self.graph, self.costs.scaled(device_speedup, cloud_speedup),
                           (self.bytes_up, self.bytes_down))
 

@@ -148,9 +148,19 @@ def add_sensitivity(analysis: Analysis,
                                range_mbps)
         per_link[la.link.name] = {
             "uplink_range_mbps": list(range_mbps),
-            "uplink_segments": [s.to_dict() for s in segs],
+            "uplink_segments": [_as_cut(analysis.inputs, s.to_dict()) for s in segs],
             "uplink_breakpoints_mbps": uplink_breakpoints(segs),
-            "what_if": what_if(analysis.inputs, [la.link], analysis.objective,
-                               analysis.options, scenarios),
+            "what_if": [_as_cut(analysis.inputs, row) for row in
+                        what_if(analysis.inputs, [la.link], analysis.objective,
+                                analysis.options, scenarios)],
         }
     return replace(analysis, sensitivity=per_link)
+
+
+def _as_cut(inputs: CutInputs, row: dict[str, Any]) -> dict[str, Any]:
+    """With wire encodings, a row number as its cut index and encoding."""
+    i = row.get("index")
+    if inputs.cut_index is None or inputs.row_fields is None or i is None or i < 0:
+        return row
+    return {**row, "index": int(inputs.cut_index[i]),
+            "encoding": inputs.row_fields["encoding"][i]}

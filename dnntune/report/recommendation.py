@@ -182,7 +182,8 @@ def _dag_note(la: LinkAnalysis, dag: DagPartition, objective: Objective) -> str:
 def _sensitivity_notes(analysis: Analysis) -> list[str]:
     if not analysis.sensitivity:
         return []
-    last = len(analysis.inputs.after) - 1
+    cut_index = analysis.inputs.cut_index
+    last = len(analysis.inputs.after) - 1 if cut_index is None else int(cut_index[-1])
     lines = []
     for name, info in analysis.sensitivity.items():
         segments: list[dict[str, Any]] = info["uplink_segments"]
