@@ -123,3 +123,16 @@ def test_sensitivity_names_cuts_and_encodings():
     first = info["uplink_segments"][0]
     assert first["index"] in range(5) and first["encoding"] in ("fp32", "jpeg90", "int8", "none")
     assert all(row["index"] in range(5) for row in info["what_if"])
+
+
+def test_plots_show_one_bar_per_cut(tmp_path):
+    from dnntune.report.plots import per_cut, plot_analysis
+
+    device, cloud = profiles()
+    analysis = analyze_profiles(device, cloud, [preset_links()["wifi"]],
+                                Objective("latency-first"), wire=wire(), device_speedup=0.1)
+    la = analysis.links[0]
+    view = per_cut(la)
+    assert len(view.inputs.after) == 5 and view.best == 0  # jpeg90 at cut 0 is best
+    assert float(view.table.latency_ms[0]) == float(la.table.latency_ms[la.best])
+    assert len(plot_analysis(analysis, tmp_path)) == 4
