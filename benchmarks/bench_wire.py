@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnntune.wire.codecs import parse_encoding  # noqa: E402
-from dnntune.wire.samples import default_photo_paths, fit_image, preprocess  # noqa: E402
+from dnntune.wire.codecs import parse_encoding
+from dnntune.wire.samples import default_photo_paths, fit_image, preprocess
 
 TENSOR_CODECS = ("fp32", "fp16", "int8", "int8c", "fp32+zstd", "fp16+zstd", "int8+zstd")
 INPUT_CODECS = ("uint8", "png", "jpeg90", "jpeg75", "uint8+zstd")
