@@ -66,3 +66,26 @@ def test_config_key_wire():
     assert parse_config({"model": {"name": "x"}}, "r.yaml").wire == ("fp32",)
     with pytest.raises(ConfigError, match=r"r\.yaml: key 'wire': unknown encoding 'gif'"):
         parse_config({"model": {"name": "x"}, "wire": ["gif"]}, "r.yaml")
+
+
+def test_saved_profiles_with_wire_measure_the_zoo_model(tmp_path: Path, capsys):
+    """Saved profiles of a zoo model: --wire loads its cached weights and measures."""
+    import json
+
+    from dnntune.model.loading import load_model
+
+    graph = load_model("tiny_resnet", seed=0).graph
+    device, cloud = make_profiles(graph, [2.0] * len(graph.layers), [0.2] * len(graph.layers))
+    paths = [str(save_profile(p, tmp_path / f"{p.meta.side}.json")) for p in (device, cloud)]
+    code, out, err = run_here(["--device", paths[0], "--cloud", paths[1], "--wire",
+                               "fp32,uint8,jpeg90,int8+zstd", "--format", "json",
+                               "--links", "3g"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["wire"]["encodings"] == ["fp32", "uint8", "jpeg90", "int8+zstd"]
+    assert "3 photographs" in data["wire"]["samples"]
+    cuts = data["links"][0]["cuts"]
+    first = {c["encoding"]: c for c in cuts if c["index"] == 0}
+    assert first["fp32"]["bytes_up"] == 32 * 32 * 3 * 4 and first["uint8"]["bytes_up"] == 3072
+    assert first["jpeg90"]["bytes_up"] < 3072 and first["jpeg90"]["encode_ms"] > 0
+    assert all(c["agreement"] is not None for c in cuts if c["encoding"] != "none")

@@ -227,10 +227,15 @@ def measure_for_profiles(device: Profile, encodings: Sequence[Encoding], *,
 
     meta = device.meta
     spec = model or meta.model_name
+    profiled = tuple(device.graph.tensor(device.graph.model_inputs[0]).shape[1:])
     if input_shape is None and model is None:
-        input_shape = tuple(device.graph.tensor(device.graph.model_inputs[0]).shape[1:])
+        input_shape = profiled
+    seed = meta.seed if seed is None else seed
     loaded = load_model(spec, [input_shape] if input_shape else None, batch_size=1,
-                        seed=meta.seed if seed is None else seed, name=meta.model_name)
+                        seed=seed, name=meta.model_name)
+    if loaded.graph.tensor(loaded.graph.model_inputs[0]).shape[1:] != profiled:
+        # a user's file profiled at --input-shape: rebuilt at that shape, as the sides did
+        loaded = load_model(spec, [profiled], batch_size=1, seed=seed, name=meta.model_name)
     if loaded.graph.layer_names != device.graph.layer_names:
         raise DnntuneError(f"--wire: the model {spec} has other layers than the device "
                            f"profile of {meta.model_name}; give the profiled model (--model)")
