@@ -18,7 +18,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
     from dnntune.model.keras_graph import build_layer_graph
 
-    model, accuracy = train_shape_cnn(samples=3000, epochs=5)
+    model, accuracy = train_shape_cnn(samples=2000, epochs=5)
     folder = tmp_path_factory.mktemp("shapes")
     images, _ = draw_shapes(50, seed=99)
     for i, image in enumerate(images):

@@ -35,7 +35,7 @@ def draw_shapes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def train_shape_cnn(seed: int = 0, samples: int = 3000, epochs: int = 6) -> tuple[Any, float]:
+def train_shape_cnn(seed: int = 0, samples: int = 2000, epochs: int = 5) -> tuple[Any, float]:
     """A functional CNN reading 0..255 pixels; returns it and its held-out accuracy."""
     import keras
     from keras import layers
