@@ -354,6 +354,9 @@ def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
         cloud_call_ms=(cloud.call_overhead_ms if options.cloud_call_ms is None
                        else options.cloud_call_ms))
     what_if = {"device_speedup": device_speedup, "cloud_speedup": cloud_speedup}
+    if device.measured_cuts is not None and wire is not None:
+        raise ConfigError("--wire", "not supported yet with a device profile measured at "
+                                    "chosen cuts (LiteRT); analyze it without --wire")
     if device.measured_cuts is not None:
         return _analyze_measured_cuts(device, cloud, links, objective, options, what_if)
     costs = layer_costs(device, cloud).scaled(device_speedup, cloud_speedup)

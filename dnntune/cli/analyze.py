@@ -168,8 +168,9 @@ def _measure_wire(args: argparse.Namespace, device: Any, names: tuple[str, ...],
     image input and no ``--samples``, a non-float input, several inputs) fall back to
     float32 with a note; asked for with ``--wire``, that is an error.
     """
-    if names == ("fp32",) and not args.samples:
-        return None
+    if (names == ("fp32",) and not args.samples) or (
+            device.measured_cuts is not None and not args.wire):
+        return None  # float32 as profiled (a LiteRT per-cut profile: sizes as profiled)
     from dnntune.report.tables import progress_bar
     from dnntune.wire.codecs import parse_encodings
     from dnntune.wire.measure import measure_for_profiles, unmeasurable
