@@ -136,3 +136,17 @@ def test_plots_show_one_bar_per_cut(tmp_path):
     assert len(view.inputs.after) == 5 and view.best == 0  # jpeg90 at cut 0 is best
     assert float(view.table.latency_ms[0]) == float(la.table.latency_ms[la.best])
     assert len(plot_analysis(analysis, tmp_path)) == 4
+
+
+def test_min_cut_graph_carries_the_encoded_bytes():
+    from dnntune.analysis.encodings import dag_candidates
+
+    device, cloud = profiles()
+    inputs = analyze_profiles(device, cloud, []).inputs
+    w = wire()
+    found = {name: cin for name, cin, _, _ in dag_candidates(inputs, w)}
+    assert set(found) == {"fp32", "int8"}  # jpeg90 is an image codec: no tensor bytes
+    for name, e in (("fp32", 0), ("int8", 2)):
+        crossing = w.bytes_up[e][:4]
+        assert np.allclose(found[name].bytes_up[:4], crossing)
+        assert found[name].bytes_up[4] == 0
