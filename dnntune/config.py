@@ -12,6 +12,7 @@ Example ``configs/mobilenet_v2.yaml``::
       warmup_runs: 5
     objective: energy-first       # or latency-first
     links: [3g, 4g, wifi]         # presets, links YAML files or trace files
+    wire: [fp32, uint8, jpeg90, fp16, int8]  # encodings of what crosses a cut (dnntune.wire)
     processing:
       device: {threads: 1, cpu_affinity: [], energy: auto}
       cloud: {threads: 2, energy: none}
@@ -56,10 +57,16 @@ class RunConfig:
     cloud: SideConfig = field(default_factory=lambda: SideConfig(threads=2, energy="none"))
     objective: str = "energy-first"
     links: tuple[str, ...] = ("3g", "4g", "wifi")
+    # What crosses a cut: float32 as profiled unless the config names encodings; the
+    # built-in default run (configs/default.yaml) uses REALISTIC_WIRE.
+    wire: tuple[str, ...] = ("fp32",)
     source: str = field(default="", compare=False)  # the file it was read from, if any
 
 
 OBJECTIVES = ("latency-first", "energy-first")
+# How an app ships data: the input as uint8 pixels or JPEG, activations as fp16 or int8;
+# fp32 stays for comparison with DNNTune's assumption (docs/wire.md).
+REALISTIC_WIRE = ("fp32", "uint8", "jpeg90", "fp16", "int8")
 # Ranges of the numbers a user sets (flags and config keys alike): an absurd value is
 # refused at the edge, never an overflow inside TensorFlow or protobuf.
 MAX_BATCH_SIZE = 1024  # the servers' limit too (proto: batch_size 1..1024)
@@ -124,7 +131,7 @@ def default_config() -> RunConfig:
     """The built-in default run: configs/default.yaml when present, else the same values."""
     path = default_config_path()
     return load_config(path) if path.is_file() else RunConfig(
-        model="mobilenet_v2", device=SideConfig(emulate="dnntune_phone"))
+        model="mobilenet_v2", device=SideConfig(emulate="dnntune_phone"), wire=REALISTIC_WIRE)
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -142,7 +149,8 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def parse_config(data: Any, where: str) -> RunConfig:
-    top = _section(data, "", where, ("model", "profiling", "processing", "objective", "links"))
+    top = _section(data, "", where, ("model", "profiling", "processing", "objective", "links",
+                                     "wire"))
     model = _section(top.get("model"), "model", where, ("name", "input_shape", "batch_size",
                                                         "seed"))
     if "name" not in model:
@@ -166,6 +174,7 @@ def parse_config(data: Any, where: str) -> RunConfig:
                                  f"got {links!r}")
     return RunConfig(
         objective=objective, links=tuple(links), source=where,
+        wire=_wire(top.get("wire", list(defaults.wire)), where),
         model=str(model["name"]),
         input_shape=tuple(shape) if shape is not None else None,
         batch_size=_int(model, "batch_size", "model", where, 1, 1, MAX_BATCH_SIZE),
@@ -176,6 +185,21 @@ def parse_config(data: Any, where: str) -> RunConfig:
         device=_side(processing.get("device", {}), "processing.device", where, defaults.device),
         cloud=_side(processing.get("cloud", {}), "processing.cloud", where, defaults.cloud),
     )
+
+
+def _wire(value: Any, where: str) -> tuple[str, ...]:
+    """The ``wire`` key: a list (or comma-separated string) of known encoding names."""
+    from dnntune.wire.codecs import parse_encodings
+
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise ConfigError(where, f"key 'wire' must be a list of encodings, e.g. [fp32, int8], "
+                                 f"got {value!r}")
+    try:
+        return tuple(e.name for e in parse_encodings(value))
+    except ConfigError as exc:
+        raise ConfigError(where, f"key 'wire': {exc.problem}") from None
 
 
 def _section(value: Any, key: str, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:

@@ -35,7 +35,12 @@ def test_default_job_end_to_end(tmp_path):
     assert analysis["objective"] == "energy-first"
     assert [link["name"] for link in analysis["links"]] == ["3g", "4g", "wifi"]
     cuts = pd.read_csv(out / "cuts.csv")
-    assert len(cuts) == 3 * 157
+    # The built-in run sends what an app would (docs/wire.md): one row per (cut, encoding).
+    assert analysis["wire"]["encodings"] == ["fp32", "uint8", "jpeg90", "fp16", "int8"]
+    assert "wire: every (cut, encoding) pair" in text
+    assert set(cuts["index"]) == set(range(157))
+    fp32 = cuts[(cuts["encoding"] == "fp32") & (cuts["link"] == "3g")]
+    assert len(fp32) == 156 and (fp32["bytes_up"].iloc[0] == 224 * 224 * 3 * 4)
     assert len(list((out / "plots").glob("*.png"))) == 12
 
 

@@ -73,11 +73,11 @@ def test_profile_with_a_bad_config_is_one_line(tmp_path: Path):
 def test_built_in_default_equals_configs_default_yaml():
     import dataclasses
 
-    from dnntune.config import RunConfig, SideConfig, default_config
+    from dnntune.config import REALISTIC_WIRE, RunConfig, SideConfig, default_config
 
     assert default_config().input_shape == (224, 224, 3)
     assert dataclasses.replace(default_config(), input_shape=None) == RunConfig(
-        "mobilenet_v2", device=SideConfig(emulate="dnntune_phone"))
+        "mobilenet_v2", device=SideConfig(emulate="dnntune_phone"), wire=REALISTIC_WIRE)
     assert default_config().objective == "energy-first"
     assert default_config().links == ("3g", "4g", "wifi")
 

@@ -36,7 +36,7 @@ per-cut table here and the min-cut in :mod:`dnntune.analysis.dagcut` (:func:`lin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -179,9 +179,17 @@ class CutInputs:
     em_mj: FloatArray
     call_share: FloatArray  # (L,) each layer's share of a whole-model call, see call_shares
     head_call_share: FloatArray  # (L + 1,) the head's share at each prefix cut
+    # With wire encodings (dnntune.analysis.encodings) the arrays hold one row per
+    # (cut, encoding): each row's prefix cut and its extra columns (encoding, codec ms...).
+    cut_index: npt.NDArray[np.int64] | None = None
+    row_fields: Mapping[str, tuple[Any, ...]] | None = None
 
     def scaled(self, device_speedup: float = 1.0, cloud_speedup: float = 1.0) -> CutInputs:
         """The same cuts with device/cloud compute scaled (see :meth:`LayerCosts.scaled`)."""
+        if self.cut_index is not None:  # (cut, encoding) rows: codec times scale with
+            return replace(self, costs=self.costs.scaled(device_speedup, cloud_speedup),
+                           tm_ms=self.tm_ms / device_speedup, tc_ms=self.tc_ms / cloud_speedup,
+                           em_mj=self.em_mj / device_speedup)  # the side that runs them
         return cut_inputs(self.graph, self.costs.scaled(device_speedup, cloud_speedup),
                           (self.bytes_up, self.bytes_down))
 

@@ -48,6 +48,8 @@ from dnntune.profiling.profile import Profile
 if TYPE_CHECKING:
     import pandas as pd
 
+    from dnntune.analysis.encodings import EncodedCuts
+
 OBJECTIVES = ("latency-first", "energy-first")
 CUT_FIELDS = ("index", "after", "bytes_up", "tm_ms", "tt_ms", "tc_ms", "latency_ms",
               "em_mj", "et_mj", "energy_mj")
@@ -159,14 +161,23 @@ class LinkAnalysis:
     message: str
     pareto: tuple[int, ...]
     dag: Mapping[str, DagPartition] = field(default_factory=dict)
+    dag_encoding: Mapping[str, str] = field(default_factory=dict)  # by metric, with wire
 
     @property
     def feasible(self) -> bool:
         return self.best is not None
 
     def cut(self, i: int) -> dict[str, Any]:
-        """Cut ``i`` as a dict with the fields of :data:`CUT_FIELDS` (and a few more)."""
-        return {"index": i, "after": self.inputs.after[i], **self.table.row(i)}
+        """Cut ``i`` as a dict with the fields of :data:`CUT_FIELDS` (and a few more).
+
+        With wire encodings ``i`` is a row (one per (cut, encoding)): ``index`` is its
+        cut, ``row`` the row, and the encoding's columns follow.
+        """
+        out = {"index": i, "after": self.inputs.after[i], **self.table.row(i)}
+        if self.inputs.cut_index is not None and self.inputs.row_fields is not None:
+            out["index"], out["row"] = int(self.inputs.cut_index[i]), i
+            out.update({k: v[i] for k, v in self.inputs.row_fields.items()})
+        return out
 
     def best_dict(self) -> dict[str, Any] | None:
         if self.best is None:
@@ -192,6 +203,10 @@ class LinkAnalysis:
             out["dag_optimal"] = _dag_dict(primary, self.table, self.objective)
             out["dag_optimal_by_metric"] = {m: _dag_dict(p, self.table, self.objective)
                                             for m, p in self.dag.items()}
+            for metric, encoding in self.dag_encoding.items():
+                out["dag_optimal_by_metric"][metric]["encoding"] = encoding
+                if metric == self.objective.metric:
+                    out["dag_optimal"]["encoding"] = encoding
         out["pareto"] = [self.cut(i) for i in self.pareto]
         out["cuts"] = [self.cut(i) for i in range(len(self.inputs.after))]
         return out
@@ -247,6 +262,7 @@ class Analysis:
     sensitivity: Mapping[str, Any] | None = None
     robustness: Mapping[str, Any] | None = None  # per link, see sensitivity.add_robustness
     measured_cuts: str | None = None  # says so when only a device profile's cuts count
+    wire: Mapping[str, Any] | None = None  # encodings, samples, exclusions (with --wire)
 
     @property
     def energy_label(self) -> str:
@@ -297,6 +313,7 @@ class Analysis:
             "energy_estimated_layers": costs.estimated_layers,
             "feasible": self.infeasible_message() is None,
             **({} if self.measured_cuts is None else {"measured_cuts": self.measured_cuts}),
+            **({} if self.wire is None else {"wire": dict(self.wire)}),
             "links": links,
         }
 
@@ -313,7 +330,8 @@ def analyze_inputs(inputs: CutInputs, links: Sequence[Link], objective: Objectiv
 def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
                      objective: Objective | None = None, options: CostOptions | None = None,
                      *, dag: bool = True, device_speedup: float = 1.0,
-                     cloud_speedup: float = 1.0) -> Analysis:
+                     cloud_speedup: float = 1.0, wire: EncodedCuts | None = None,
+                     min_agreement: float = 0.99) -> Analysis:
     """Analyse every cut of the model on every link.
 
     Args:
@@ -324,6 +342,9 @@ def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
         options: Optional energy terms (idle wait, inference rate for radio tails).
         dag: Also find the DAG-optimal partitions (a min-cut per link and metric).
         device_speedup, cloud_speedup: What-if: that many times faster compute.
+        wire: Measured wire encodings: every admissible (cut, encoding) pair is a row
+            (see :mod:`dnntune.analysis.encodings`); ``None`` sends float32 as profiled.
+        min_agreement: Rows whose top-1 agreement is below this are excluded.
 
     Returns:
         An :class:`Analysis`; ``.to_dict()`` is the JSON document of the CLI.
@@ -341,10 +362,18 @@ def analyze_profiles(device: Profile, cloud: Profile, links: Sequence[Link],
         cloud_call_ms=(cloud.call_overhead_ms if options.cloud_call_ms is None
                        else options.cloud_call_ms))
     what_if = {"device_speedup": device_speedup, "cloud_speedup": cloud_speedup}
+    if device.measured_cuts is not None and wire is not None:
+        raise ConfigError("--wire", "not supported yet with a device profile measured at "
+                                    "chosen cuts (LiteRT); analyze it without --wire")
     if device.measured_cuts is not None:
         return _analyze_measured_cuts(device, cloud, links, objective, options, what_if)
     costs = layer_costs(device, cloud).scaled(device_speedup, cloud_speedup)
     inputs = cut_inputs(device.graph, costs)
+    if wire is not None:
+        from dnntune.analysis.encodings import analyze_wired
+
+        return analyze_wired(inputs, wire, min_agreement, links, objective, options,
+                             dag=dag, what_if=what_if)
     return analyze_inputs(inputs, links, objective, options, dag=dag, what_if=what_if)
 
 

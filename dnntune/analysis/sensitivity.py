@@ -152,10 +152,11 @@ def add_sensitivity(analysis: Analysis,
                                range_mbps)
         per_link[la.link.name] = {
             "uplink_range_mbps": list(range_mbps),
-            "uplink_segments": [s.to_dict() for s in segs],
+            "uplink_segments": [_as_cut(analysis.inputs, s.to_dict()) for s in segs],
             "uplink_breakpoints_mbps": uplink_breakpoints(segs),
-            "what_if": what_if(analysis.inputs, [la.link], analysis.objective,
-                               analysis.options, scenarios),
+            "what_if": [_as_cut(analysis.inputs, row) for row in
+                        what_if(analysis.inputs, [la.link], analysis.objective,
+                                analysis.options, scenarios)],
         }
     return replace(analysis, sensitivity=per_link)
 
@@ -189,11 +190,14 @@ def energy_robustness(inputs: CutInputs, link: Link, objective: Objective,
     variants = []
     for what, lk, opts in cases:
         i, energy = best(lk, opts)
-        variants.append({"what": what, "index": i,
-                         "after": inputs.after[i] if i is not None else None,
-                         "energy_mj": energy})
-    return {"index": base, "after": inputs.after[base] if base is not None else None,
-            "robust": all(v["index"] == base for v in variants), "variants": variants}
+        variants.append(_as_cut(inputs, {"what": what, "index": i,
+                                         "after": inputs.after[i] if i is not None else None,
+                                         "energy_mj": energy}))
+    chosen = _as_cut(inputs, {"index": base,
+                              "after": inputs.after[base] if base is not None else None})
+    same = all((v["index"], v.get("encoding")) == (chosen["index"], chosen.get("encoding"))
+               for v in variants)
+    return {**chosen, "robust": same, "variants": variants}
 
 
 def add_robustness(analysis: Analysis) -> Analysis:
@@ -202,3 +206,12 @@ def add_robustness(analysis: Analysis) -> Analysis:
         la.link.name: energy_robustness(analysis.inputs, la.link, analysis.objective,
                                         analysis.options)
         for la in analysis.links})
+
+
+def _as_cut(inputs: CutInputs, row: dict[str, Any]) -> dict[str, Any]:
+    """With wire encodings, a row number as its cut index and encoding."""
+    i = row.get("index")
+    if inputs.cut_index is None or inputs.row_fields is None or i is None or i < 0:
+        return row
+    return {**row, "index": int(inputs.cut_index[i]),
+            "encoding": inputs.row_fields["encoding"][i]}

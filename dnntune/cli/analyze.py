@@ -113,6 +113,18 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the DAG-optimal (min-cut) partitions")
     parser.add_argument("--trace-starts", type=flags.int_in(1, 100_000), default=200, metavar="N",
                         help="start times sampled per trace period (default 200)")
+    parser.add_argument("--wire", action="append", metavar="ENC[,ENC...]",
+                        help="encodings of what crosses a cut, each cut tried with each: "
+                             "fp32, fp16, int8, int8c (per channel), and for the input image "
+                             "uint8, png, jpeg<Q>; any with +zstd (default: the config's "
+                             "'wire'; the built-in run: fp32,uint8,jpeg90,fp16,int8; saved "
+                             "profiles: fp32 as profiled). See docs/wire.md")
+    parser.add_argument("--samples", metavar="DIR",
+                        help="inputs to measure encodings on: JPEG/PNG images or .npy arrays "
+                             "(default: photographs shipped with matplotlib and scikit-image)")
+    parser.add_argument("--min-agreement", type=float, default=0.99, metavar="X",
+                        help="exclude (cut, encoding) pairs whose top-1 agrees with the "
+                             "float32 model on fewer than this share of samples (default 0.99)")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="terminal table (default) or JSON on stdout")
     parser.epilog = ("exit status: 0 on success; 2 on bad input or when no cut meets the "
@@ -123,6 +135,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     """Run ``dnntune analyze``; returns the exit code, raises DnntuneError on bad input."""
     if args.trace_starts < 1:
         raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
+    check_wire_flags(args)
     saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
     if args.out:
         from dnntune.report.runs import check_run_target
@@ -130,7 +143,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         check_run_target(check_output_dir(args.out, "--out"), "--out")
     if saved and not (args.config or args.model):
         device, cloud = load_profile(args.device), load_profile(args.cloud)
-        analysis = _analyze(args, device, cloud, args.objective, args.links)
+        analysis = _analyze(args, device, cloud, args.objective, args.links,
+                            wire=_wire_names(args.wire))
         if args.out:
             from dnntune.report.runs import write_run
 
@@ -139,8 +153,57 @@ def run_analyze(args: argparse.Namespace) -> int:
     return _run_whole_job(args)
 
 
+def check_wire_flags(args: argparse.Namespace) -> None:
+    """Bad ``--wire`` names, ``--samples`` folders and ``--min-agreement``: before any work."""
+    from dnntune.wire.codecs import parse_encodings
+    from dnntune.wire.samples import sample_files
+
+    if args.wire:
+        parse_encodings(args.wire)
+    if args.samples:
+        sample_files(args.samples)
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise DnntuneError(f"--min-agreement must be from 0 to 1, got {args.min_agreement:g}")
+
+
+def _wire_names(items: list[str] | None) -> tuple[str, ...]:
+    from dnntune.wire.codecs import parse_encodings
+
+    return tuple(e.name for e in parse_encodings(items)) if items else ("fp32",)
+
+
+def _measure_wire(args: argparse.Namespace, device: Any, names: tuple[str, ...],
+                  model: str | None = None, seed: int | None = None) -> Any:
+    """Measured encodings for ``device``'s model, or None for float32 as profiled.
+
+    Encodings from a config (not ``--wire``) that cannot be measured on this model (no
+    image input and no ``--samples``, a non-float input, several inputs) fall back to
+    float32 with a note; asked for with ``--wire``, that is an error.
+    """
+    if (names == ("fp32",) and not args.samples) or (
+            device.measured_cuts is not None and not args.wire):
+        return None  # float32 as profiled (a LiteRT per-cut profile: sizes as profiled)
+    from dnntune.report.tables import progress_bar
+    from dnntune.wire.codecs import parse_encodings
+    from dnntune.wire.measure import measure_for_profiles, unmeasurable
+
+    problem = unmeasurable(device.graph, args.samples)
+    if problem and args.wire:
+        raise DnntuneError(f"--wire: {problem}")
+    if problem:
+        print(f"dnntune: note: every crossing tensor sent as float32: {problem}",
+              file=sys.stderr)
+        return None
+
+    with progress_bar("measuring wire encodings") as update:
+        return measure_for_profiles(device, parse_encodings(names), model=model, seed=seed,
+                                    samples_dir=args.samples, progress=update)
+
+
 def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: str | None,
-             link_items: Any, rpc: tuple[float, float] = (0.0, 0.0)) -> Analysis:
+             link_items: Any, rpc: tuple[float, float] = (0.0, 0.0),
+             wire: tuple[str, ...] = ("fp32",), model: str | None = None,
+             seed: int | None = None) -> Analysis:
     check_sides(device, cloud, args.allow_side_mismatch)
     objective = Objective.from_options(objective_name, args.deadline_ms, args.energy_budget_mj)
     calls = 0.0 if args.no_call_overhead else None
@@ -155,9 +218,11 @@ def _analyze(args: argparse.Namespace, device: Any, cloud: Any, objective_name: 
     if getattr(args, "strict_ranges", False):
         for link in links:
             check_in_range(link)
+    measured = _measure_wire(args, device, wire, model, seed)
     analysis = analyze_profiles(device, cloud, links, objective, options, dag=not args.no_dag,
                                 device_speedup=args.device_speedup,
-                                cloud_speedup=args.cloud_speedup)
+                                cloud_speedup=args.cloud_speedup, wire=measured,
+                                min_agreement=args.min_agreement)
     analysis = add_robustness(analysis)
     return add_sensitivity(analysis) if args.sensitivity else analysis
 
@@ -193,7 +258,7 @@ def _run_whole_job(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from dnntune.cli.pipeline import Source, collect_profiles, side_access
+    from dnntune.cli.pipeline import Source, collect_profiles, model_file, side_access
     from dnntune.config import config_links, default_config, load_config, with_overrides
     from dnntune.model.loading import MODEL_SUFFIXES
     from dnntune.report.runs import (
@@ -241,7 +306,9 @@ def _run_whole_job(args: argparse.Namespace) -> int:
         device, cloud = collect_profiles(config, device_src, cloud_src, access, out,
                                          progress_bar, keep, rpc.append)
         analysis = _analyze(args, device, cloud, args.objective or config.objective,
-                            link_items, rpc[0] if rpc else (0.0, 0.0))
+                            link_items, rpc[0] if rpc else (0.0, 0.0),
+                            wire=_wire_names(args.wire) if args.wire else config.wire,
+                            model=model_file(config)[0], seed=config.seed)
         files = write_run(out, device, cloud, analysis, plots=not args.no_plots,
                           staging=stage)
     except (DnntuneError, OSError) as exc:

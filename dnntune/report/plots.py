@@ -395,5 +395,35 @@ def plot_analysis(analysis: Analysis, out_dir: str | Path,
         raise DnntuneError(f"unknown plot kind {unknown[0]!r}; expected one of "
                            f"{', '.join(PLOT_KINDS)}")
     out = Path(out_dir)
-    return [PLOTTERS[kind](analysis, la, out / plot_filename(la.link.name, kind))
+    return [PLOTTERS[kind](analysis, la if kind == "uplink" else per_cut(la),
+                           out / plot_filename(la.link.name, kind))
             for la in analysis.links for kind in kinds]
+
+
+def per_cut(la: LinkAnalysis) -> LinkAnalysis:
+    """With wire encodings, one row per cut: the encoding best for the objective's
+    metric there (the best row's own at its cut), so a bar stands for a cut."""
+    import dataclasses
+
+    from dnntune.analysis.costs import CostTable
+
+    inputs = la.inputs
+    if inputs.cut_index is None:
+        return la
+    metric = la.table.latency_ms if la.objective.metric == "latency" else la.table.energy_mj
+    order = np.lexsort((metric, inputs.cut_index))
+    rows = order[np.unique(inputs.cut_index[order], return_index=True)[1]]
+    if la.best is not None:
+        rows[inputs.cut_index[rows] == inputs.cut_index[la.best]] = la.best
+    table = CostTable(**{k: (None if v is None else np.asarray(v)[rows])  # type: ignore[arg-type]
+                         for k, v in vars(la.table).items()})
+    picked = dataclasses.replace(
+        inputs, after=tuple(inputs.after[r] for r in rows), bytes_up=inputs.bytes_up[rows],
+        bytes_down=inputs.bytes_down[rows], tm_ms=inputs.tm_ms[rows], tc_ms=inputs.tc_ms[rows],
+        em_mj=inputs.em_mj[rows], head_call_share=inputs.head_call_share[rows],
+        cut_index=None, row_fields=None)
+    position = {int(r): i for i, r in enumerate(rows)}
+    return dataclasses.replace(
+        la, inputs=picked, table=table,
+        best=None if la.best is None else position[la.best],
+        pareto=tuple(position[p] for p in la.pareto if p in position))

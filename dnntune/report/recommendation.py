@@ -39,8 +39,13 @@ def round3(value: float | None) -> str:
     return f"{rounded:.{max(digits, 0)}f}"
 
 
-def _cut_name(la: LinkAnalysis, index: int) -> str:
-    return _index_name(index, la.inputs.after[index], len(la.inputs.after) - 1)
+def _cut_name(la: LinkAnalysis, row: dict[str, Any]) -> str:
+    """The row's cut, and with wire encodings what it sends (``after x (#i/L) as int8``)."""
+    cut_index = la.inputs.cut_index
+    last = len(la.inputs.after) - 1 if cut_index is None else int(cut_index[-1])
+    name = _index_name(row["index"], row["after"], last)
+    encoding = row.get("encoding")
+    return name if encoding in (None, "none") else f"{name} as {encoding}"
 
 
 def _index_name(index: int | None, after: str | None, last: int) -> str:
@@ -102,7 +107,7 @@ def _row(la: LinkAnalysis, metric: str) -> list[str]:
         cells += ["no feasible cut", "-", "-"]
         gains = ["-", "-"]
     else:
-        cells += [_cut_name(la, best["index"]), round3(best["latency_ms"]),
+        cells += [_cut_name(la, best), round3(best["latency_ms"]),
                   round3(best["energy_mj"])]
         gains = [_pct(best[f"{metric}_gain_vs_mobile_only_pct"]),
                  _pct(best[f"{metric}_gain_vs_cloud_only_pct"])]
@@ -119,6 +124,7 @@ def _pct(value: float | None) -> str:
 
 def _notes(analysis: Analysis) -> list[str]:
     lines = [analysis.measured_cuts] if analysis.measured_cuts else []
+    lines += _wire_notes(analysis)
     metric = analysis.objective.metric
     for la in analysis.links:
         name = la.link.name
@@ -152,17 +158,37 @@ def _robustness_notes(analysis: Analysis) -> list[str]:
     other radio modes?"""
     if not analysis.robustness:
         return []
-    last = len(analysis.inputs.after) - 1
+    cut_index = analysis.inputs.cut_index
+    last = int(cut_index.max()) if cut_index is not None else len(analysis.inputs.after) - 1
+
+    def named(v: dict[str, Any]) -> str:
+        text = _index_name(v["index"], v["after"], last)
+        return f"{text} as {v['encoding']}" if v.get("encoding") else text
     lines = []
     for name, info in analysis.robustness.items():
-        cut = _index_name(info["index"], info["after"], last)
+        cut = named(info)
         if info["robust"]:
             whats = ", ".join(v["what"] for v in info["variants"])
             lines.append(f"{name}: energy-first cut {cut} holds under {whats}")
             continue
-        changes = "; ".join(f"{v['what']}: {_index_name(v['index'], v['after'], last)}"
-                            for v in info["variants"] if v["index"] != info["index"])
+        changes = "; ".join(f"{v['what']}: {named(v)}" for v in info["variants"]
+                            if (v["index"], v.get("encoding"))
+                            != (info["index"], info.get("encoding")))
         lines.append(f"{name}: energy-first cut {cut} is NOT robust: {changes}")
+    return lines
+
+
+def _wire_notes(analysis: Analysis) -> list[str]:
+    wire = analysis.wire
+    if wire is None:
+        return ["wire: every crossing tensor sent as float32 (as profiled; --wire to encode)"]
+    lines = [f"wire: every (cut, encoding) pair of {', '.join(wire['encodings'])}, measured "
+             f"on {wire['samples']}; encode times at the device's speed "
+             f"(x{round3(wire['device_factor'])} this machine's), decode in the cloud; "
+             f"pairs below top-1 agreement {wire['min_agreement']:g} are excluded; "
+             f"cloud-only T / E is cut 0 as {analysis.links[0].cut(0).get('encoding')}"
+             if analysis.links else ""]
+    lines += [f"wire: {text}" for text in [*wire["excluded"], *wire["notes"]]]
     return lines
 
 
@@ -184,7 +210,8 @@ def _dag_note(la: LinkAnalysis, dag: DagPartition, objective: Objective) -> str:
 def _sensitivity_notes(analysis: Analysis) -> list[str]:
     if not analysis.sensitivity:
         return []
-    last = len(analysis.inputs.after) - 1
+    cut_index = analysis.inputs.cut_index
+    last = len(analysis.inputs.after) - 1 if cut_index is None else int(cut_index[-1])
     lines = []
     for name, info in analysis.sensitivity.items():
         segments: list[dict[str, Any]] = info["uplink_segments"]

@@ -1,0 +1,1 @@
+"""What crosses a cut, encoded as an app ships it: codecs, sample inputs, measurements."""
