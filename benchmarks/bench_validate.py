@@ -50,7 +50,7 @@ def main() -> None:
             continue
         doc = json.loads(result.stdout)
         print(f"  device: {doc.get('device_label')}: {doc.get('device_note')}")
-        reference = _reference_ms(doc.get("device_note", ""))
+        reference = _reference_ms(doc.get("device_note", ""), model)
         for link in doc["links"]:
             cuts = link["cuts"]
             best = min(c["measured_ms"] for c in cuts)
@@ -69,13 +69,13 @@ def main() -> None:
         print(f"  (details: {out}/validation.json and validation-<link>.png)")
 
 
-def _reference_ms(note: str) -> float | None:
+def _reference_ms(note: str, model: str) -> float | None:
     """The preset's reference latency from the device note ("...the reference <model>
-    <ms> ms (...)"), when the device was emulated."""
+    <ms> ms (...)"), when the device was emulated and ``model`` is its reference."""
     import re
 
-    found = re.search(r"against the reference \S+ ([0-9.]+) ms", note)
-    return float(found.group(1)) if found else None
+    found = re.search(r"against the reference (\S+) ([0-9.]+) ms", note)
+    return float(found.group(2)) if found and found.group(1) == model else None
 
 
 if __name__ == "__main__":
