@@ -163,7 +163,8 @@ def _robustness_notes(analysis: Analysis) -> list[str]:
 
     def named(v: dict[str, Any]) -> str:
         text = _index_name(v["index"], v["after"], last)
-        return f"{text} as {v['encoding']}" if v.get("encoding") else text
+        encoding = v.get("encoding")  # "none" where nothing crosses (mobile-only)
+        return f"{text} as {encoding}" if encoding and encoding != "none" else text
     lines = []
     for name, info in analysis.robustness.items():
         cut = named(info)
