@@ -178,12 +178,13 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
     options = _options(args)
     options.validate()  # type: ignore[attr-defined]
     threads = usable_threads(load_emulation_preset(args.emulate))
-    if split_emulate(args.emulate)[1] == "dilation":
+    preset, mechanism = split_emulate(args.emulate)
+    if mechanism == "dilation":
         from dnntune.profiling.dilation import raise_priority
 
         raise_priority()  # before TensorFlow starts a thread: they inherit it
     configure_runtime(threads)  # before TensorFlow runs anything in this process
-    if split_emulate(args.emulate)[1] == "dilation":
+    if mechanism == "dilation":
         return _run_dilated_agent(args, cloud, dataclasses.replace(
             options, num_threads=threads))  # type: ignore[type-var]
 
@@ -196,7 +197,7 @@ def _run_emulated_agent(args: argparse.Namespace, cloud: object) -> int:
             options = dataclasses.replace(options, num_threads=threads)  # type: ignore[type-var]
             running = create_server(options, cloud, upload_dir=args.upload_dir,  # type: ignore[arg-type]
                                     emulation=emulation.to_dict(),
-                                    power_profile=split_emulate(args.emulate)[0])
+                                    power_profile=preset)
             print(f"dnntune device agent emulates {emulation.describe()}", flush=True)
             _announce("device agent", running)
             running.wait_for_signal()

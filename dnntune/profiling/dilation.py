@@ -49,8 +49,8 @@ import numpy as np
 
 from dnntune.errors import DnntuneError
 from dnntune.profiling.devices import load_emulation_preset
-from dnntune.profiling.emulation import TOLERANCE, Emulation, Timing, usable_threads
-from dnntune.profiling.stats import undisturbed
+from dnntune.profiling.emulation import TOLERANCE, Emulation, Timing, time_runs, usable_threads
+from dnntune.profiling.stats import undisturbed_mean
 
 if TYPE_CHECKING:
     from dnntune.profiling.profile import Profile
@@ -119,14 +119,8 @@ class DilatedDevice:
         the dilated profile keeps them."""
         if self._run_reference is None:
             self._run_reference = self._build_reference()
-        run = self._run_reference
-        for _ in range(warmup):
-            run()
-        runs = runs or self.runs
-        cpu0 = time.process_time()
-        totals = np.array([run() for _ in range(runs)])
-        cpu_ms = (time.process_time() - cpu0) * 1e3 / runs
-        return Timing(float(totals[undisturbed(totals)].mean()), cpu_ms)
+        return time_runs(self._run_reference, runs or self.runs, warmup,
+                         average=undisturbed_mean)
 
     def _build_reference(self) -> Callable[[], float]:
         from dnntune.model.loading import load_model
@@ -224,8 +218,7 @@ class DilatedDevice:
                 native = run(before, self.pace)
                 while len(self._paces) < MIN_PACES:
                     self.pace()
-                paces = np.array(self._paces)
-                paced_ms = float(paces[undisturbed(paces)].mean())
+                paced_ms = undisturbed_mean(self._paces)
                 factor = (ref.latency_ms - call) / paced_ms
                 emulation = dataclasses.replace(
                     before, factor=factor, native_ms=paced_ms,

@@ -174,14 +174,16 @@ class Timing:
     cpu_ms: float
 
 
-def time_runs(run_once: Callable[[], float], runs: int, warmup: int = 2) -> Timing:
-    """Warm up, then time ``runs`` calls; ``run_once`` returns its in-graph ms."""
+def time_runs(run_once: Callable[[], float], runs: int, warmup: int = 2,
+              average: Callable[[list[float]], float] = trimmed_mean) -> Timing:
+    """Warm up, then time ``runs`` calls; ``run_once`` returns its in-graph ms, and
+    ``average`` turns them into one figure."""
     for _ in range(warmup):
         run_once()
     cpu0 = time.process_time()
     latencies = [run_once() for _ in range(runs)]
     cpu_ms = (time.process_time() - cpu0) * 1e3 / runs
-    return Timing(trimmed_mean(latencies), cpu_ms)
+    return Timing(average(latencies), cpu_ms)
 
 
 def calibrate_share(run_once: Callable[[], float], apply: Callable[[CpuLimit | None], None],

@@ -60,3 +60,14 @@ def undisturbed(totals_ms: Sequence[float] | np.ndarray, slack: float = DISTURBE
     if keep.sum() * 2 < x.size:
         keep = x <= np.sort(x)[(x.size - 1) // 2]
     return keep
+
+
+def undisturbed_mean(values_ms: Sequence[float] | np.ndarray) -> float:
+    """The mean of the :func:`undisturbed` runs.
+
+    Example:
+        >>> undisturbed_mean([10.0, 10.2, 9.9, 14.0, 10.1])
+        10.05
+    """
+    x = np.asarray(values_ms, dtype=np.float64)
+    return float(x[undisturbed(x)].mean())
