@@ -1,5 +1,7 @@
 """The tensor path: every dtype and a 5 MB tensor, bit-exact through a real loopback
-server; what the encoder writes is what protobuf would; the loopback calibration."""
+server, in one message each way (RunTailUnary, EchoUnary) and as a stream (RunTail,
+Echo: calls over the message limit, old servers); what the encoder writes is what
+protobuf would; the loopback calibration."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from dnntune.rpc.tensors import (
     TensorAssembler,
     chunk_bytes_for,
     encode_tensor,
+    encode_tensors,
+    read_unary,
+    unary_wire,
 )
 from dnntune.rpc.transfer import measure_loopback_rpc
 
@@ -26,12 +31,27 @@ pb2, _ = load_protocol()
 
 
 @pytest.fixture(scope="module")
-def client():
-    running = create_server(ServerOptions(port=0, max_message_mb=4, max_tensor_mb=8))
-    c = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}", max_message_mb=4))
+def server():
+    running = create_server(ServerOptions(port=0, max_tensor_mb=8))
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture(scope="module", params=["unary", "stream"])
+def client(server, request):
+    """The real client: with the default 16 MiB message limit a 5 MB call is one message
+    each way; as against an old server (``unary`` off), RunTail/Echo streams of chunks."""
+    unary = request.param == "unary"
+    c = ProfilerClient(Endpoint(f"127.0.0.1:{server.port}"))
+    c.unary = unary
+    calls = []
+    for name in ("_run_tail_unary", "_echo_unary", "_run_tail", "_echo"):
+        method = getattr(c, name)
+        setattr(c, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    c.calls = calls
+    c.unary_expected = unary
     yield c
     c.close()
-    running.stop(0)
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -59,17 +79,19 @@ def test_every_allowed_dtype_round_trips_bit_exactly(client):
                 ("transposed", awkward("float64").transpose(2, 0, 1)),
                 ("big_endian", np.arange(12, dtype=">i4").reshape(3, 4))]
     echoed = client.echo(tensors)
+    assert client.calls[-1] == ("_echo_unary" if client.unary_expected else "_echo")
     assert list(echoed) == [name for name, _ in tensors]
     for name, sent in tensors:
         want = sent.astype(sent.dtype.newbyteorder("=")) if name == "big_endian" else sent
         assert same_bits(echoed[name], want), name
 
 
-def test_a_5mb_tensor_round_trips_bit_exactly_in_chunks(client):
-    big = awkward("float32", (1_250_000,))  # 5 MB: five chunks each way
+def test_a_5mb_tensor_round_trips_bit_exactly(client):
+    big = awkward("float32", (1_250_000,))  # 5 MB: one message, or five chunks each way
     assert client.chunk_bytes == DEFAULT_CHUNK_BYTES
     assert same_bits(client.echo([("big", big)])["big"], big)
     assert same_bits(client.echo([("big", big), ("also", big[::2])])["also"], big[::2])
+    assert client.calls[-1] == ("_echo_unary" if client.unary_expected else "_echo")
 
 
 def test_run_tail_sends_its_tensors_through_the_same_path(client, zoo_model):
@@ -84,8 +106,29 @@ def test_run_tail_sends_its_tensors_through_the_same_path(client, zoo_model):
     held = split.run_head(x)
     outputs, _ = client.run_tail(model_spec(client.pb2, "tiny_mlp"), cut.index,
                                  [(n, held[n]) for n in split.tail_inputs])
+    assert client.calls[-1] == ("_run_tail_unary" if client.unary_expected else "_run_tail")
     expected = call_model(loaded.model, x)[0]
     np.testing.assert_allclose(outputs[split.tail_outputs[0]], expected, rtol=1e-6)
+
+
+def test_run_tail_carries_a_5mb_tensor_bit_exactly(client, tmp_path_factory):
+    """The real RunTail path (the agent's and validate's): a 5 MB crossing tensor
+    reaches the tail bit for bit, NaN payloads and all, and comes back as the output of
+    an identity tail (every dtype's bytes take the same encoder and reader: above)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("identity") / "identity.keras"
+    if not path.exists():
+        inputs = keras.Input((1_250_000,), name="x")
+        keras.Model(inputs, keras.layers.Activation("linear", name="same")(inputs)).save(path)
+    client.upload_file(path)
+    spec = model_spec(client.pb2, str(path))
+    crossing = client.describe(spec).cuts[1].tensors[0]
+    x = awkward("float32", tuple(crossing.shape))  # 5 MB
+    outputs, timing = client.run_tail(spec, 1, [(crossing.name, x)])
+    assert client.calls[-1] == ("_run_tail_unary" if client.unary_expected else "_run_tail")
+    assert timing is not None and timing.compute_ms >= 0
+    assert same_bits(next(iter(outputs.values())), x)
 
 
 @pytest.mark.parametrize("field", [None, 1, 2])
@@ -115,6 +158,72 @@ def test_received_tensors_are_assembled_with_one_copy_at_most():
     for c in encode_tensor(pb2, "t", array, chunk_bytes=100):
         many.add(pb2.TensorChunk.FromString(c.wire))
     assert np.array_equal(many.finish()["t"], array) and np.array_equal(got, array)
+
+
+def test_an_old_server_gets_streams_from_a_new_client():
+    """A server from before RunTailUnary/EchoUnary answers UNIMPLEMENTED: the client
+    sends the same call as a stream, and streams from then on."""
+    from concurrent import futures
+
+    import grpc
+
+    from dnntune.rpc.servicers import CloudServicer
+    from dnntune.rpc.transfer import loopback_state
+
+    state = loopback_state()
+    servicer = CloudServicer(state)
+    old = grpc.server(futures.ThreadPoolExecutor(2), handlers=[
+        grpc.method_handlers_generic_handler("dnntune.v1.Cloud", {
+            "Echo": grpc.stream_stream_rpc_method_handler(
+                servicer.Echo, request_deserializer=pb2.TensorChunk.FromString,
+                response_serializer=lambda m: m.wire)})])
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    c = ProfilerClient(Endpoint(f"127.0.0.1:{port}"))
+    try:
+        x = awkward("int64", (100,))
+        assert same_bits(c.echo([("x", x)])["x"], x) and c.unary is False
+        assert same_bits(c.echo([("x", x)])["x"], x)
+    finally:
+        c.close()
+        old.stop(0)
+        state.store.close()
+
+
+def test_a_malformed_unary_call_is_invalid_argument_and_the_server_serves_on(server):
+    import grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        for method in ("EchoUnary", "RunTailUnary"):
+            call = channel.unary_unary(f"/dnntune.v1.Cloud/{method}")
+            for garbage in (b"\x0a\xff\xff\xff\xff\x0f", b"\x0f", b"\x0a\x03\x2a\x05a"):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(garbage, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage)
+        c = ProfilerClient(Endpoint(f"127.0.0.1:{server.port}"))
+        assert same_bits(c.echo([("x", awkward("uint8"))])["x"], awkward("uint8"))
+        c.close()
+    finally:
+        channel.close()
+
+
+def test_a_unary_message_is_what_protobuf_would_write_and_reads_back_as_views():
+    x, y = awkward("float32"), awkward("bool")
+    header = pb2.TailRequest(header=pb2.TailHeader(cut_index=3))
+    wire = unary_wire([header, *encode_tensors(pb2, [("x", x), ("y", y)], 1 << 40, field=2)])
+    parsed = pb2.TailCall.FromString(wire)
+    assert parsed.parts[0] == header
+    assert [p.tensor.name for p in parsed.parts[1:]] == ["x", "y"]
+    assert parsed.parts[1].tensor.data == x.tobytes()
+    parts = list(read_unary(pb2, wire, pb2.TailRequest, 2))
+    assert parts[0] == header
+    assembler = TensorAssembler()
+    for part in parts[1:]:
+        assembler.add(part.tensor)
+    got = assembler.finish()
+    assert same_bits(got["x"], x) and same_bits(got["y"], y)
+    assert not got["x"].flags.writeable  # a view of the message, not a copy
 
 
 def test_chunks_fit_a_small_message_limit():

@@ -25,7 +25,8 @@ from typing import IO, Any
 from dnntune.config import RunConfig
 from dnntune.errors import DnntuneError
 from dnntune.profiling.profile import Profile, load_profile
-from dnntune.rpc.client import Endpoint, ProfilerClient, calibrate_rpc, model_spec, parse_address
+from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec, parse_address
+from dnntune.rpc.transfer import measure_loopback_rpc
 
 AGENT_STARTUP_TIMEOUT_S = 900.0  # an emulated agent calibrates before it listens
 
@@ -342,7 +343,10 @@ def profile_side(side: str, address: str, config: RunConfig, access: Access,
             profile = client.profile(spec, config.num_runs, config.warmup_runs,
                                      settings.energy, progress=update)
         if on_rpc is not None:
-            on_rpc(calibrate_rpc(client))
+            # The cost model's RPC terms: gRPC's own cost of this tensor path, measured
+            # in this process on loopback, never through the emulated phone (whose
+            # harness is not the phone's) nor over a real network (the link model's).
+            on_rpc(measure_loopback_rpc())
         return profile
     finally:
         client.close()

@@ -26,9 +26,14 @@ from dnntune.profiling.profile import Profile
 from dnntune.rpc.protocol import load_protocol
 from dnntune.rpc.tensors import (
     DEFAULT_CHUNK_BYTES,
+    MESSAGE_OVERHEAD_BYTES,
     TensorAssembler,
+    WireError,
     chunk_bytes_for,
     encode_tensors,
+    read_unary,
+    unary_serializer,
+    unary_wire,
     wire_serializer,
 )
 from dnntune.rpc.tls_probe import diagnose_unreachable, read_certificate
@@ -40,6 +45,11 @@ PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device
 ENERGY_S = 120.0               # an energy measurement on top of the runs
 SERVER_BUSY = ("profiling in progress", "server is shutting down")  # UNAVAILABLE, retry
 TAIL_REQUEST_TENSOR = 2  # the field number of TailRequest.tensor
+TAIL_REPLY_TENSOR = 1  # and of TailReply.tensor
+UNARY_CHUNK = 1 << 62  # in a unary call each tensor is one chunk
+# Answers to a unary call after which the same call goes as a stream: a server before
+# RunTailUnary/EchoUnary, or a call (or its reply) over a message limit.
+STREAM_INSTEAD = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def transfer_deadline_s(nbytes: int) -> float:
@@ -168,6 +178,15 @@ class ProfilerClient:
         self._echo = self.channel.stream_stream(
             "/dnntune.v1.Cloud/Echo", request_serializer=wire_serializer(pb2.TensorChunk),
             response_deserializer=pb2.TensorChunk.FromString, _registered_method=True)
+        # A call that fits one message goes as one message each way (raw wire bytes,
+        # tensors read as views of the reply): on loopback a fraction of a stream's cost.
+        self._run_tail_unary = self.channel.unary_unary(
+            "/dnntune.v1.Cloud/RunTailUnary", request_serializer=unary_serializer,
+            _registered_method=True)
+        self._echo_unary = self.channel.unary_unary(
+            "/dnntune.v1.Cloud/EchoUnary", request_serializer=unary_serializer,
+            _registered_method=True)
+        self.unary = True  # False once the server answered UNIMPLEMENTED (before v1.x)
         self.chunk_bytes = chunk_bytes_for(endpoint.max_message_mb << 20)
 
     def close(self) -> None:
@@ -250,13 +269,26 @@ class ProfilerClient:
         pb2 = self.pb2
         if head is None:
             head = head_identity(pb2, spec)
+        header = pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index,
+                                                       head=head))
 
         def requests() -> Iterator[Any]:
-            yield pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index,
-                                                        head=head))
+            yield header
             yield from encode_tensors(pb2, tensors, self.chunk_bytes, field=TAIL_REQUEST_TENSOR)
         if timeout_s is None:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
+        if self._fits_one_message(tensors):
+            message = unary_wire([header, *encode_tensors(pb2, tensors, UNARY_CHUNK,
+                                                          field=TAIL_REQUEST_TENSOR)])
+            reply = self._unary(self._run_tail_unary, message, timeout_s)
+            if reply is not None:
+                assembler, timing = TensorAssembler(), None
+                for part in self._read(reply, pb2.TailReply, TAIL_REPLY_TENSOR):
+                    if part.WhichOneof("part") == "tensor":
+                        assembler.add(part.tensor)
+                    else:
+                        timing = part.timing
+                return self._finish(assembler), timing
         assembler = TensorAssembler()
         timing = None
         try:
@@ -274,6 +306,15 @@ class ProfilerClient:
              ) -> dict[str, np.ndarray]:
         if timeout_s is None:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
+        if self._fits_one_message(tensors):
+            reply = self._unary(self._echo_unary,
+                                unary_wire(encode_tensors(self.pb2, tensors, UNARY_CHUNK)),
+                                timeout_s)
+            if reply is not None:
+                assembler = TensorAssembler()
+                for chunk in self._read(reply, None, 0):
+                    assembler.add(chunk)
+                return self._finish(assembler)
         assembler = TensorAssembler()
         try:
             for chunk in self._echo(encode_tensors(self.pb2, tensors, self.chunk_bytes),
@@ -282,6 +323,39 @@ class ProfilerClient:
         except grpc.RpcError as exc:
             raise describe_rpc_error(exc, self.endpoint.address) from None
         return assembler.finish()
+
+
+    def _fits_one_message(self, tensors: list[tuple[str, np.ndarray]]) -> bool:
+        """Whether a call with ``tensors`` fits this client's message limit (and the
+        server's, unless it set a smaller one than the default: then it says so)."""
+        size = sum(np.asarray(t).nbytes for _, t in tensors)
+        room = (self.endpoint.max_message_mb << 20) - MESSAGE_OVERHEAD_BYTES * (len(tensors) + 1)
+        return self.unary and size <= room
+
+    def _unary(self, method: Any, message: bytes, timeout_s: float) -> bytes | None:
+        """The reply of a unary call, or ``None`` when it must go as a stream instead."""
+        try:
+            reply: bytes = method(message, metadata=self.endpoint.metadata, timeout=timeout_s)
+            return reply
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in STREAM_INSTEAD:
+                raise describe_rpc_error(exc, self.endpoint.address) from None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self.unary = False  # a server from before the unary calls: stream from now on
+            return None
+
+    def _read(self, reply: bytes, part_type: Any, tensor_field: int) -> Iterator[Any]:
+        try:
+            yield from read_unary(self.pb2, reply, part_type, tensor_field)
+        except WireError as exc:
+            raise DnntuneError(f"{self.endpoint.address}: a malformed reply ({exc})") from None
+
+    def _finish(self, assembler: TensorAssembler) -> dict[str, np.ndarray]:
+        try:
+            return assembler.finish()
+        except WireError as exc:
+            raise DnntuneError(f"{self.endpoint.address}: a malformed reply ({exc})") from None
 
 
 def calibrate_rpc(client: ProfilerClient, small_bytes: int = 1_000,

@@ -44,6 +44,9 @@ from dnntune.rpc.tensors import (
     WireError,
     chunk_bytes_for,
     encode_tensors,
+    read_unary,
+    unary_serializer,
+    unary_wire,
     wire_serializer,
 )
 
@@ -51,6 +54,8 @@ PROFILE_CHUNK_BYTES = 1 << 20
 CLOUD_SERVICE = "dnntune.v1.Cloud"
 TAIL_REQUEST_TENSOR = 2  # field numbers of TailRequest.tensor and TailReply.tensor
 TAIL_REPLY_TENSOR = 1
+# A unary reply carries each tensor in one chunk: the message limit bounds the whole.
+UNARY_CHUNK = 1 << 62
 log = logging.getLogger("dnntune.server")
 
 
@@ -317,9 +322,10 @@ class CloudServicer:
         self.s = state
 
     def RunTail(self, request_iterator: Iterator[Any],  # noqa: N802
-                context: grpc.ServicerContext) -> Iterator[Any]:
+                context: grpc.ServicerContext, reply_chunk_bytes: int | None = None,
+                method: str = "RunTail") -> Iterator[Any]:
         pb2 = self.s.pb2
-        with rpc_errors(context, "RunTail"), self.s.gate.compute(), \
+        with rpc_errors(context, method), self.s.gate.compute(), \
                 contextlib.ExitStack() as held:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
@@ -351,7 +357,8 @@ class CloudServicer:
             outputs = split.run_tail([tensors[n] for n in split.tail_inputs])
             t2 = time.perf_counter()
         yield from encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True),
-                                  self.s.reply_chunk_bytes, field=TAIL_REPLY_TENSOR)
+                                  reply_chunk_bytes or self.s.reply_chunk_bytes,
+                                  field=TAIL_REPLY_TENSOR)
         yield pb2.TailReply(timing=pb2.TailTiming(receive_ms=(t1 - t0) * 1e3,
                                                   compute_ms=(t2 - t1) * 1e3,
                                                   load_ms=(t0 - t_load) * 1e3))
@@ -383,6 +390,25 @@ class CloudServicer:
             tensors = assembler.finish()
         yield from encode_tensors(self.s.pb2, tensors.items(), self.s.reply_chunk_bytes)
 
+    def RunTailUnary(self, request: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        """RunTail with its request and reply each in one message (``TailCall``,
+        ``TailResult``): the same parts, checked by the same code; each output in one
+        chunk, a view of the reply's bytes on the client."""
+        with rpc_errors(context, "RunTailUnary"):
+            parts = list(read_unary(self.s.pb2, request, self.s.pb2.TailRequest,
+                                    TAIL_REQUEST_TENSOR))
+        return unary_wire(self.RunTail(iter(parts), context, reply_chunk_bytes=UNARY_CHUNK,
+                                       method="RunTailUnary"))
+
+    def EchoUnary(self, request: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        """Echo in one message each way (``TensorList``), each tensor in one chunk."""
+        with rpc_errors(context, "EchoUnary"), self.s.gate.compute():
+            assembler = TensorAssembler(self.s.limits)
+            for chunk in read_unary(self.s.pb2, request, None, 0):
+                assembler.add(chunk)
+            tensors = assembler.finish()
+        return unary_wire(encode_tensors(self.s.pb2, tensors.items(), UNARY_CHUNK))
+
 
 def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
     """Register the Cloud service (as ``add_CloudServicer_to_server`` does) with reply
@@ -394,6 +420,12 @@ def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
         "Echo": grpc.stream_stream_rpc_method_handler(
             servicer.Echo, request_deserializer=pb2.TensorChunk.FromString,
             response_serializer=wire_serializer(pb2.TensorChunk)),
+        # The unary calls take and give wire bytes: read_unary and unary_wire parse and
+        # build them with tensors as views, and a malformed one is INVALID_ARGUMENT.
+        "RunTailUnary": grpc.unary_unary_rpc_method_handler(
+            servicer.RunTailUnary, response_serializer=unary_serializer),
+        "EchoUnary": grpc.unary_unary_rpc_method_handler(
+            servicer.EchoUnary, response_serializer=unary_serializer),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CLOUD_SERVICE,
                                                                           handlers),))

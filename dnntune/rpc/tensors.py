@@ -14,6 +14,12 @@ sends those bytes as they are (:func:`wire_serializer`). Receiving, a tensor tha
 in one chunk is a numpy view of the message's bytes (no copy); one in several chunks is
 copied once into its own buffer. Chunks carry 1 MiB of data, less only if the message
 limit needs it (:func:`chunk_bytes_for`).
+
+A call that fits one message goes as one message each way (``RunTailUnary``,
+``EchoUnary``: on loopback a unary call costs a fraction of a stream's): the same
+``TailRequest``/``TailReply``/``TensorChunk`` messages, each tensor in one chunk, joined
+into the enclosing message with one copy (:func:`unary_wire`) and read back without
+protobuf copying the data (:func:`read_unary`: each tensor a view of the received bytes).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from math import prod
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from dnntune.rpc.limits import MAX_NAME_CHARS, MAX_RANK, RequestLimits, quoted
 
@@ -53,9 +60,15 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class WireMessage:
-    """A message already in protobuf's wire format; :func:`wire_serializer` sends it as is."""
+    """A message in protobuf's wire format, as the pieces that make it up (the tensor's
+    data among them, not yet copied); :func:`wire_serializer` sends it as is, and
+    :func:`unary_wire` puts several into one enclosing message with one copy."""
 
-    wire: bytes
+    parts: tuple[Any, ...]
+
+    @property
+    def wire(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def wire_serializer(message_type: Any) -> Callable[[Any], bytes]:
@@ -82,15 +95,23 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _wrapped(parts: list[Any], field: int | None) -> list[Any]:
+    """``parts`` as field ``field`` (length-delimited) of an enclosing message."""
+    if field is None:
+        return parts
+    return [_varint(field << 3 | 2), _varint(sum(len(p) for p in parts)), *parts]
+
+
 def _chunk(header: bytes, data: memoryview, field: int | None) -> WireMessage:
-    """One ``TensorChunk`` (inside field ``field`` of an enclosing message, if given)."""
+    """One ``TensorChunk`` (inside field ``field`` of an enclosing message, if given).
+
+    Its data is not copied here: :attr:`WireMessage.wire` or :func:`unary_wire` joins
+    the parts, the only copy of the data on this side.
+    """
     parts: list[Any] = [header]
     if len(data):
         parts += [_DATA_TAG, _varint(len(data)), data]
-    if field is not None:
-        size = sum(len(p) for p in parts)
-        parts[:0] = [_varint(field << 3 | 2), _varint(size)]
-    return WireMessage(b"".join(parts))  # the only copy of the data on this side
+    return WireMessage(tuple(_wrapped(parts, field)))
 
 
 def encode_tensor(pb2: Any, name: str, array: np.ndarray,
@@ -124,6 +145,131 @@ def encode_tensors(pb2: Any, named: Iterable[tuple[str, np.ndarray]],
                    ) -> Iterator[WireMessage]:
     for name, array in named:
         yield from encode_tensor(pb2, name, array, chunk_bytes, field)
+
+
+def unary_wire(messages: Iterable[Any], field: int = 1) -> bytes:
+    """One message whose repeated field ``field`` holds ``messages`` in order (each a
+    :class:`WireMessage` or a protobuf message), joined with one copy of the data.
+
+    ``TailCall`` of ``TailRequest`` parts, ``TailResult`` of ``TailReply`` parts and
+    ``TensorList`` of ``TensorChunk`` all have that field as 1.
+    """
+    parts: list[Any] = []
+    for message in messages:
+        inner = (list(message.parts) if isinstance(message, WireMessage)
+                 else [message.SerializeToString()])
+        parts += _wrapped(inner, field)
+    return b"".join(parts)
+
+
+def unary_serializer(message: bytes) -> bytes:
+    """gRPC serializer of a message :func:`unary_wire` built: sent as it is."""
+    return message
+
+
+@dataclass(frozen=True)
+class ChunkView:
+    """A ``TensorChunk`` read from a received message without copying its data: the
+    header fields parsed by protobuf, ``data`` a view of the message's bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    total_bytes: int
+    data: memoryview
+
+
+@dataclass(frozen=True)
+class TensorPart:
+    """A ``TailRequest`` or ``TailReply`` that carries a tensor (``part == "tensor"``)."""
+
+    tensor: ChunkView
+
+    def WhichOneof(self, group: str) -> str:  # noqa: N802 - protobuf's name for it
+        return "tensor"
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise WireError("a unary tensor message is malformed (a truncated varint)")
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def wire_fields(buf: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """``(field, wire type, start of the field's tag, end)`` of each field of a
+    message's wire bytes; a length-delimited field's value is ``buf[end - length:end]``."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        key, pos = _read_varint(buf, pos)
+        kind = key & 7
+        if kind == 0:
+            _, pos = _read_varint(buf, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 2:
+            length, pos = _read_varint(buf, pos)
+            pos += length
+        elif kind == 5:
+            pos += 4
+        else:
+            raise WireError(f"a unary tensor message is malformed (wire type {kind})")
+        if key >> 3 == 0 or pos > len(buf):
+            raise WireError("a unary tensor message is malformed (a field runs past its end)")
+        yield key >> 3, kind, start, pos
+
+
+def _value(buf: memoryview, start: int, end: int) -> memoryview:
+    """The value of the length-delimited field at ``buf[start:end]``."""
+    _, pos = _read_varint(buf, start)
+    _, pos = _read_varint(buf, pos)
+    return buf[pos:end]
+
+
+def read_chunk(pb2: Any, buf: memoryview) -> ChunkView:
+    """A ``TensorChunk``'s wire bytes as a :class:`ChunkView` (its data not copied)."""
+    data = buf[:0]
+    header = bytearray()
+    for field, kind, start, end in wire_fields(buf):
+        if field == 5 and kind == 2:
+            data = _value(buf, start, end)  # as protobuf: the last occurrence counts
+        else:
+            header += buf[start:end]
+    try:
+        chunk = pb2.TensorChunk.FromString(bytes(header))
+    except DecodeError as exc:
+        raise WireError(f"a tensor chunk's header does not parse ({exc})") from None
+    return ChunkView(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes, data)
+
+
+def read_unary(pb2: Any, message: bytes, part_type: Any | None, tensor_field: int
+               ) -> Iterator[Any]:
+    """The parts of a ``TailCall``/``TailResult`` (``part_type`` ``TailRequest`` or
+    ``TailReply``, whose tensor is field ``tensor_field``) or the chunks of a
+    ``TensorList`` (``part_type`` None), in order, tensors as views of ``message``."""
+    buf = memoryview(message)
+    for field, kind, start, end in wire_fields(buf):
+        if field != 1 or kind != 2:
+            continue  # a field this version does not know: ignored, as protobuf does
+        part = _value(buf, start, end)
+        if part_type is None:
+            yield read_chunk(pb2, part)
+            continue
+        inner = list(wire_fields(part))
+        if len(inner) == 1 and inner[0][0] == tensor_field and inner[0][1] == 2:
+            yield TensorPart(read_chunk(pb2, _value(part, inner[0][2], inner[0][3])))
+        else:  # a header, a timing, or anything else: small, parsed by protobuf
+            try:
+                yield part_type.FromString(bytes(part))
+            except DecodeError as exc:
+                raise WireError(f"a {part_type.DESCRIPTOR.name} does not parse ({exc})"
+                                ) from None
 
 
 class TensorAssembler:

@@ -23,23 +23,15 @@ def measure_loopback_rpc(repeats: int = 7) -> tuple[float, float]:
     Example:
         >>> rpc_ms, rpc_ms_per_mb = measure_loopback_rpc()  # doctest: +SKIP
     """
-    from dnntune.rpc.budget import MemoryBudget
     from dnntune.rpc.client import Endpoint, ProfilerClient, calibrate_rpc
-    from dnntune.rpc.gate import ComputeGate
-    from dnntune.rpc.modelstore import ModelStore
-    from dnntune.rpc.protocol import load_protocol
-    from dnntune.rpc.servicers import CloudServicer, ServerState, add_cloud_servicer
+    from dnntune.rpc.servicers import CloudServicer, add_cloud_servicer
     from dnntune.rpc.serving import ServerOptions, build_server
 
     options = ServerOptions(host="127.0.0.1", port=0, grace_s=0)
-    limits = options.limits()
-    pb2, _ = load_protocol()
-    state = ServerState(pb2=pb2, store=ModelStore(None, 1, limits), side="cloud",
-                        num_threads=1, limits=limits, profile_lock=threading.Lock(),
-                        gate=ComputeGate(), budget=MemoryBudget(limits.max_request_bytes))
+    state = loopback_state(options)
 
     def register(server: Any) -> list[str]:
-        add_cloud_servicer(pb2, CloudServicer(state), server)
+        add_cloud_servicer(state.pb2, CloudServicer(state), server)
         return ["dnntune.v1.Cloud"]
 
     try:
@@ -55,3 +47,20 @@ def measure_loopback_rpc(repeats: int = 7) -> tuple[float, float]:
             running.stop(0)
     finally:
         state.store.close()
+
+
+def loopback_state(options: Any = None) -> Any:
+    """A cloud servicer's state that builds no model and configures no TensorFlow
+    (a ``ServerState``; close its ``store`` when done)."""
+    from dnntune.rpc.budget import MemoryBudget
+    from dnntune.rpc.gate import ComputeGate
+    from dnntune.rpc.modelstore import ModelStore
+    from dnntune.rpc.protocol import load_protocol
+    from dnntune.rpc.servicers import ServerState
+    from dnntune.rpc.serving import ServerOptions
+
+    limits = (options or ServerOptions(port=0)).limits()
+    pb2, _ = load_protocol()
+    return ServerState(pb2=pb2, store=ModelStore(None, 1, limits), side="cloud",
+                       num_threads=1, limits=limits, profile_lock=threading.Lock(),
+                       gate=ComputeGate(), budget=MemoryBudget(limits.max_request_bytes))

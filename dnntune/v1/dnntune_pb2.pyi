@@ -200,6 +200,24 @@ class TailReply(_message.Message):
     timing: TailTiming
     def __init__(self, tensor: _Optional[_Union[TensorChunk, _Mapping]] = ..., timing: _Optional[_Union[TailTiming, _Mapping]] = ...) -> None: ...
 
+class TailCall(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[TailRequest]
+    def __init__(self, parts: _Optional[_Iterable[_Union[TailRequest, _Mapping]]] = ...) -> None: ...
+
+class TailResult(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[TailReply]
+    def __init__(self, parts: _Optional[_Iterable[_Union[TailReply, _Mapping]]] = ...) -> None: ...
+
+class TensorList(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorChunk]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ...) -> None: ...
+
 class SplitRequest(_message.Message):
     __slots__ = ("model", "cut_index", "num_runs", "warmup_runs")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -257,6 +257,16 @@ class CloudStub:
                 request_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.SerializeToString,
                 response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.RunTailUnary = channel.unary_unary(
+                '/dnntune.v1.Cloud/RunTailUnary',
+                request_serializer=dnntune_dot_v1_dot_dnntune__pb2.TailCall.SerializeToString,
+                response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TailResult.FromString,
+                _registered_method=True)
+        self.EchoUnary = channel.unary_unary(
+                '/dnntune.v1.Cloud/EchoUnary',
+                request_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
+                response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
+                _registered_method=True)
 
 
 class CloudServicer:
@@ -276,6 +286,22 @@ class CloudServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunTailUnary(self, request, context):
+        """RunTail and Echo in one message each way, for calls that fit the message limit
+        (--max-message-mb either way; RESOURCE_EXHAUSTED otherwise: use the stream). On
+        loopback a unary call costs a fraction of a stream's (docs/emulation.md,
+        benchmarks/bench_transfer.py). Added in v1: servers before it answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EchoUnary(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +314,16 @@ def add_CloudServicer_to_server(servicer, server):
                     servicer.Echo,
                     request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.FromString,
                     response_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.SerializeToString,
+            ),
+            'RunTailUnary': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunTailUnary,
+                    request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TailCall.FromString,
+                    response_serializer=dnntune_dot_v1_dot_dnntune__pb2.TailResult.SerializeToString,
+            ),
+            'EchoUnary': grpc.unary_unary_rpc_method_handler(
+                    servicer.EchoUnary,
+                    request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
+                    response_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +380,60 @@ class Cloud:
             '/dnntune.v1.Cloud/Echo',
             dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.SerializeToString,
             dnntune_dot_v1_dot_dnntune__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTailUnary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnntune.v1.Cloud/RunTailUnary',
+            dnntune_dot_v1_dot_dnntune__pb2.TailCall.SerializeToString,
+            dnntune_dot_v1_dot_dnntune__pb2.TailResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EchoUnary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnntune.v1.Cloud/EchoUnary',
+            dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
+            dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
             options,
             channel_credentials,
             insecure,
