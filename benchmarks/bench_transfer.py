@@ -1,16 +1,27 @@
 """Tensor transfer over gRPC on loopback against a raw TCP socket, in the same run.
 
-For 0.1, 1 and 5 MB payloads (a uint8 tensor): the round-trip time of the cloud
-server's Echo RPC (the TensorChunk stream there and back, through the same encoder and
-assembler as RunTail's crossing tensors and outputs) and of a raw-socket echo server
-that sends the same bytes back (8-byte length, then the payload; both ends read into
-buffers allocated once, so the baseline measures the socket, not the allocator).
-Throughput counts the payload once each way. Beside them, a bare Python gRPC
-stream-stream echo of the same bytes (no protobuf, no dnntune): what gRPC itself costs.
-The three are measured in alternation, one round trip each in turn, so a machine shared
-with other work slows all alike; medians are printed with gRPC's share of the raw
-socket's throughput (issue 20's targets: at least 50 % at 1 MB, 80 % at 5 MB). Last,
-the fixed and per-MB cost of this path as the cost model takes them
+For 0.1, 1 and 5 MB payloads (a uint8 tensor), all in this one process, each server on
+its own thread(s), client and servers talking over 127.0.0.1:
+
+- **dnntune gRPC**: ``ProfilerClient.echo`` against the cloud server, the path RunTail
+  takes (the agent's and validate's): a call that fits the message limit (16 MiB) goes
+  as one message each way (EchoUnary/RunTailUnary), the same encoder, reader and
+  assembler as RunTail's crossing tensors and outputs.
+- **stream**: the same client with the unary calls off: the Echo stream of 1 MiB
+  TensorChunks (the path before RunTailUnary, and the one old servers get).
+- **raw socket**: a Python echo server on a TCP socket (TCP_NODELAY both ends): the
+  client ``sendall``s an 8-byte length and the payload (a ``bytes``); the server
+  ``recv_into``s a buffer allocated once, ``sendall``s it back, and the client
+  ``recv_into``s a buffer allocated once. No framing, no allocation per message: the
+  socket's own cost, from Python.
+- **bare unary**: a plain gRPC unary echo of the payload's bytes (no protobuf, no
+  dnntune; gRPC's default options but the message limits): Python gRPC's floor.
+
+Throughput counts the payload once each way. The four are measured in alternation, one
+round trip each in turn (each going first in turn), so a machine shared with other work
+slows all alike; medians are printed with dnntune's share of the raw socket's throughput
+(issue 20's targets: at least 50 % at 1 MB, 80 % at 5 MB). Last, the fixed and per-MB
+cost of this path as the cost model takes them
 (:func:`dnntune.rpc.transfer.measure_loopback_rpc`).
 
     python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024]
@@ -69,26 +80,23 @@ def raw_round_trip(conn: socket.socket, payload: bytes, buffer: memoryview) -> f
 
 
 def bare_grpc_echo() -> tuple[Any, Callable[[bytes], float]]:
-    """A plain gRPC stream-stream echo of bytes (no protobuf, no dnntune): gRPC's floor."""
+    """A plain gRPC unary echo of bytes (no protobuf, no dnntune): gRPC's floor."""
     from concurrent import futures
 
     import grpc
 
-    def echo(requests: Any, context: Any) -> Any:
-        yield from requests
     limit = [("grpc.max_send_message_length", 64 << 20),
              ("grpc.max_receive_message_length", 64 << 20)]
     server = grpc.server(futures.ThreadPoolExecutor(4), options=limit, handlers=[
         grpc.method_handlers_generic_handler("bench.Bare", {
-            "Echo": grpc.stream_stream_rpc_method_handler(echo)})])
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    call = grpc.insecure_channel(f"127.0.0.1:{port}", limit).stream_stream("/bench.Bare/Echo")
+    call = grpc.insecure_channel(f"127.0.0.1:{port}", limit).unary_unary("/bench.Bare/Echo")
 
     def round_trip(payload: bytes) -> float:
         t0 = time.perf_counter()
-        for _ in call(iter([payload])):
-            pass
+        call(payload)
         return time.perf_counter() - t0
     return server, round_trip
 
@@ -97,8 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--chunk-kib", type=int, default=0,
-                        help="data per TensorChunk (default: dnntune's own, 1024); up to "
-                             "4032 either way (replies stay within gRPC's default 4 MiB)")
+                        help="data per TensorChunk of the stream (default: dnntune's own, "
+                             "1024); up to 4032 either way (replies stay within gRPC's "
+                             "default 4 MiB)")
     args = parser.parse_args()
 
     from dnntune.rpc import tensors
@@ -112,39 +121,47 @@ def main() -> None:
 
     running = create_server(ServerOptions(port=0))
     client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    streams.unary = False
     bare_server, bare_round_trip = bare_grpc_echo()
     listener, raw_port = raw_echo_server(MAX_PAYLOAD)
     buffer = memoryview(bytearray(MAX_PAYLOAD))
     conn = socket.create_connection(("127.0.0.1", raw_port))
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    print(f"chunks of {client.chunk_bytes >> 10} KiB; times are medians of {args.repeats}, ms")
-    print(f"{'payload':>8}{'gRPC RTT':>10}{'raw RTT':>9}{'gRPC MB/s':>11}{'raw MB/s':>10}"
-          f"{'gRPC/raw':>10}{'bare gRPC':>11}  target")
+    print(f"stream chunks of {streams.chunk_bytes >> 10} KiB; times are medians of "
+          f"{args.repeats}, ms")
+    print(f"{'payload':>8}{'dnntune':>9}{'raw':>7}{'dnntune MB/s':>14}{'raw MB/s':>10}"
+          f"{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}  target")
     for mb in (0.1, 1.0, 5.0):
         size = int(mb * 1e6)
         tensor = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
         payload = tensor.tobytes()
-        times: dict[str, list[float]] = {"grpc": [], "raw": [], "bare": []}
         runs: dict[str, Callable[[], float]] = {
             "grpc": lambda t=tensor: echo_round_trip(client, t),
             "raw": lambda p=payload: raw_round_trip(conn, p, buffer),
+            "stream": lambda t=tensor: echo_round_trip(streams, t),
             "bare": lambda p=payload: bare_round_trip(p)}
+        times: dict[str, list[float]] = {name: [] for name in runs}
         order = list(runs)
         for i in range(5 + args.repeats):  # 5 warm-up rounds: flow-control windows grow
-            for name in order[i % 3:] + order[:i % 3]:  # each goes first in turn
+            k = i % len(order)
+            for name in order[k:] + order[:k]:  # each goes first in turn
                 elapsed = runs[name]()
                 if i >= 5:
                     times[name].append(elapsed)
-        g, r, b = (statistics.median(times[k]) for k in ("grpc", "raw", "bare"))
+        g, r, st, b = (statistics.median(times[k]) for k in ("grpc", "raw", "stream", "bare"))
         share = r / g
         target = TARGETS.get(mb)
         verdict = (f">= {target:.0%}: {'met' if share >= target else 'NOT met'}" if target
                    else "")
-        print(f"{mb:>6.1f}MB{g * 1e3:>10.2f}{r * 1e3:>9.2f}{2 * size / g / 1e6:>11.0f}"
-              f"{2 * size / r / 1e6:>10.0f}{share:>10.0%}{b * 1e3:>11.2f}  {verdict}")
+        print(f"{mb:>6.1f}MB{g * 1e3:>9.2f}{r * 1e3:>7.2f}{2 * size / g / 1e6:>14.0f}"
+              f"{2 * size / r / 1e6:>10.0f}{share:>13.0%}{st * 1e3:>8.2f}{b * 1e3:>12.2f}  "
+              f"{verdict}")
+    assert client.unary, "the unary calls were refused: this measured the streams"
     conn.close()
     listener.close()
     client.close()
+    streams.close()
     running.stop(0)
     bare_server.stop(0)
     rpc_ms, ms_per_mb = measure_loopback_rpc()
