@@ -42,6 +42,7 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
     state.device = device
     if device is not None:
         state.emulation = device.emulation.to_dict()
+    state.litert_heads = litert_heads(device, device.threads if device else state.num_threads)
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 
@@ -73,3 +74,27 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
         raise
     running.on_stop.append(close)  # a temporary upload folder goes with it
     return running
+
+
+def litert_heads(device: Any, threads: int) -> Any:
+    """``(key, entry, split)`` -> the split with its head as a LiteRT model of the cut.
+
+    The model's layer map (as ``dnntune convert`` builds it) and each head are converted
+    once, on the first RunSplit that asks for them, before any of its runs; both are
+    kept. On an emulated phone, each call also measures the reference model in LiteRT
+    against TensorFlow, so the head is held for the phone's LiteRT time
+    (:mod:`dnntune.litert.heads`).
+    """
+    import dataclasses
+
+    from dnntune.litert.heads import HeadCache, RuntimeRatio, layer_map_of, prepare_litert_split
+
+    maps, heads = HeadCache(4), HeadCache()
+    ratio = RuntimeRatio(device, threads) if device is not None else None
+
+    def prepare(key: Any, entry: Any, split: Any) -> Any:
+        layer_map = maps.get(key, lambda: layer_map_of(entry.loaded))
+        lite = heads.get((key, split.cut.index), lambda: prepare_litert_split(
+            entry.loaded, split, layer_map, threads))
+        return dataclasses.replace(lite, runtime_ratio=ratio.measure() if ratio else 1.0)
+    return prepare

@@ -49,6 +49,11 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
                    help="proxy: user-space rate and delay, heads on the device agent "
                         "(default); tbf: as root, kernel tc tbf rates between network "
                         "namespaces, heads in this process (with --emulate none only)")
+    p.add_argument("--framework", choices=("tf", "litert"), default="tf",
+                   help="the device's runtime: tf runs each head in TensorFlow; litert runs "
+                        "it as a LiteRT fp32 model of the cut (what an app runs), converted "
+                        "on the agent before its runs, the cut checked against the layer "
+                        "map of `dnntune convert` (default: tf)")
     from dnntune.cli.pipeline import add_access_flags
 
     add_access_flags(p)
@@ -74,6 +79,9 @@ def run_validate(args: argparse.Namespace) -> int:
         raise DnntuneError("--emulate goes with the device agent validate starts; a remote "
                            "agent emulates with 'dnntune agent --emulate PRESET'")
     if args.shaper == "tbf":
+        if args.framework != "tf":
+            raise DnntuneError("--framework litert runs heads on the device agent: use "
+                               "--shaper proxy")
         if args.device or config.device.emulate:
             raise DnntuneError("--shaper tbf runs heads in this process, so it cannot "
                                "validate an emulated or remote device: use --shaper proxy, "
@@ -148,7 +156,8 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
         spec = upload_model(agent, config)  # the bytes both sides hold, by sha256
         with progress_bar(f"validating {device.meta.model_name} on the agent") as update:
             results = validate_on_agent(agent, analysis.links, cloud_host, int(cloud_port),
-                                        listen, args.cuts, args.num_runs, spec, update)
+                                        listen, args.cuts, args.num_runs, spec, update,
+                                        framework=args.framework)
     return Validation(device.meta.model_name, args.num_runs, tuple(results),
                       device.meta.device_label, device.device_note)
 

@@ -36,6 +36,7 @@ from dnntune.rpc.limits import (
     check_runs,
     check_sha256,
     check_spec,
+    quoted,
 )
 from dnntune.rpc.modelstore import ModelEntry, ModelIdentity, ModelKey, ModelStore, NotFoundError
 from dnntune.rpc.tensors import (
@@ -137,6 +138,9 @@ class ServerState:
     emulation: dict[str, Any] | None = None  # set by an emulated device agent
     power_profile: str | None = None  # its operator's --emulate preset (a name or a file)
     device: Any = None  # a dnntune.profiling.dilation.DilatedDevice: the agent's phone
+    # (key, entry, split) -> the split with its head in LiteRT, converted before any run:
+    # set by the device agent (dnntune.litert is not this layer's to import)
+    litert_heads: Callable[[ModelKey, ModelEntry, Any], Any] | None = None
 
     @contextlib.contextmanager
     def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
@@ -459,13 +463,23 @@ class DeviceServicer:
         with rpc_errors(context, "RunSplit"), self.s.gate.compute(), \
                 contextlib.ExitStack() as held:
             check_runs(request.num_runs, request.warmup_runs)
-            entry = held.enter_context(self.s.use_model(
-                key_from_spec(request.model, self.s.limits), "RunSplit"))
+            framework = request.framework or "tf"
+            if framework not in ("tf", "litert"):
+                raise DnntuneError(f"SplitRequest.framework must be tf or litert (or empty), "
+                                   f"got {quoted(framework)}")
+            if framework == "litert" and self.s.litert_heads is None:
+                raise DnntuneError("SplitRequest.framework litert: this agent runs no "
+                                   "LiteRT heads")
+            key = key_from_spec(request.model, self.s.limits)
+            entry = held.enter_context(self.s.use_model(key, "RunSplit"))
             split = entry.split(request.cut_index)
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)
             if self.s.device is not None:
                 self.s.device.refresh()  # the phone's speed, as this host runs now
+            if framework == "litert" and self.s.litert_heads is not None:
+                # Converted (once per model and cut) here, before any run of this call.
+                split = self.s.litert_heads(key, entry, split)
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
                                reference=entry.reference_outputs(),

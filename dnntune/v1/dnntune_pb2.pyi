@@ -219,16 +219,18 @@ class TensorList(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class SplitRequest(_message.Message):
-    __slots__ = ("model", "cut_index", "num_runs", "warmup_runs")
+    __slots__ = ("model", "cut_index", "num_runs", "warmup_runs", "framework")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     cut_index: int
     num_runs: int
     warmup_runs: int
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ...) -> None: ...
+    framework: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., framework: _Optional[str] = ...) -> None: ...
 
 class SplitRun(_message.Message):
     __slots__ = ("total_ms", "head_ms", "transfer_ms", "tail_ms")

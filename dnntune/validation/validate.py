@@ -219,8 +219,8 @@ def validate_links(loaded: Any, analyses: Sequence[LinkAnalysis], cloud_host: st
 
 def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: str,
                       cloud_port: int, listen: tuple[str, int], cut_spec: str, num_runs: int,
-                      spec: Any, report: Callable[[str, int, int], None] | None = None
-                      ) -> list[LinkValidation]:
+                      spec: Any, report: Callable[[str, int, int], None] | None = None,
+                      framework: str = "tf") -> list[LinkValidation]:
     """Run the selected cuts of every link on a device agent, its traffic shaped.
 
     The agent runs each head (``RunSplit``) and sends the crossing tensors to the
@@ -236,6 +236,8 @@ def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: 
         num_runs: Timed runs per cut (after one warm-up run over the same link).
         spec: The ``ModelSpec`` both sides know the model by.
         report: Progress callback ``(stage, done, total)``.
+        framework: The device runtime of the heads: ``tf`` or ``litert`` (a LiteRT
+            model of each cut, converted on the agent before its runs).
     """
     from dnntune.netem.linkprobe import measure_emulated_link
     from dnntune.netem.shaper import LinkShape, ShapingProxy
@@ -252,7 +254,8 @@ def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: 
             for done, index in enumerate(cuts):
                 if report:
                     report(f"{la.link.name}: cut {index}", done, len(cuts))
-                result = run_split_on_agent(agent, spec, index, num_runs)
+                result = run_split_on_agent(agent, spec, index, num_runs,
+                                            framework=framework)
                 validated.append(validate_cut(la, index, result))
         results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
                                       la.link.rtt_ms, {"method": "proxy", **shaping.to_dict()},
@@ -261,7 +264,7 @@ def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: 
 
 
 def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
-                       warmup_runs: int = 1, attempts: int = 5) -> Any:
+                       warmup_runs: int = 1, attempts: int = 5, framework: str = "tf") -> Any:
     """One ``RunSplit`` on the agent, as a :class:`~dnntune.rpc.splitrun.SplitResult`.
 
     The agent's channel to the cloud reconnects when a new link's proxy replaces the
@@ -272,10 +275,14 @@ def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
     from dnntune.rpc.splitrun import SplitResult, SplitTiming
 
     request = agent.pb2.SplitRequest(model=spec, cut_index=index, num_runs=num_runs,
-                                     warmup_runs=warmup_runs)
+                                     warmup_runs=warmup_runs,
+                                     framework="" if framework == "tf" else framework)
     for attempt in range(attempts):
         try:
-            reply = agent.call(agent.device.RunSplit, request)
+            # A LiteRT head is converted on the agent before its first runs: minutes
+            # for a large model, once.
+            reply = agent.call(agent.device.RunSplit, request,
+                               timeout_s=600.0 if framework == "litert" else 60.0)
             break
         except DnntuneError as exc:
             if "unavailable" not in str(exc).lower() or attempt == attempts - 1:
