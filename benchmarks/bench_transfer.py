@@ -13,7 +13,9 @@ its own thread(s), client and servers talking over 127.0.0.1:
   client ``sendall``s an 8-byte length and the payload (a ``bytes``); the server
   ``recv_into``s a buffer allocated once, ``sendall``s it back, and the client
   ``recv_into``s a buffer allocated once. No framing, no allocation per message: the
-  socket's own cost, from Python.
+  socket's own cost, from Python. Its speed depends on where those buffers start in a
+  page (``--raw-offset``): plain ``bytearray``/``bytes`` buffers (the default) are the
+  slower case on this host, so the default baseline is the lenient one.
 - **bare unary**: a plain gRPC unary echo of the payload's bytes (no protobuf, no
   dnntune; gRPC's default options but the message limits): Python gRPC's floor.
 
@@ -24,7 +26,7 @@ slows all alike; medians are printed with dnntune's share of the raw socket's th
 cost of this path as the cost model takes them
 (:func:`dnntune.rpc.transfer.measure_loopback_rpc`).
 
-    python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024]
+    python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024] [--raw-offset 64]
 """
 
 from __future__ import annotations
@@ -43,12 +45,19 @@ TARGETS = {1.0: 0.5, 5.0: 0.8}  # payload MB: least share of the raw socket's th
 MAX_PAYLOAD = 5_000_000
 
 
-def raw_echo_server(max_bytes: int) -> tuple[socket.socket, int]:
+def placed(size: int, offset: int) -> memoryview:
+    """``size`` bytes allocated once; with ``offset``, starting that far into a larger
+    buffer (a plain ``bytearray`` of this size starts 16 bytes into a page)."""
+    return memoryview(bytearray(size + offset))[offset:] if offset else memoryview(
+        bytearray(size))
+
+
+def raw_echo_server(max_bytes: int, offset: int = 0) -> tuple[socket.socket, int]:
     """A TCP echo server: an 8-byte little-endian length, then that many bytes, back."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
-        buffer = memoryview(bytearray(max_bytes))  # no allocation per message
+        buffer = placed(max_bytes, offset)  # no allocation per message
         while True:
             try:
                 conn, _ = listener.accept()
@@ -67,7 +76,7 @@ def raw_echo_server(max_bytes: int) -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
-def raw_round_trip(conn: socket.socket, payload: bytes, buffer: memoryview) -> float:
+def raw_round_trip(conn: socket.socket, payload: Any, buffer: memoryview) -> float:
     """Send ``payload`` with its length and read the echo into ``buffer``; seconds."""
     t0 = time.perf_counter()
     conn.sendall(len(payload).to_bytes(8, "little"))
@@ -108,6 +117,12 @@ def main() -> None:
                         help="data per TensorChunk of the stream (default: dnntune's own, "
                              "1024); up to 4032 either way (replies stay within gRPC's "
                              "default 4 MiB)")
+    parser.add_argument("--raw-offset", type=int, default=0, metavar="BYTES",
+                        help="start the raw socket's buffers (and a copy of the payload) "
+                             "this many bytes further into memory: a buffer 16 bytes into "
+                             "a page, as a plain bytearray of MBs is, makes the kernel's "
+                             "copies 2-4x slower here than one 64 or more bytes in "
+                             "(default 0: plain Python buffers)")
     args = parser.parse_args()
 
     from dnntune.rpc import tensors
@@ -124,8 +139,8 @@ def main() -> None:
     streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
     streams.unary = False
     bare_server, bare_round_trip = bare_grpc_echo()
-    listener, raw_port = raw_echo_server(MAX_PAYLOAD)
-    buffer = memoryview(bytearray(MAX_PAYLOAD))
+    listener, raw_port = raw_echo_server(MAX_PAYLOAD, args.raw_offset)
+    buffer = placed(MAX_PAYLOAD, args.raw_offset)
     conn = socket.create_connection(("127.0.0.1", raw_port))
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     print(f"stream chunks of {streams.chunk_bytes >> 10} KiB; times are medians of "
@@ -135,12 +150,16 @@ def main() -> None:
     for mb in (0.1, 1.0, 5.0):
         size = int(mb * 1e6)
         tensor = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
-        payload = tensor.tobytes()
+        payload: Any = tensor.tobytes()
+        plain = payload
+        if args.raw_offset:
+            payload = placed(size, args.raw_offset)
+            payload[:] = tensor.tobytes()
         runs: dict[str, Callable[[], float]] = {
             "grpc": lambda t=tensor: echo_round_trip(client, t),
             "raw": lambda p=payload: raw_round_trip(conn, p, buffer),
             "stream": lambda t=tensor: echo_round_trip(streams, t),
-            "bare": lambda p=payload: bare_round_trip(p)}
+            "bare": lambda p=plain: bare_round_trip(p)}
         times: dict[str, list[float]] = {name: [] for name in runs}
         order = list(runs)
         for i in range(5 + args.repeats):  # 5 warm-up rounds: flow-control windows grow
