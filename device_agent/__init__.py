@@ -81,20 +81,23 @@ def litert_heads(device: Any, threads: int) -> Any:
 
     The model's layer map (as ``dnntune convert`` builds it) and each head are converted
     once, on the first RunSplit that asks for them, before any of its runs; both are
-    kept. On an emulated phone, each call also measures the reference model in LiteRT
-    against TensorFlow, so the head is held for the phone's LiteRT time
-    (:mod:`dnntune.litert.heads`).
+    kept. On an emulated phone the head is paced and held by the reference model in
+    LiteRT (:class:`dnntune.litert.heads.LiteRTPhone`, its reference converted at the
+    first such call, refitted before each batch of runs).
     """
     import dataclasses
 
-    from dnntune.litert.heads import HeadCache, RuntimeRatio, layer_map_of, prepare_litert_split
+    from dnntune.litert.heads import HeadCache, LiteRTPhone, layer_map_of, prepare_litert_split
 
     maps, heads = HeadCache(4), HeadCache()
-    ratio = RuntimeRatio(device, threads) if device is not None else None
+    phone = LiteRTPhone(device, threads) if device is not None else None
 
     def prepare(key: Any, entry: Any, split: Any) -> Any:
         layer_map = maps.get(key, lambda: layer_map_of(entry.loaded))
         lite = heads.get((key, split.cut.index), lambda: prepare_litert_split(
             entry.loaded, split, layer_map, threads))
-        return dataclasses.replace(lite, runtime_ratio=ratio.measure() if ratio else 1.0)
+        if phone is None:
+            return lite
+        phone.refresh()  # the phone's LiteRT speed, as this host runs now
+        return dataclasses.replace(lite, hold=phone.hold, pace=phone.pace)
     return prepare

@@ -80,28 +80,27 @@ from dnntune.profiling.dilation import DilatedDevice, raise_priority
 raise_priority()
 from dnntune.profiling.instrument import configure_runtime
 configure_runtime(1)
-from dnntune.litert.heads import RuntimeRatio, layer_map_of, prepare_litert_split
+from dnntune.litert.heads import LiteRTPhone, layer_map_of, prepare_litert_split
 from dnntune.litert.profile import time_litert
 from dnntune.model.loading import load_model
 from dnntune.model.split import Splitter
 from dnntune.rpc.splitrun import run_split
 
-phone = DilatedDevice("dnntune_phone")
-phone.calibrate()
+phone = LiteRTPhone(DilatedDevice("dnntune_phone"), threads=1)
 loaded = load_model("mobilenet_v2", [(128, 128, 3)])
 layer_map = layer_map_of(loaded)
 cut = len(layer_map.cuts) - 1  # the whole model as the head: mobile-only, no cloud
 lite = prepare_litert_split(loaded, Splitter(loaded.model, loaded.graph).split(cut),
                             layer_map, threads=1)
-ratio = RuntimeRatio(phone, 1).measure()
+phone.prepare()
 phone.refresh()  # as the agent does before a batch of split runs
 # the head's profile on the phone, as `dnntune profile --framework litert` times a head
-# (warm-up, then invoke() runs), dilated: the reference's LiteRT time is the phone's
+# (warm-up, then invoke() runs), dilated by the reference's LiteRT time
 native = time_litert(lite.head.it, loaded.example_inputs(), 5, 30)
-predicted = phone.factor * ratio * float(np.mean(native)) + phone.spec.call_ms
-held = run_split(loaded, type(lite)(lite.split, lite.head, ratio), None, None, num_runs=15,
-                 warmup_runs=2, hold=phone.hold, pace=phone.pace_split)
-print(json.dumps({"cut": cut, "ratio": ratio, "predicted": predicted, "factor": phone.factor,
+predicted = phone.factor * float(np.mean(native)) + phone.device.spec.call_ms
+held = run_split(loaded, lite, None, None, num_runs=15, warmup_runs=2, hold=phone.hold,
+                 pace=phone.pace)
+print(json.dumps({"cut": cut, "factor": phone.factor, "predicted": predicted,
                   "held": sorted(r.head_ms for r in held.runs),
                   "native": float(np.mean(native))}))
 """
@@ -110,9 +109,8 @@ print(json.dumps({"cut": cut, "ratio": ratio, "predicted": predicted, "factor": 
 def test_held_litert_head_takes_what_its_dilated_profile_says():
     """A LiteRT head of a small model (MobileNetV2 at 128x128, as the TensorFlow head's
     test: a few ms natively; mobile-only, as that test), in a process of its own as an
-    agent runs it: its held time
-    against its LiteRT profile dilated to the phone (the reference in LiteRT = the
-    preset's latency), within the ±10 % band."""
+    agent runs it: its held time against its LiteRT profile dilated to the phone (the
+    reference in LiteRT = the preset's latency), within the ±10 % band."""
     done = subprocess.run([sys.executable, "-c", HELD_LITERT_HEAD], capture_output=True,
                           text=True, cwd=REPO, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -120,7 +118,6 @@ def test_held_litert_head_takes_what_its_dilated_profile_says():
     measured = result["held"][len(result["held"]) // 2]
     assert measured == pytest.approx(result["predicted"], rel=0.10), result
     assert result["native"] < measured / 1.2  # held, not this machine's speed
-    assert result["ratio"] > 0
 
 
 def test_validate_refuses_litert_heads_in_process(tmp_path):

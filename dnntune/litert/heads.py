@@ -11,18 +11,21 @@ cut, when a ``RunSplit`` asks for that head, *before* any of its runs (warm-up o
 and never inside one; the agent keeps the result (:class:`HeadCache`). Timing a run
 only calls ``Interpreter.invoke``.
 
-On an emulated phone the head's native ``invoke`` time is dilated as a TensorFlow
-head's is (:meth:`dnntune.profiling.dilation.DilatedDevice.hold`), with one more factor:
-the preset's reference latency is the phone's runtime's, so a LiteRT head is scaled
-against the reference model *in LiteRT* (:class:`RuntimeRatio`): ``held = (reference -
-call) x head_litert / reference_litert + call``, the same arithmetic as dilation's.
+On an emulated phone the head runs natively and is held until the phone would have
+finished it, as a TensorFlow head is (docs/emulation.md), but paced in its own runtime:
+the preset's reference latency is the phone's runtime's, so :class:`LiteRTPhone` runs
+the reference model *in LiteRT* before each head and holds the head for ``(reference -
+call) x head / reference + call``, both native ``invoke`` times on the host as it is at
+that moment. (Paced by the TensorFlow reference instead, a loaded host slows the two
+runtimes differently: LiteRT heads of MobileNetV2 held 62-201 ms against a 138 ms
+preset at a load average of 4.)
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,13 +35,13 @@ import numpy as np
 from dnntune.errors import DnntuneError
 from dnntune.litert.convert import LayerMap, build_layer_map, convert_keras, interpreter
 from dnntune.litert.profile import ordered_outputs
+from dnntune.profiling.dilation import REFRESH_RUNS, REFRESH_WARMUP, SPLIT_PACES
 
 if TYPE_CHECKING:
     from dnntune.model.loading import LoadedModel
 
 FRAMEWORKS = ("tf", "litert")
 CACHED_HEADS = 16
-RATIO_RUNS = 30
 
 
 def check_framework(name: str, field: str = "--framework") -> str:
@@ -77,14 +80,16 @@ class LiteRTSplit:
     """A TensorFlow split (names, tail, cut) whose head runs in LiteRT.
 
     Quacks like :class:`dnntune.model.split.SplitModel` for
-    :func:`dnntune.rpc.splitrun.run_split`.
+    :func:`dnntune.rpc.splitrun.run_split`; on an emulated phone ``hold`` and ``pace``
+    are its :class:`LiteRTPhone`'s, which run_split takes in place of the device's.
     """
 
     split: Any  # the SplitModel: names, the cut, and the tail the cloud runs
     head: LiteRTHead | None
-    runtime_ratio: float = 1.0  # native TF / native LiteRT of the reference (emulated)
-    # On an emulated phone, run_split paces (runs the TensorFlow reference) before each
-    # head; a LiteRT head, profiled back to back, is then warmed once more after it.
+    hold: Callable[[float, float], None] | None = None
+    pace: Callable[[], object] | None = None
+    # run_split paces before each head; a LiteRT head, profiled back to back, is then
+    # warmed once more after the reference's run.
     warm_after_pace: bool = True
 
     @property
@@ -105,15 +110,13 @@ class LiteRTSplit:
 
     def run_head_timed(self, inputs: Sequence[np.ndarray]
                        ) -> tuple[dict[str, np.ndarray], float]:
-        """The held tensors and the head's native ``invoke`` seconds, expressed in the
-        TensorFlow-native seconds the device's dilation factor applies to (x the
-        reference's TF/LiteRT ratio; 1 when not emulated)."""
+        """The held tensors and the head's native ``invoke`` seconds."""
         held = dict(zip(self.split.model_inputs, inputs, strict=True))
         seconds = 0.0
         if self.head is not None:
             outs, seconds = self.head.timed(inputs)
             held.update(zip(self.head.names, outs, strict=True))
-        return held, seconds * self.runtime_ratio
+        return held, seconds
 
     def run_head(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_head_timed(inputs)[0]
@@ -131,15 +134,14 @@ def check_cut(layer_map: LayerMap, index: int) -> None:
 
 
 def prepare_litert_split(loaded: LoadedModel, split: Any, layer_map: LayerMap,
-                         threads: int, precision: str = "fp32",
-                         runtime_ratio: float = 1.0) -> LiteRTSplit:
+                         threads: int, precision: str = "fp32") -> LiteRTSplit:
     """Convert ``split``'s head to LiteRT (a compile step: call it before any run)."""
     check_cut(layer_map, split.cut.index)
     if split.head is None:
-        return LiteRTSplit(split, None, runtime_ratio)
+        return LiteRTSplit(split, None)
     tflite = convert_keras(split.head, loaded.input_shapes, loaded.input_dtypes, precision,
                            loaded.seed, f"{loaded.name} head {split.cut.index}")
-    return LiteRTSplit(split, LiteRTHead(tflite, split.head_outputs, threads), runtime_ratio)
+    return LiteRTSplit(split, LiteRTHead(tflite, split.head_outputs, threads))
 
 
 def layer_map_of(loaded: LoadedModel, precision: str = "fp32") -> LayerMap:
@@ -149,38 +151,68 @@ def layer_map_of(loaded: LoadedModel, precision: str = "fp32") -> LayerMap:
     return build_layer_map(tflite, loaded.graph, precision)
 
 
-class RuntimeRatio:
-    """How much faster this host runs the emulated phone's reference model in LiteRT
-    than in TensorFlow: ``native TF / native LiteRT``, so a LiteRT head's native time x
-    this ratio x the device's (TensorFlow-fitted) factor is the phone's LiteRT time.
+class LiteRTPhone:
+    """The emulated phone's pace for LiteRT heads: its reference model, in LiteRT.
 
-    Converts the reference once (when the first LiteRT head is prepared), then measures
-    both runtimes back to back each time :meth:`measure` is called (before each batch
-    of split runs, as the device refits its factor).
+    ``device`` is the agent's :class:`~dnntune.profiling.dilation.DilatedDevice` (its
+    preset: reference model, latency and call). :meth:`prepare` converts the reference
+    once, before any split run (a compile step); :meth:`refresh` fits the factor on
+    30 back-to-back runs, :meth:`pace` refits it before each head on the last few runs
+    (as the device does for TensorFlow heads) and :meth:`hold` holds a head's result.
     """
 
     def __init__(self, device: Any, threads: int) -> None:
         self.device = device
         self.threads = threads
-        self._head: LiteRTHead | None = None
+        self._reference: LiteRTHead | None = None
         self._inputs: list[np.ndarray] = []
+        self._paces: deque[float] = deque(maxlen=SPLIT_PACES)
+        self.factor = 0.0
+        self.native_ms = 0.0
 
-    def measure(self) -> float:
+    @property
+    def _budget_ms(self) -> float:
+        spec = self.device.spec
+        return float(spec.reference.latency_ms - spec.call_ms)
+
+    def prepare(self) -> None:
         from dnntune.model.loading import load_model
-        from dnntune.profiling.stats import undisturbed_mean
 
-        if self._head is None:
+        if self._reference is None:
             loaded = load_model(self.device.spec.reference.model, calibrate=False)
             tflite = convert_keras(loaded.model, loaded.input_shapes, loaded.input_dtypes,
                                    "fp32", loaded.seed, loaded.name)
-            self._head = LiteRTHead(tflite, ["output"], self.threads)
+            self._reference = LiteRTHead(tflite, ["output"], self.threads)
             self._inputs = loaded.example_inputs()
-        for _ in range(RATIO_RUNS // 3):
-            self._head.timed(self._inputs)
-        lite = undisturbed_mean([self._head.timed(self._inputs)[1] * 1e3
-                                 for _ in range(RATIO_RUNS)])
-        tf_ms = self.device.measure_native(RATIO_RUNS, RATIO_RUNS // 3).latency_ms
-        return float(tf_ms / lite)
+
+    def _run(self) -> float:
+        self.prepare()
+        assert self._reference is not None
+        return self._reference.timed(self._inputs)[1] * 1e3
+
+    def refresh(self) -> float:
+        """Fit the factor on the reference's native LiteRT time now; returns it."""
+        from dnntune.profiling.stats import undisturbed_mean
+
+        for _ in range(REFRESH_WARMUP):
+            self._run()
+        self.native_ms = undisturbed_mean([self._run() for _ in range(REFRESH_RUNS)])
+        self.factor = self._budget_ms / self.native_ms
+        self._paces.clear()
+        return self.factor
+
+    def pace(self) -> None:
+        """Run the reference once before a head; the factor follows the last few runs."""
+        self._paces.append(self._run())
+        self.factor = self._budget_ms / float(np.median(self._paces))
+
+    def hold(self, started: float, native_in_graph_s: float) -> None:
+        """Wait until the head that started at ``started`` would have finished on the
+        phone: ``factor x native + call``."""
+        call_ms = float(self.device.spec.call_ms)
+        deadline = started + (self.factor * native_in_graph_s * 1e3 + call_ms) / 1e3
+        while (left := deadline - time.perf_counter()) > 0:
+            time.sleep(left)
 
 
 class HeadCache:

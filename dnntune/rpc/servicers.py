@@ -483,8 +483,10 @@ class DeviceServicer:
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
                                reference=entry.reference_outputs(),
-                               hold=self.s.device.hold if self.s.device else None,
-                               pace=self.s.device.pace_split if self.s.device else None)
+                               hold=getattr(split, "hold", None) or (
+                                   self.s.device.hold if self.s.device else None),
+                               pace=getattr(split, "pace", None) or (
+                                   self.s.device.pace_split if self.s.device else None))
         return pb2.SplitReply(
             runs=[pb2.SplitRun(total_ms=r.total_ms, head_ms=r.head_ms,
                                transfer_ms=r.transfer_ms, tail_ms=r.tail_ms)
