@@ -88,9 +88,6 @@ class LiteRTSplit:
     head: LiteRTHead | None
     hold: Callable[[float, float], None] | None = None
     pace: Callable[[], object] | None = None
-    # run_split paces before each head; a LiteRT head, profiled back to back, is then
-    # warmed once more after the reference's run.
-    warm_after_pace: bool = True
 
     @property
     def cut(self) -> Any:

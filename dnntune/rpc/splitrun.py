@@ -64,13 +64,9 @@ def run_split(loaded: LoadedModel, split: Any, cloud: Any, spec: Any, num_runs: 
             # run warms them, as profiling does. The reference then runs right after a
             # head, as it runs right after the model's runs in a paced profile, so the
             # factor is fitted on the host in the same state.
-            after_pace = getattr(split, "warm_after_pace", False)
-            if not after_pace:
-                split.run_head_timed(inputs)
+            split.run_head_timed(inputs)
             if pace is not None:
                 pace()
-            if after_pace:  # a LiteRT head: profiled back to back, never after TensorFlow
-                split.run_head_timed(inputs)
         t0 = time.perf_counter()
         if hold is not None and split.head is not None:
             held, head_s = split.run_head_timed(inputs)
