@@ -190,6 +190,27 @@ def test_an_old_server_gets_streams_from_a_new_client():
         state.store.close()
 
 
+def test_a_call_over_the_servers_message_limit_goes_as_a_stream():
+    """The client sizes unary calls by its own limit (16 MiB); a server started with a
+    smaller one answers RESOURCE_EXHAUSTED, and the same call goes as a stream."""
+    small = create_server(ServerOptions(port=0, max_message_mb=4, max_tensor_mb=8))
+    c = ProfilerClient(Endpoint(f"127.0.0.1:{small.port}"))
+    calls = []
+    for name in ("_echo_unary", "_echo"):
+        method = getattr(c, name)
+        setattr(c, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    try:
+        big = awkward("float32", (1_250_000,))
+        assert same_bits(c.echo([("big", big)])["big"], big)
+        assert calls == ["_echo_unary", "_echo"]
+        assert c.unary  # still on: the next call that fits goes as one message
+        x = awkward("int8")
+        assert same_bits(c.echo([("x", x)])["x"], x)
+    finally:
+        c.close()
+        small.stop(0)
+
+
 def test_a_malformed_unary_call_is_invalid_argument_and_the_server_serves_on(server):
     import grpc
 
