@@ -232,7 +232,7 @@ def test_hysteresis_holds_near_a_boundary_and_follows_a_real_change(bundle_dir):
 def test_policy_documents_with_holes_or_foreign_cuts_are_refused(bundle_dir):
     doc = load_bundle(bundle_dir).policy.to_dict()
     for mutate, needle in [
-        (lambda d: d["metrics"]["energy"]["cut"].pop(), "expected 7 rows"),
+        (lambda d: d["metrics"]["energy"]["cut"].pop(), "expected 10 rows"),
         (lambda d: d["metrics"]["latency"]["cut"][0].__setitem__(0, 5), "a cut of 'cuts'"),
         (lambda d: d["metrics"]["latency"]["latency_ms"][0].__setitem__(0, None), "finite"),
         (lambda d: d.__setitem__("up_mbps", [1, 1, 2]), "increasing"),

@@ -35,7 +35,7 @@ from dnntune.errors import DnntuneError
 POLICY_SCHEMA = 1
 METRICS = ("latency", "energy")
 DEFAULT_UP_MBPS = tuple(float(f"{x:.4g}") for x in np.geomspace(0.1, 1000.0, 41))
-DEFAULT_RTT_MS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 300.0)
+DEFAULT_RTT_MS = (5.0, 10.0, 20.0, 30.0, 45.0, 65.0, 100.0, 150.0, 200.0, 300.0)
 DEFAULT_HYSTERESIS = 0.25
 
 
@@ -95,9 +95,9 @@ class Policy:
                 "hysteresis": self.hysteresis, "up_mbps": list(self.up_mbps),
                 "rtt_ms": list(self.rtt_ms), "cuts": list(self.cuts),
                 "metrics": {m: {"cut": [list(r) for r in self.choice[m]],
-                                "latency_ms": [[round(v, 2) for v in r]
+                                "latency_ms": [[_short(v) for v in r]
                                                for r in self.latency_ms[m]],
-                                "energy_mj": [[round(v, 2) for v in r]
+                                "energy_mj": [[_short(v) for v in r]
                                               for r in self.energy_mj[m]]}
                             for m in self.choice}}
 
@@ -137,6 +137,11 @@ class Policy:
             raise PolicyError(f"{where}: hysteresis must be in [0, 1), got {hysteresis!r}")
         return cls(str(data.get("link", "")), str(data.get("radio", "")), up, rtt,
                    tuple(cuts), choice, latency, energy, float(hysteresis))
+
+
+def _short(value: float) -> float:
+    """Four significant digits: a prediction is no better, and the table stays small."""
+    return float(f"{value:.4g}")
 
 
 def _metric(metric: str) -> str:

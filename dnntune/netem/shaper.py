@@ -341,8 +341,9 @@ class ShapingProxy:
                 direction.bytes_per_ms = rate * BYTES_PER_MS_PER_MBPS
                 direction.delay_ms = link.rtt_ms / 2.0
             self.link = link
+            done.set()
         done = threading.Event()
-        loop.call_soon_threadsafe(lambda: (apply(), done.set()))
+        loop.call_soon_threadsafe(apply)
         if not done.wait(START_TIMEOUT_S):
             raise DnntuneError("shaping proxy: its loop did not take the new link")
 

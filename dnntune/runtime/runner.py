@@ -86,18 +86,23 @@ class SplitRunner:
         emulate_ms: Emulate a phone whose whole model takes this long (see above).
         probe_every_s: Probe interval while nothing crosses.
         initial_up_mbps: The uplink assumed before anything was measured.
+        fixed_cut: Always this cut (a baseline: always cloud-only, always mobile-only);
+            the fallbacks still apply.
     """
 
     def __init__(self, bundle: Bundle, cloud: Any = None, objective: str = "latency-first",
                  deadline_ms: float | None = None, threads: int = 1,
                  emulate_ms: float | None = None, probe_every_s: float = 2.0,
-                 initial_up_mbps: float = 1.0) -> None:
+                 initial_up_mbps: float = 1.0, fixed_cut: int | None = None) -> None:
         from dnntune.analysis.links import preset_links
 
         if deadline_ms is not None and not (math.isfinite(deadline_ms) and deadline_ms > 0):
             raise DnntuneError(f"--deadline-ms must be a positive number, got {deadline_ms!r}")
         self.bundle = bundle
         self.manifest = bundle.manifest
+        self.fixed_cut = fixed_cut
+        if fixed_cut is not None:
+            self.manifest.cut(fixed_cut)  # one line if the bundle does not ship it
         self.chooser = CutChooser(bundle.policy, objective)
         self.deadline_ms = deadline_ms
         self.threads = threads
@@ -219,24 +224,33 @@ class SplitRunner:
         self.up_mbps = math.exp((1 - EWMA) * math.log(self.up_mbps) + EWMA * math.log(mbps))
 
     def _server_ready(self) -> bool:
+        return self._client is not None and self._down_until == 0.0
+
+    def _between(self) -> None:
+        """After an inference, off its clock (an app does this on another thread): probe a
+        link that carried nothing lately, or try a server that failed once its backoff
+        has passed."""
         if self.endpoint is None:
-            return False
-        if self._client is not None and self._down_until == 0.0:
+            return
+        if self._server_ready():
             if time.monotonic() - self._last_sample > self.probe_every_s:
                 try:
                     self._probe()
                 except DnntuneError:
                     self._mark_down()
-                    return False
-            return True
-        if time.monotonic() < self._down_until:
-            return False
-        return self._reconnect()
+        elif time.monotonic() >= self._down_until:
+            self._reconnect()
 
     # --- one inference --------------------------------------------------------------
 
     def infer(self, inputs: Sequence[np.ndarray]) -> InferenceResult:
         """Run one inference; never raises for a server problem (it falls back)."""
+        try:
+            return self._infer(inputs)
+        finally:
+            self._between()
+
+    def _infer(self, inputs: Sequence[np.ndarray]) -> InferenceResult:
         seq = self._seq
         self._seq += 1
         start = time.perf_counter()
@@ -244,7 +258,8 @@ class SplitRunner:
         if not self._server_ready():
             reason = "no server" if self.endpoint is None else "server down"
             return self._local(seq, start, inputs, reason, fell_back=self.endpoint is not None)
-        index = self.chooser.choose(self.up_mbps, self.rtt_ms)
+        index = (self.chooser.choose(self.up_mbps, self.rtt_ms) if self.fixed_cut is None
+                 else self.fixed_cut)
         predicted, _ = self.bundle.policy.predicted(self.chooser.metric, self.up_mbps,
                                                     self.rtt_ms)
         if index == full.index:
