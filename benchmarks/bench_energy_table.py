@@ -38,7 +38,8 @@ def dnntune(*args: str) -> dict[str, Any]:
     """Run ``dnntune`` (JSON on stdout) and return its document."""
     done = subprocess.run([sys.executable, "-m", "dnntune", *args, "--format", "json"],
                           check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
 
 
 def profile(model: str, work: Path, num_runs: int) -> tuple[Path, float, float, float]:
