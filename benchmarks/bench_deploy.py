@@ -20,6 +20,7 @@ switches and the largest output difference from the unsplit Keras model.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import socket
@@ -76,7 +77,7 @@ def main() -> None:
     loaded = load_model(args.model)
     samples = load_samples(loaded.input_shapes[0][1:], args.model, limit=5)
     inputs = [[x[np.newaxis]] for x in samples.inputs]
-    reference = [loaded.model(x[0]).numpy() for x in inputs]
+    reference = [loaded.model(x).numpy() for x in inputs]
     print(f"{args.model}: bundle cuts {[c.index for c in manifest.cuts]}, phone "
           f"{args.emulate} dilated to mobile-only {emulate_ms:.1f} ms; policy link "
           f"{bundle.policy.link}; samples {samples.describe()}")
@@ -190,7 +191,7 @@ def _report(bundle: Any, presets: Any, phases: list[tuple[str, int]],
               f"{reached if reached is not None else '-':>14}{median:>11.1f}{predicted:>11.1f}"
               f"{median / predicted:>7.2f}" + "".join(f"{v:>16.1f}" for v in base.values()))
     cuts = [r["cut"] for r in adaptive]
-    switches = sum(a != b for a, b in zip(cuts, cuts[1:], strict=False))
+    switches = sum(a != b for a, b in itertools.pairwise(cuts))
     errors = [float(np.max(np.abs(r["output"] - reference[r["seq"] % len(reference)])))
               for r in adaptive]
     print(f"{len(adaptive)} inferences, {sum(r['fell_back'] for r in adaptive)} fallbacks, "

@@ -17,11 +17,12 @@ __all__ = ["RunningServer", "ServerOptions", "create_server"]
 
 
 def create_server(options: ServerOptions, upload_dir: str | None = None,
-                  models: Sequence[str] = ()) -> RunningServer:
+                  models: Sequence[tuple[str, Sequence[int]]] = ()) -> RunningServer:
     """Start a cloud server (Profiler + Cloud services, health) and return it running.
 
-    ``models`` are model files the operator serves (``serve --bundle``): stored as if
-    uploaded, by sha256, and never evicted.
+    ``models`` are model files the operator serves (``serve --bundle``) with the cuts to
+    prepare: stored as if uploaded, by sha256, never evicted, loaded and each cut's tail
+    run once before the server listens.
     """
     from dnntune.rpc.servicers import (
         CloudServicer,
@@ -33,8 +34,8 @@ def create_server(options: ServerOptions, upload_dir: str | None = None,
 
     state, services = make_state("cloud", options, upload_dir)
     try:
-        for path in models:
-            state.store.pin(path)
+        for path, cuts in models:
+            state.store.prepare(state.store.pin(path), cuts)
     except BaseException:
         state.store.close()
         raise

@@ -208,7 +208,7 @@ def test_policy_round_trips_and_looks_up_conservatively(bundle_dir):
     assert 21 not in {c for row in policy.choice["latency"] for c in row}
     # Below the grid: its first column; a bandwidth between columns: the lower one.
     assert policy.cell(0.01, 50.0)[1] == 0
-    row, col = policy.cell(policy.up_mbps[3] * 1.01, 50.0)
+    _row, col = policy.cell(policy.up_mbps[3] * 1.01, 50.0)
     assert col == 3
     with pytest.raises(DnntuneError):
         policy.cell(-1.0, 50.0)

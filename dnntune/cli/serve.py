@@ -140,7 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_early(args, options)
     bundles = [load_bundle(d) for d in args.bundle]  # every hash checked before serving
     running = create_server(options, upload_dir=args.upload_dir,  # type: ignore[arg-type]
-                            models=[str(b.path(b.manifest.model_file)) for b in bundles])
+                            models=[(str(b.path(b.manifest.model_file)),
+                                     [c.index for c in b.manifest.cuts]) for b in bundles])
     for b in bundles:
         m = b.manifest
         print(f"serving bundle {b.directory}: {m.model['name']} as ModelSpec.sha256 "

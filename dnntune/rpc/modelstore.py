@@ -235,6 +235,20 @@ class ModelStore:
         self.save_upload(sha256, source.suffix, source.stat().st_size, parts())
         return sha256
 
+    def prepare(self, sha256: str, cuts: Iterable[int]) -> None:
+        """Load an uploaded model and run the tail of each of ``cuts`` once on zeros, so
+        that a request finds the model built and its tails compiled (``serve --bundle``
+        does this before it serves: nothing is built at request time)."""
+        import numpy as np
+
+        entry = self.get(ModelKey(sha256=sha256))
+        graph = entry.loaded.graph
+        for index in cuts:
+            split = entry.split(index)
+            if split.tail is not None:
+                split.run_tail([np.zeros(graph.tensor(n).shape, graph.tensor(n).dtype)
+                                for n in split.tail_inputs])
+
     def _evict_files(self) -> None:
         files = sorted((p for p in self.upload_dir.iterdir()
                         if p.suffix in MODEL_SUFFIXES and _is_plain_file(p)

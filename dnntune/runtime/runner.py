@@ -7,7 +7,8 @@ estimates from its own traffic:
 
 * RTT: a one-element ``Echo``, at start and on every probe (the smallest seen recently);
 * uplink: every tail call's bytes over its network time (wall time minus the cloud's
-  reported receive and compute, minus the RTT), smoothed in log space; while nothing is
+  reported compute, minus the RTT), smoothed in log space (a sample over 2x off is a
+  new link and is taken as it is); while nothing is
   sent (mobile-only, or the server down) a probe ``Echo`` of :data:`PROBE_BYTES` every
   ``probe_every_s`` seconds measures it (its way back at the policy link's downlink).
 
@@ -41,6 +42,7 @@ from dnntune.errors import DnntuneError
 PROBE_BYTES = 64_000
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 EWMA = 0.5          # weight of a new uplink sample (log space)
+JUMP = 2.0          # a sample this many times off the estimate is a new link: taken as is
 MIN_SAMPLE_BYTES = 8_000  # smaller transfers say more about the RTT than the uplink
 HEAD_TIMING_RUNS = 5
 
@@ -221,7 +223,11 @@ class SplitRunner:
             return
         mbps = nbytes * 8 / (max(up_ms, 0.05) * 1e3)
         self._last_sample = time.monotonic()
-        self.up_mbps = math.exp((1 - EWMA) * math.log(self.up_mbps) + EWMA * math.log(mbps))
+        if abs(math.log(mbps / self.up_mbps)) > math.log(JUMP):  # a handover: follow it
+            self.up_mbps = mbps
+        else:
+            self.up_mbps = math.exp((1 - EWMA) * math.log(self.up_mbps)
+                                    + EWMA * math.log(mbps))
 
     def _server_ready(self) -> bool:
         return self._client is not None and self._down_until == 0.0
@@ -301,7 +307,7 @@ class SplitRunner:
                 reason = _short(str(exc))
             return self._local(seq, start, inputs, reason, True, head_ms)
         wall_ms = (time.perf_counter() - sent) * 1e3
-        cloud_ms = (timing.receive_ms + timing.compute_ms + timing.load_ms) if timing else 0.0
+        cloud_ms = (timing.compute_ms + timing.load_ms) if timing else 0.0  # receive: link
         network_ms = max(wall_ms - cloud_ms, 0.0)
         self._sample(nbytes, network_ms - self.rtt_ms)
         held.update(outputs)
