@@ -368,3 +368,38 @@ def test_run_refuses_bad_inputs_in_one_line(bundle_dir, tmp_path):
     assert_one_line_error(run_cli(["run", "--bundle", str(bundle_dir)]), "no inputs")
     assert_one_line_error(run_cli(["run", "--bundle", str(tmp_path / "none"),
                                    "--generated", "1"]), "not a folder")
+
+
+def test_the_server_answers_a_foreign_bundle_and_a_bad_cut_with_the_right_status(
+        bundle_dir, served):
+    """What a client written from proto/ and the manifest meets: NOT_FOUND for a model
+    the server does not hold, INVALID_ARGUMENT for a cut outside the model; the server
+    keeps serving."""
+    import grpc
+
+    from dnntune.rpc.protocol import load_protocol
+
+    port, proc = served
+    pb2, services = load_protocol()
+    m = load_bundle(bundle_dir).manifest
+    x = np.zeros((1, 32, 32, 3), np.float32)
+
+    def tail(sha: str, cut: int) -> grpc.StatusCode:
+        spec = pb2.ModelSpec(sha256=sha)
+        header = pb2.TailRequest(header=pb2.TailHeader(
+            model=spec, cut_index=cut, head=pb2.ModelIdentity(sha256=sha)))
+        tensor = pb2.TailRequest(tensor=pb2.TensorChunk(
+            name=m.model["inputs"][0]["name"], dtype="float32", shape=list(x.shape),
+            total_bytes=x.nbytes, data=x.tobytes()))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = services.CloudStub(channel).RunTail(iter([header, tensor]), timeout=60)
+            try:
+                list(call)
+            except grpc.RpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    assert tail("ab" * 32, 0) == grpc.StatusCode.NOT_FOUND
+    assert tail(m.model_sha256, 999) == grpc.StatusCode.INVALID_ARGUMENT
+    assert tail(m.model_sha256, 0) == grpc.StatusCode.OK
+    assert proc.poll() is None
