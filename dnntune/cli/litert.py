@@ -140,6 +140,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--num_threads", type=flags.THREADS, default=1, metavar="N")
     s.add_argument("--out", metavar="DIR", help="write study.json, study.csv, study.png")
     s.add_argument("--format", choices=["table", "json"], default="table")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(s)
     s.set_defaults(handler=run_study_frameworks)
 
 
@@ -164,6 +167,9 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_study(rows, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    from dnntune.cli.store import record
+
+    record(args, {"rows": [r.to_dict() for r in rows]}, "study")  # after the files
     if args.format == "json":
         json.dump({"rows": [r.to_dict() for r in rows]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
