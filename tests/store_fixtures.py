@@ -90,8 +90,12 @@ def _run_as() -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def start_postgres() -> Iterator[PostgresServer]:
-    """Start a server, yield it, stop it and remove its files (also on failure)."""
+def start_postgres(fsync: bool = False) -> Iterator[PostgresServer]:
+    """Start a server, yield it, stop it and remove its files (also on failure).
+
+    Tests run without fsync (``-F``); a benchmark asks for ``fsync=True``, durable commits
+    as SQLite makes them.
+    """
     bindir = postgres_bindir()
     run_as = _run_as()
     base = "/tmp" if run_as and Path("/tmp").is_dir() else None  # traversable by nobody
@@ -106,7 +110,8 @@ def start_postgres() -> Iterator[PostgresServer]:
                         f"--pwfile={root / 'pw'}", "-A", "scram-sha-256", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, text=True,
                        timeout=120, **run_as)
-        options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c max_connections=40"
+        options = (f"-h 127.0.0.1 -p {server.port} -k {root} -c max_connections=40"
+                   + ("" if fsync else " -F"))
         server.pg_ctl("-w", "-t", "60", "-l", str(root / "log"), "-o", options, "start")
     except subprocess.CalledProcessError as exc:
         log = (root / "log").read_text()[-2000:] if (root / "log").is_file() else ""
