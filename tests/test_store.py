@@ -167,6 +167,10 @@ def test_postgres_errors_name_the_store_without_the_password(
     closed = postgres.url().replace(f":{postgres.port}/", ":1/")
     with pytest.raises(StoreError, match="cannot connect"):
         open_store(closed)
+    for unreachable in ("postgresql://u:p@192.0.2.1:5432/db",  # TEST-NET-1: no route
+                        "postgresql://u:p@no-such-host.invalid/db"):
+        with pytest.raises(StoreError, match="cannot connect"):  # within the 3 s timeout
+            open_store(unreachable)
     with pytest.raises(StoreError, match="port is not a number"):
         open_store("postgresql://u:p@localhost:pg/db")
     with pytest.raises(StoreError, match="does not exist"):
@@ -252,7 +256,12 @@ def test_cli_names_a_corrupt_sqlite_store(tmp_path: Path) -> None:
 
 
 def validation_body(model: str = "chain") -> dict[str, Any]:
-    """What ``validate --out`` writes (``Validation.to_dict()``), built from its types."""
+    """What ``validate --out`` writes (``Validation.to_dict()``)."""
+    return validation(model).to_dict()
+
+
+def validation(model: str) -> Any:
+    """A validate run of three cuts on Wi-Fi, built from its types."""
     from dnntune.validation.validate import CutValidation, LinkValidation, Validation
 
     cut = CutValidation(index=1, after="l1", bytes_up=40, predicted_ms=10.0,
@@ -262,7 +271,7 @@ def validation_body(model: str = "chain") -> dict[str, Any]:
     cuts = (cut, *[__import__("dataclasses").replace(cut, index=i, measured_ms=9.0 + i)
                    for i in (2, 3)])
     link = LinkValidation("wifi", 18.88, 54.97, 10.0, {"kind": "proxy"}, cuts)
-    return Validation(model, 3, (link,), "emulated:pixel").to_dict()
+    return Validation(model, 3, (link,), "emulated:pixel")
 
 
 def test_validations_studies_analyses_recorded_once(store_url: str) -> None:
@@ -379,6 +388,34 @@ def test_a_store_that_cannot_be_used_loses_no_run(store_url: str, tmp_path: Path
     assert "wrong" not in kept.stderr
     quiet = _analyze([*files, "--store", bad, "--no-store"])
     assert quiet.returncode == 0 and "store" not in quiet.stderr, quiet.stderr
+
+
+def test_study_and_validate_commands_record_after_their_files(store_url: str,
+                                                              tmp_path: Path) -> None:
+    """A real `dnntune study frameworks` (tiny MLP, TensorFlow only) records its rows; the
+    validate command's writer records what it wrote to validation.json."""
+    import argparse
+    import contextlib
+    import io
+
+    from dnntune.cli.validate import _write_and_print
+
+    study = cli(["study", "frameworks", "--model", "tiny_mlp", "--frameworks", "tf",
+                 "--num_runs", "2", "--warmup_runs", "1", "--out", str(tmp_path / "study"),
+                 "--store", store_url, "--format", "json"])
+    assert study.returncode == 0, study.stderr[-2000:]
+    doc = json.loads((tmp_path / "study" / "study.json").read_text())
+    out = tmp_path / "validate"
+    args = argparse.Namespace(out=str(out), format="json", store=store_url, no_store=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        _write_and_print(args, validation("tiny_mlp"))
+    with open_store(store_url) as store:
+        assert store.body("study", 1) == doc
+        assert list(store.studies()["models"]) == ["tiny_mlp"]
+        assert store.body("validation", 1) == json.loads((out / "validation.json").read_text())
+    listed = cli(["store", "--store", store_url, "list", "--kind", "validation", "--model",
+                  "tiny_mlp"])
+    assert listed.returncode == 0 and "emulated:pixel" in listed.stdout, listed.stdout
 
 
 def test_default_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
