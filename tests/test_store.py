@@ -206,7 +206,7 @@ def _writer(url: str, worker: int, count: int) -> None:
 
 
 def test_concurrent_writer_processes_lose_nothing(store_url: str) -> None:
-    open_store(store_url).close()
+    """8 processes open a fresh store at once (so they race to create the schema too)."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(store_url, w, 10)) for w in range(8)]
     for p in procs:
