@@ -283,6 +283,10 @@ def test_validations_studies_analyses_recorded_once(store_url: str) -> None:
     assert record_quietly(validation_body(), store_url, kind="validation") == first
     assert record_quietly(study, store_url, kind="study") == \
         record_quietly(study, store_url, kind="study")
+    for framework in ("litert 2.3.0 int8 (XNNPACK)", "LiteRT benchmark_model fp16"):
+        litert = {**profile_body("chain"), "measured_cuts": {"framework": framework}}
+        assert record_quietly(litert, store_url) is not None  # profile --framework litert,
+        # import-profile
     analysis = record_quietly({"model": "chain", "cuts": [1, 2]}, store_url, kind="analysis",
                               profiles=[profile_body("chain"), profile_body("chain", scale=2)])
     with open_store(store_url) as store:
@@ -293,6 +297,8 @@ def test_validations_studies_analyses_recorded_once(store_url: str) -> None:
         assert row.median_abs_error_pct == pytest.approx(10.0)
         assert list(store.studies()["models"]) == ["a,b"]
         assert list(store.study_rows()["precision"]) == ["fp32", "int8"]
+        lite = store.profiles(framework="litert")
+        assert list(lite["precision"]) == ["int8", "fp16"]
         stored = store.analyses()
         assert list(stored["id"]) == [analysis] and list(stored["model_name"]) == ["chain"]
         assert (store.body("profile", int(stored["device_profile_id"][0]))

@@ -79,6 +79,9 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--num-threads", type=int, default=0, metavar="N",
                    help="threads the phone ran with, for the record (default: 0, unknown)")
     p.add_argument("--out", required=True, metavar="FILE", help="device profile to write")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(p)
     p.set_defaults(handler=run_import)
 
 
@@ -118,6 +121,9 @@ def run_import(args: argparse.Namespace) -> int:
     print(f"{path}: {len(rows)} ops mapped to {loaded.name}'s layers; "
           f"{len(measured.cuts)} cuts (those LiteRT keeps); whole model "
           f"{profile.end_to_end.mean_ms:.3g} ms; {measured.source}")
+    from dnntune.cli.store import record
+
+    record(args, profile.to_dict(), "profile")  # after the file; a failure is one line
     return 0
 
 

@@ -19,6 +19,7 @@ from dnntune.errors import DnntuneError
 from dnntune.store.backends import StoreError
 from dnntune.store.database import Store, open_store
 
+PRECISIONS = ("fp32", "fp16", "int8")
 RUN_FILES = ("device.json", "cloud.json", "analysis.json", "validation.json", "study.json")
 
 
@@ -28,10 +29,10 @@ def profile_columns(body: Mapping[str, Any]) -> dict[str, Any]:
     emulation = meta.get("emulation") or {}
     framework, precision = "tensorflow", "fp32"
     cuts = body.get("measured_cuts")
-    if cuts:  # "litert 2.3.0 fp32 (XNNPACK)"
-        words = str(cuts["framework"]).split()
+    if cuts:  # "litert 2.3.0 fp32 (XNNPACK)", "LiteRT benchmark_model int8" (imported)
+        words = str(cuts["framework"]).lower().split()
         framework = words[0] if words else framework
-        precision = words[2] if len(words) > 2 else precision
+        precision = next((w for w in words if w in PRECISIONS), precision)
     return {"model_name": meta["model_name"], "model_sha256": meta["model_hash"],
             "side": meta["side"], "device_label": str(emulation.get("label", "measured")),
             "num_threads": int(meta["num_threads"]), "host": meta["host"],
