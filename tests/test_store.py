@@ -86,6 +86,8 @@ def test_dedup_keeps_one_copy_and_dataframes(store_url: str) -> None:
         assert store.profile_body(first.id) == profile_body("m")
         assert len(store.all_layers(model_name="m")) == 6
         assert store.count("layers") == 6
+        mine = store.frame("SELECT COUNT(*) AS n FROM profiles WHERE model_name LIKE 'm%'")
+        assert int(mine["n"][0]) == 2  # a literal % in SQL, on both backends
         with pytest.raises(StoreError, match="no profile with id 999"):
             store.profile_body(999)
         with pytest.raises(StoreError, match="unknown filter"):

@@ -49,8 +49,6 @@ class StoredProfile:
     created: bool  # False when an identical record was already stored
 
 
-StoredRecord = StoredProfile
-
 
 class Store:
     """One store; every write is a transaction, retried when the database is busy.
@@ -91,6 +89,8 @@ class Store:
             raise StoreError(self.backend.describe(exc)) from None
 
     def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        if not params:  # psycopg reads % as a marker only when given parameters: LIKE 'a%'
+            return self._db.execute(self.backend.sql(statement))
         return self._db.execute(self.backend.sql(statement), tuple(params))
 
     def version(self) -> int:
