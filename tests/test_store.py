@@ -426,6 +426,44 @@ def test_study_and_validate_commands_record_after_their_files(store_url: str,
     assert listed.returncode == 0 and "emulated:pixel" in listed.stdout, listed.stdout
 
 
+def test_the_docs_postgresql_recipe_runs(tmp_path: Path) -> None:
+    """docs/store.md's recipe, line by line: the server lines as the server's user (nobody
+    when root), the others as this user, on a free port instead of 5432."""
+    import re
+    import shutil
+    import tempfile
+
+    from tests.store_fixtures import _free_port, _run_as, postgres_bindir
+
+    text = (REPO / "docs" / "store.md").read_text()
+    match = re.search(r"<!-- recipe: store-postgres\b.*?-->\s*```sh\n(.*?)```", text, re.S)
+    assert match, "docs/store.md lost its store-postgres recipe"
+    lines = match.group(1).replace("5432", str(_free_port())).strip().splitlines()
+    run_as = _run_as()
+    work = Path(tempfile.mkdtemp(prefix="dnntune-recipe-", dir="/tmp" if run_as else None))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        if run_as:
+            os.chown(work, run_as["user"], run_as["group"])
+        assert lines[0].startswith("PG=")
+        found = subprocess.run(["bash", "-c", f"{lines[0]}; echo $PG"], env=env, text=True,
+                               capture_output=True).stdout.strip()  # no pgserver: ""
+        env["PG"] = found if Path(found, "initdb").is_file() else str(postgres_bindir())
+        outputs = []
+        for line in lines[1:]:
+            server_side = line.startswith(("$PG/", "echo"))
+            done = subprocess.run(["bash", "-c", line], cwd=work, env=env, text=True,
+                                  capture_output=True, timeout=120,
+                                  **(run_as if server_side else {}))
+            assert done.returncode == 0, (line, done.stderr[-2000:])
+            outputs.append(done.stdout)
+        assert "(no profile records)" in outputs[-2]
+    finally:
+        subprocess.run(["bash", "-c", f"{env.get('PG', '')}/pg_ctl -D pgdata -w stop"],
+                       cwd=work, env=env, capture_output=True, **run_as)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def test_default_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from dnntune.store import default_url
 
