@@ -403,3 +403,18 @@ def test_the_server_answers_a_foreign_bundle_and_a_bad_cut_with_the_right_status
     assert tail(m.model_sha256, 999) == grpc.StatusCode.INVALID_ARGUMENT
     assert tail(m.model_sha256, 0) == grpc.StatusCode.OK
     assert proc.poll() is None
+
+
+def test_export_from_a_config_runs_the_analysis_first(tmp_path):
+    config = tmp_path / "mlp.yaml"
+    text = (REPO / "configs" / "mnist_mlp.yaml").read_text()
+    config.write_text(text.replace("num_runs: 50", "num_runs: 5"))
+    out = tmp_path / "bundle"
+    result = run_cli(["export", "--config", str(config), "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "bundle-analysis" / "analysis.json").is_file()
+    bundle = load_bundle(out)
+    assert bundle.manifest.model["name"] == "mnist_mlp"
+    assert all(c.max_abs_error < 1e-4 for c in bundle.manifest.cuts)
+    assert_one_line_error(run_cli(["export", str(tmp_path), "--config", str(config),
+                                   "--out", str(tmp_path / "x")]), "one of them")

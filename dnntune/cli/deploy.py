@@ -21,8 +21,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
                     "model for the server's RunTail, manifest.json (hashes, tensors, "
                     "predictions) and policy.json (best cut per uplink x RTT). See "
                     "docs/deploy.md.")
-    p.add_argument("run_dir", metavar="RUN_DIR",
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
                    help="an analysis folder with device.json, cloud.json and analysis.json")
+    p.add_argument("--config", metavar="FILE",
+                   help="instead of RUN_DIR: run 'dnntune analyze --config FILE' first, into "
+                        "the folder <out>-analysis, and export from it")
     p.add_argument("--out", required=True, metavar="DIR", help="the bundle folder (new)")
     p.add_argument("--model", metavar="M",
                    help="the model file profiled (default: the zoo model the profile names)")
@@ -77,7 +80,9 @@ def run_export(args: argparse.Namespace) -> int:
     from dnntune.model.loading import load_model
     from dnntune.profiling.profile import load_profile
 
-    run = Path(args.run_dir)
+    if (args.run_dir is None) == (args.config is None):
+        raise DnntuneError("give an analysis folder (RUN_DIR) or --config FILE, one of them")
+    run = Path(args.run_dir) if args.run_dir else _analyze_first(args.config, args.out)
     for name in ("device.json", "cloud.json", "analysis.json"):
         if not (run / name).is_file():
             raise DnntuneError(f"{run}: no {name}; give a folder written by "
@@ -125,6 +130,19 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  cut {cut.index:>4} {cut.after or 'cloud-only'!s:<28} "
               f"max |head+tail - model| {cut.max_abs_error:.2e}")
     return 0
+
+
+def _analyze_first(config: str, out: str) -> Path:
+    """``dnntune analyze --config FILE --out <out>-analysis``, as the user would run it."""
+    from dnntune.cli.analyze import add_analyze_arguments, run_analyze
+
+    run = Path(f"{str(out).rstrip('/')}-analysis")
+    parser = argparse.ArgumentParser(prog="dnntune analyze")
+    add_analyze_arguments(parser)
+    code = run_analyze(parser.parse_args(["--config", config, "--out", str(run)]))
+    if code != 0:
+        raise DnntuneError(f"--config {config}: the analysis failed (exit code {code})")
+    return run
 
 
 def run_run(args: argparse.Namespace) -> int:
