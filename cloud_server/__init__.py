@@ -9,13 +9,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dnntune.rpc.serving import RunningServer, ServerOptions
 
 __all__ = ["RunningServer", "ServerOptions", "create_server"]
 
 
-def create_server(options: ServerOptions, upload_dir: str | None = None) -> RunningServer:
-    """Start a cloud server (Profiler + Cloud services, health) and return it running."""
+def create_server(options: ServerOptions, upload_dir: str | None = None,
+                  models: Sequence[tuple[str, Sequence[int]]] = ()) -> RunningServer:
+    """Start a cloud server (Profiler + Cloud services, health) and return it running.
+
+    ``models`` are model files the operator serves (``serve --bundle``) with the cuts to
+    prepare: stored as if uploaded, by sha256, never evicted, loaded and each cut's tail
+    run once before the server listens.
+    """
     from dnntune.rpc.servicers import (
         CloudServicer,
         ProfilerServicer,
@@ -25,6 +33,12 @@ def create_server(options: ServerOptions, upload_dir: str | None = None) -> Runn
     from dnntune.rpc.serving import build_server
 
     state, services = make_state("cloud", options, upload_dir)
+    try:
+        for path, cuts in models:
+            state.store.prepare(state.store.pin(path), cuts)
+    except BaseException:
+        state.store.close()
+        raise
 
     def register(server: object) -> list[str]:
         services.add_ProfilerServicer_to_server(ProfilerServicer(state), server)

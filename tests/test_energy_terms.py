@@ -20,12 +20,20 @@ from dnntune.analysis.costs import (
     layer_costs,
     prefix_table,
 )
-from dnntune.analysis.links import Link, load_links_file, preset_links, scaled_radio
+from dnntune.analysis.links import (
+    Link,
+    asdict_numbers,
+    links_to_yaml,
+    load_links_file,
+    preset_links,
+    scaled_radio,
+)
 from dnntune.analysis.partition import Objective
 from dnntune.analysis.sensitivity import energy_robustness
 from dnntune.errors import ConfigError
 from tests.analyzer_fixtures import chain_graph, make_profiles
 
+REPO = Path(__file__).resolve().parents[1]
 # in(1 MB) -> l1(250 kB) -> l2(10 kB) -> l3(4 kB, the output): three layers, five cuts.
 CHAIN_BYTES = [1_000_000, 250_000, 10_000, 4_000]
 DEVICE_MS, CLOUD_MS, DEVICE_MJ = [0, 100, 50, 10], [0, 10, 5, 1], [0, 200, 100, 20]
@@ -137,20 +145,41 @@ def test_scaled_radio_scales_every_radio_power() -> None:
     assert (half.tail_mw, half.promotion_mw, half.tail_ms) == (250.0, 500.0, 1000.0)
 
 
-def test_every_preset_has_a_source_and_the_2021_ones_a_range() -> None:
+def test_every_preset_has_a_source_and_a_range() -> None:
     presets = preset_links()
+    assert len(presets) == 7
     for name, link in presets.items():
         assert link.power_source, name
-        if name in ("3g", "4g", "wifi"):  # ranges of Huang et al. 2012 not checked
-            assert "not checked" in link.power_source, name
-            continue
-        assert link.up_beta_mw != link.down_beta_mw, name  # a fit per direction
+        if name in ("3g", "4g", "wifi", "wifi-2022"):  # Huang et al. 2012: range assumed
+            assert "range assumed" in link.power_source, name
         for low, high in ((link.fit_up_min_mbps, link.fit_up_max_mbps),
                           (link.fit_down_min_mbps, link.fit_down_max_mbps)):
-            assert 0 < low < high < 3000, name
-        # A sweep far past the range stays within the whole-phone fit at its end.
+            assert 0 <= low < high < 3000, name  # stated, not the unbounded default
+        # A sweep far past the range holds the power at the range end: finite, bounded.
         assert link.up_power_mw(1000.0) == link.up_power_mw(link.fit_up_max_mbps) < 10_000
-        assert link.down_power_mw(1e5) == link.down_power_mw(link.fit_down_max_mbps)
+        assert link.down_power_mw(1e5) == link.down_power_mw(link.fit_down_max_mbps) < 10_000
+
+
+def test_the_presets_file_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "presets.yaml"
+    path.write_text(links_to_yaml(preset_links().values()))
+    again = load_links_file(path)
+    for name, link in preset_links().items():
+        assert asdict_numbers(again[name]) == asdict_numbers(link), name
+        assert again[name].power_source == link.power_source, name
+        assert again[name].to_dict()["up_power_label"] == link.up_extrapolation(), name
+    # So does the canonical file, and a link with a curve (whose range is its ends).
+    canonical = load_links_file(REPO / "configs" / "links.yaml")
+    path.write_text(links_to_yaml(canonical.values()))
+    assert {n: asdict_numbers(v) for n, v in load_links_file(path).items()} == {
+        n: asdict_numbers(v) for n, v in canonical.items()}
+    curved = _links_file(tmp_path, "    base: lte-2021\n"
+                                   "    power_up_curve: [[1, 500], [10, 1400], [25, 2300]]\n")
+    link = load_links_file(curved)["mine"]
+    path.write_text(links_to_yaml([link]))
+    back = load_links_file(path)["mine"]
+    assert back.power_up_curve == link.power_up_curve
+    assert asdict_numbers(back) == asdict_numbers(link)
 
 
 def test_the_2021_fits_are_the_artifacts_minus_the_idle_baseline() -> None:
@@ -186,6 +215,30 @@ def test_a_bad_preset_is_one_line_naming_file_and_key(tmp_path: Path, body: str,
         load_links_file(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and key in message
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ("    base: lte-2021\n    fit_up_min_mbps: 30\n    fit_up_max_mbps: 25\n",
+     "fit_up_max_mbps"),                                             # inverted range
+    ("    base: 5g-low\n    tail_mw: -3\n", "tail_mw"),              # negative power
+    ("    base: 4g\n    power_down_curve: [[1, 500], [20, 900], [20, 950]]\n",
+     "power_down_curve"),                                            # non-increasing curve
+    ("    base: wifi\n    alpha_sideways_mw: 3\n", "alpha_sideways_mw"),  # unknown key
+])
+def test_cli_a_bad_preset_exits_2_in_one_line_naming_file_and_key(
+        tmp_path: Path, capsys, body: str, key: str) -> None:
+    from dnntune.cli.main import main
+    from dnntune.profiling.profile import save_profile
+
+    device, cloud = make_profiles(chain_graph(CHAIN_BYTES), DEVICE_MS, CLOUD_MS, DEVICE_MJ)
+    bad = _links_file(tmp_path, body)
+    assert main(["analyze", "--device", str(save_profile(device, tmp_path / "d.json")),
+                 "--cloud", str(save_profile(cloud, tmp_path / "c.json")),
+                 "--links", str(bad)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and str(bad) in err and "links.mine" in err and key in err
+    assert "Traceback" not in captured.err and captured.out == ""
 
 
 def test_per_direction_intercepts_in_a_file_and_beta_mw_still_works(tmp_path: Path) -> None:

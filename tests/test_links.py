@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_builtin_presets_equal_configs_links_yaml() -> None:
     from_file = load_links_file(REPO / "configs" / "links.yaml")
     builtin = preset_links()
-    assert list(from_file) == list(builtin) == ["3g", "4g", "wifi", "lte-2021", "5g-low",
-                                                "5g-mmwave"]
+    assert list(from_file) == list(builtin) == ["3g", "4g", "wifi", "wifi-2022", "lte-2021",
+                                                "5g-low", "5g-mmwave"]
     for name, link in builtin.items():
         assert asdict_numbers(from_file[name]) == asdict_numbers(link), name
         assert from_file[name].power_source == link.power_source, name
@@ -54,9 +54,20 @@ def test_every_preset_number_has_a_source_comment() -> None:
 
 
 def test_power_model_units() -> None:
+    link = preset_links()["3g"]  # 1.1 up, 2.0275 down: inside the (assumed) range
+    assert link.up_power_mw() == pytest.approx(868.98 * 1.1 + 817.88)
+    assert link.down_power_mw() == pytest.approx(122.12 * 2.0275 + 817.88)
+    assert link.up_extrapolation() == link.down_extrapolation() == ""
+
+
+def test_the_2012_wifi_preset_is_held_and_labelled_not_5_watts() -> None:
+    """Issue 21: Wi-Fi at 18.88 up / 54.97 down gave 5.48 W / 7.66 W unlabelled."""
     link = preset_links()["wifi"]
-    assert link.up_power_mw() == pytest.approx(283.17 * 18.88 + 132.86)
-    assert link.down_power_mw() == pytest.approx(137.01 * 54.97 + 132.86)
+    assert link.up_power_mw() == pytest.approx(283.17 * 6.0 + 132.86)  # held at 6 Mbit/s
+    assert link.down_power_mw() == pytest.approx(137.01 * 13.0 + 132.86)  # at 13
+    for label, span in ((link.up_extrapolation(), "0-6"), (link.down_extrapolation(), "0-13")):
+        assert label == (f"extrapolated (fit holds for {span} Mbit/s, Huang et al., "
+                         "MobiSys 2012; range assumed, see configs/links.yaml)")
 
 
 def test_user_links_file_with_base_and_overrides(tmp_path: Path) -> None:

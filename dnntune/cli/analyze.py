@@ -34,18 +34,19 @@ from dnntune.analysis.sensitivity import add_robustness, add_sensitivity
 from dnntune.cli import flags
 from dnntune.cli.outputs import check_output_dir
 from dnntune.errors import DnntuneError, describe_error
-from dnntune.profiling.profile import load_profile
 from dnntune.report.recommendation import print_report
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``analyze`` options on ``parser``."""
-    parser.add_argument("--device", metavar="FILE.json|HOST:PORT",
-                        help="a saved device profile, or a device agent to profile on "
-                             "(default: an agent in this process)")
-    parser.add_argument("--cloud", metavar="FILE.json|HOST:PORT",
-                        help="a saved cloud profile, or a cloud server to profile on "
-                             "(default: a server started on a free loopback port)")
+    parser.add_argument("--device", metavar="FILE.json|store:ID|HOST:PORT",
+                        help="a saved device profile (a file, or store:ID from the store), "
+                             "or a device agent to profile on (default: an agent in this "
+                             "process)")
+    parser.add_argument("--cloud", metavar="FILE.json|store:ID|HOST:PORT",
+                        help="a saved cloud profile (a file or store:ID), or a cloud server "
+                             "to profile on (default: a server started on a free loopback "
+                             "port)")
     parser.add_argument("--config", metavar="FILE",
                         help="run configuration (default: configs/default.yaml, MobileNetV2)")
     parser.add_argument("--model", metavar="NAME|PATH", help="override the config's model")
@@ -127,6 +128,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                              "float32 model on fewer than this share of samples (default 0.99)")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="terminal table (default) or JSON on stdout")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(parser)  # --store also says where store:ID profiles are read
     parser.epilog = ("exit status: 0 on success; 2 on bad input or when no cut meets the "
                      "deadline/budget on any link (the report is printed first)")
 
@@ -136,20 +140,27 @@ def run_analyze(args: argparse.Namespace) -> int:
     if args.trace_starts < 1:
         raise DnntuneError(f"--trace-starts must be >= 1, got {args.trace_starts}")
     check_wire_flags(args)
-    saved = all(x and x.endswith(".json") for x in (args.device, args.cloud))
+    from dnntune.cli.store import is_stored, load_saved_profile
+
+    saved = all(x and (x.endswith(".json") or is_stored(x)) for x in (args.device, args.cloud))
+    if (is_stored(args.device) or is_stored(args.cloud)) and (
+            not saved or args.config or args.model):
+        raise DnntuneError("store:ID profiles are analysed as saved: give both --device and "
+                           "--cloud as FILE.json or store:ID, without --config/--model")
     if args.out:
         from dnntune.report.runs import check_run_target
 
         check_run_target(check_output_dir(args.out, "--out"), "--out")
     if saved and not (args.config or args.model):
-        device, cloud = load_profile(args.device), load_profile(args.cloud)
+        device = load_saved_profile(args.device, "--device", args.store)
+        cloud = load_saved_profile(args.cloud, "--cloud", args.store)
         analysis = _analyze(args, device, cloud, args.objective, args.links,
                             wire=_wire_names(args.wire))
         if args.out:
             from dnntune.report.runs import write_run
 
             write_run(args.out, device, cloud, analysis, plots=not args.no_plots)
-        return _emit(args, analysis)
+        return _emit(args, analysis, (device, cloud))
     return _run_whole_job(args)
 
 
@@ -238,10 +249,11 @@ def check_sides(device: Any, cloud: Any, allow: bool) -> None:
                                "as it is")
 
 
-def _emit(args: argparse.Namespace, analysis: Analysis) -> int:
-    from dnntune.store import record_quietly
+def _emit(args: argparse.Namespace, analysis: Analysis, profiles: tuple[Any, Any]) -> int:
+    from dnntune.cli.store import record
 
-    record_quietly(analysis.to_dict(), kind="analysis")  # after the files; never fails a run
+    # after the files; never fails a run (the profiles are stored too, once each)
+    record(args, analysis.to_dict(), "analysis", [p.to_dict() for p in profiles])
     if args.format == "json":
         sys.stdout.write(json.dumps(analysis.to_dict(), indent=1, allow_nan=False) + "\n")
     else:
@@ -316,7 +328,7 @@ def _run_whole_job(args: argparse.Namespace) -> int:
             shutil.rmtree(stage, ignore_errors=True)
         kept = f" (kept what was measured: {', '.join(written)})" if written else ""
         raise DnntuneError(f"{describe_error(exc)}{kept}") from None
-    code = _emit(args, analysis)
+    code = _emit(args, analysis, (device, cloud))
     Console(stderr=args.format == "json").print(
         f"results in {files.directory}: device.json, cloud.json, analysis.json, cuts.csv"
         + (f" and {len(files.plots)} plots in plots/" if files.plots else ""))

@@ -70,3 +70,12 @@ def _store(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 REGISTRY.append(_store)
+
+
+def _deploy(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from dnntune.cli.deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
+
+
+REGISTRY.append(_deploy)

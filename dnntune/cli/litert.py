@@ -79,6 +79,9 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--num-threads", type=int, default=0, metavar="N",
                    help="threads the phone ran with, for the record (default: 0, unknown)")
     p.add_argument("--out", required=True, metavar="FILE", help="device profile to write")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(p)
     p.set_defaults(handler=run_import)
 
 
@@ -118,6 +121,9 @@ def run_import(args: argparse.Namespace) -> int:
     print(f"{path}: {len(rows)} ops mapped to {loaded.name}'s layers; "
           f"{len(measured.cuts)} cuts (those LiteRT keeps); whole model "
           f"{profile.end_to_end.mean_ms:.3g} ms; {measured.source}")
+    from dnntune.cli.store import record
+
+    record(args, profile.to_dict(), "profile")  # after the file; a failure is one line
     return 0
 
 
@@ -140,6 +146,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--num_threads", type=flags.THREADS, default=1, metavar="N")
     s.add_argument("--out", metavar="DIR", help="write study.json, study.csv, study.png")
     s.add_argument("--format", choices=["table", "json"], default="table")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(s)
     s.set_defaults(handler=run_study_frameworks)
 
 
@@ -164,6 +173,9 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_study(rows, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    from dnntune.cli.store import record
+
+    record(args, {"rows": [r.to_dict() for r in rows]}, "study")  # after the files
     if args.format == "json":
         json.dump({"rows": [r.to_dict() for r in rows]}, sys.stdout, indent=1)
         sys.stdout.write("\n")

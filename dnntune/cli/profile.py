@@ -57,6 +57,9 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
                         "cgroup can be written), see configs/devices")
     add_client_flags(p)
     p.add_argument("--out", metavar="FILE", help="write the profile JSON here")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(p)
     p.add_argument("--format", choices=["table", "json"], default="table")
     from dnntune.cli.litert import add_litert_profile_arguments
 
@@ -255,9 +258,9 @@ def emit_profile(args: argparse.Namespace, profile: Profile,
                  print_table: Callable[[Profile], None] | None = None) -> int:
     """Write ``--out``, then print the profile as JSON or a table (``print_table``)."""
     from dnntune.cli.outputs import rescue_file
+    from dnntune.cli.store import record
     from dnntune.profiling.profile import save_profile
     from dnntune.report.tables import print_profile
-    from dnntune.store import record_quietly
 
     problem = None
     if args.out:
@@ -274,7 +277,7 @@ def emit_profile(args: argparse.Namespace, profile: Profile,
         sys.stdout.write("\n")
     else:
         (print_table or print_profile)(profile)
-    record_quietly(profile.to_dict())  # after the files; a store failure is one stderr line
+    record(args, profile.to_dict(), "profile")  # after the files; a failure is one line
     if problem:
         raise DnntuneError(problem)
     return 0

@@ -62,6 +62,9 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     serve = sub.add_parser("serve", help="run the cloud server (gRPC)",
                            description="Profile layers and run model tails for clients.")
     _server_flags(serve, 50051)
+    serve.add_argument("--bundle", action="append", default=[], metavar="DIR",
+                       help="serve the tails of a bundle from 'dnntune export' (checked "
+                            "against its manifest; repeatable)")
     serve.set_defaults(handler=run_serve)
     agent = sub.add_parser("agent", help="run the device agent (gRPC) on the device",
                            description="Profile the device side and run model heads, "
@@ -131,10 +134,18 @@ def _serve_until_signal(kind: str, running: object) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from cloud_server import create_server
+    from dnntune.deploy.bundle import load_bundle
 
     options = _options(args)
     _check_early(args, options)
-    running = create_server(options, upload_dir=args.upload_dir)  # type: ignore[arg-type]
+    bundles = [load_bundle(d) for d in args.bundle]  # every hash checked before serving
+    running = create_server(options, upload_dir=args.upload_dir,  # type: ignore[arg-type]
+                            models=[(str(b.path(b.manifest.model_file)),
+                                     [c.index for c in b.manifest.cuts]) for b in bundles])
+    for b in bundles:
+        m = b.manifest
+        print(f"serving bundle {b.directory}: {m.model['name']} as ModelSpec.sha256 "
+              f"{m.model_sha256}, cuts {', '.join(str(c.index) for c in m.cuts)}", flush=True)
     return _serve_until_signal("cloud server", running)
 
 

@@ -59,6 +59,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
     add_access_flags(p)
     p.add_argument("--out", metavar="DIR", help="write validation.json and plots here")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(p)
     p.set_defaults(handler=run_validate)
 
 
@@ -255,3 +258,6 @@ def _write_and_print(args: argparse.Namespace, validation: Validation) -> None:
         print_validation(validation)
         if args.out:
             print(f"validation.json and plots in {Path(args.out).resolve()}")
+    from dnntune.cli.store import record
+
+    record(args, doc, "validation")  # after the files; a store failure is one stderr line

@@ -326,6 +326,27 @@ class ShapingProxy:
                                                 f"{START_TIMEOUT_S:g} s")
         return self
 
+    def reshape(self, link: LinkShape) -> None:
+        """Change the emulated link while it runs (constant rates only): bytes already
+        queued keep their schedule, later ones follow ``link`` (a handover)."""
+        if not isinstance(link, LinkShape) or link.up_trace or link.down_trace:
+            raise DnntuneError("shaping proxy: reshape takes a LinkShape without traces")
+        loop = self._loop
+        if loop is None or self._up is None or self._down is None:
+            raise DnntuneError("shaping proxy: reshape needs a started proxy")
+        up, down = self._up, self._down
+
+        def apply() -> None:
+            for direction, rate in ((up, link.up_mbps), (down, link.down_mbps)):
+                direction.bytes_per_ms = rate * BYTES_PER_MS_PER_MBPS
+                direction.delay_ms = link.rtt_ms / 2.0
+            self.link = link
+            done.set()
+        done = threading.Event()
+        loop.call_soon_threadsafe(apply)
+        if not done.wait(START_TIMEOUT_S):
+            raise DnntuneError("shaping proxy: its loop did not take the new link")
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Close the listener and every connection; returns within about ``timeout_s``."""
         thread, self._thread = self._thread, None

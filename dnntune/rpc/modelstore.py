@@ -151,6 +151,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()  # one build at a time bounds build memory
         self._references: dict[str, LayerGraph] = {}  # zoo layer graphs at their own shape
+        self._pinned: set[str] = set()  # files the operator gave (serve --bundle): kept
 
     def close(self) -> None:
         """Forget loaded models; remove the upload folder if this store created it."""
@@ -217,11 +218,43 @@ class ModelStore:
         self._evict_files()
         return path
 
+    def pin(self, path: str | Path) -> str:
+        """Store the operator's model file ``path`` as if uploaded, never to be evicted;
+        returns its sha256 (clients name it in ``ModelSpec.sha256``)."""
+        source = Path(path)
+        digest = hashlib.sha256()
+        with open(source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+        self._pinned.add(sha256)
+
+        def parts() -> Iterable[bytes]:
+            with open(source, "rb") as f:
+                yield from iter(lambda: f.read(1 << 20), b"")
+        self.save_upload(sha256, source.suffix, source.stat().st_size, parts())
+        return sha256
+
+    def prepare(self, sha256: str, cuts: Iterable[int]) -> None:
+        """Load an uploaded model and run the tail of each of ``cuts`` once on zeros, so
+        that a request finds the model built and its tails compiled (``serve --bundle``
+        does this before it serves: nothing is built at request time)."""
+        import numpy as np
+
+        entry = self.get(ModelKey(sha256=sha256))
+        graph = entry.loaded.graph
+        for index in cuts:
+            split = entry.split(index)
+            if split.tail is not None:
+                split.run_tail([np.zeros(graph.tensor(n).shape, graph.tensor(n).dtype)
+                                for n in split.tail_inputs])
+
     def _evict_files(self) -> None:
         files = sorted((p for p in self.upload_dir.iterdir()
-                        if p.suffix in MODEL_SUFFIXES and _is_plain_file(p)),
+                        if p.suffix in MODEL_SUFFIXES and _is_plain_file(p)
+                        and p.stem not in self._pinned),
                        key=lambda p: p.lstat().st_mtime)
-        for old in files[:-self.max_files]:
+        for old in files[:max(len(files) - self.max_files, 0)]:
             old.unlink(missing_ok=True)
 
     def estimate(self, key: ModelKey) -> MemoryEstimate:
