@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,12 +240,14 @@ class ProfilerClient:
                                  f"profile from {self.endpoint.address}")
 
     def run_tail(self, spec: Any, cut_index: int, tensors: list[tuple[str, np.ndarray]],
-                 timeout_s: float | None = None, head: Any = None
-                 ) -> tuple[dict[str, np.ndarray], Any]:
+                 timeout_s: float | None = None, head: Any = None,
+                 encoded: Sequence[Any] = ()) -> tuple[dict[str, np.ndarray], Any]:
         """Send crossing tensors; returns the tail's outputs by name and the cloud's timing.
 
         ``head`` is the ``ModelIdentity`` of the model the tensors came from; by default,
-        the one ``spec`` names (the caller ran its head from the same spec).
+        the one ``spec`` names (the caller ran its head from the same spec). ``encoded``:
+        ``TailRequest`` messages of encoded crossing tensors, sent after ``tensors``
+        (:meth:`dnntune.rpc.encoded.WireSender.encode`).
         """
         pb2 = self.pb2
         if head is None:
@@ -255,8 +257,10 @@ class ProfilerClient:
             yield pb2.TailRequest(header=pb2.TailHeader(model=spec, cut_index=cut_index,
                                                         head=head))
             yield from encode_tensors(pb2, tensors, self.chunk_bytes, field=TAIL_REQUEST_TENSOR)
+            yield from encoded
         if timeout_s is None:
-            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
+            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors)
+                                            + sum(m.ByteSize() for m in encoded))
         assembler = TensorAssembler()
         timing = None
         try:

@@ -24,19 +24,32 @@ def print_validation(validation: Validation, console: Console | None = None) -> 
                             f"{sig3(s.get('achieved_up_mbps', 0))}/"
                             f"{sig3(s.get('achieved_down_mbps', 0))} Mbit/s, RTT "
                             f"{sig3(s.get('achieved_rtt_ms', 0))} ms)", title_justify="left")
-        for column in ("cut", "after", "bytes up", "predicted ms", "measured ms", "p90 ms",
-                       "error"):
-            table.add_column(column, justify="left" if column == "after" else "right")
+        wired = any(c.encoding for c in link.cuts)
+        columns = ["cut", "after", "bytes up", "predicted ms", "measured ms", "p90 ms", "error"]
+        if wired:  # --wire: the encoding, the bytes sent and the codec times measured
+            columns[2:3] = ["encoding", "bytes up (pred/sent)"]
+            columns.append("enc/dec ms")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("after", "encoding")
+                             else "right")
+        best = link.predicted_best
         for c in link.cuts:
-            mark = " ◀ predicted best" if c.index == link.predicted_best.index else ""
-            table.add_row(str(c.index), (c.after or "(input)") + mark, f"{c.bytes_up:,}",
-                          sig3(c.predicted_ms), sig3(c.measured_ms), sig3(c.measured_p90_ms),
-                          f"{c.error_pct:+.1f}%")
+            mark = " ◀ predicted best" if c is best else ""
+            cells = [str(c.index), (c.after or "(input)") + mark, f"{c.bytes_up:,}",
+                     sig3(c.predicted_ms), sig3(c.measured_ms), sig3(c.measured_p90_ms),
+                     f"{c.error_pct:+.1f}%"]
+            if wired:
+                cells[2:3] = [c.encoding, f"{c.bytes_up:,} / {c.measured_bytes_up or 0:,}"]
+                cells.append(f"{sig3(c.encode_ms)} / {sig3(c.decode_ms)}")
+            table.add_row(*cells)
         console.print(table)
+        error = max(c.max_abs_error for c in link.cuts)
         console.print(f"{link.name}: median |error| {link.median_abs_error_pct:.1f}%, regret "
-                      f"{link.regret_pct:.1f}% (predicted best cut {link.predicted_best.index},"
-                      f" measured best {link.measured_best.index}); outputs match the unsplit "
-                      f"model within {max(c.max_abs_error for c in link.cuts):.2g}")
+                      f"{link.regret_pct:.1f}% (predicted best {link.label(best)}, measured "
+                      f"best {link.label(link.measured_best)}); outputs "
+                      + (f"within {error:.2g} of the unsplit float32 model (lossy encodings "
+                         "included)" if wired else
+                         f"match the unsplit model within {error:.2g}"))
 
 
 def plot_validation(model: str, link: LinkValidation, path: str | Path) -> Path:
