@@ -207,7 +207,7 @@ def test_cli_validate_wire_sends_encoded_tensors_through_the_server(tmp_path):
     rows = {(c["index"], c["encoding"]): c for c in cuts}
     assert set(rows) == {(0, "fp32"), (0, "int8"), (0, "jpeg90"), (12, "fp32"),
                          (12, "int8")}  # JPEG is for the input image only
-    for (index, encoding), c in rows.items():
+    for (_, encoding), c in rows.items():
         assert c["encode_ms"] > 0 and c["decode_ms"] > 0, c
         # a JPEG's size depends on the photograph (predicted: the mean of three)
         tolerance = 0.5 if encoding == "jpeg90" else 0.0
