@@ -226,3 +226,26 @@ def test_cli_validate_wire_sends_encoded_tensors_through_the_server(tmp_path):
                           "--wire runs on the device agent")
     assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--wire", "int8",
                                    "--min-agreement", "2"]), "--min-agreement")
+
+
+def test_validate_takes_wire_from_the_flag_then_a_config_file_else_plain(tmp_path):
+    import argparse
+
+    from dnntune.cli.validate import _wire_names
+    from dnntune.config import default_config, load_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("model: tiny_resnet\nwire: [int8+zstd, jpeg90]\n")
+
+    def names(wire, config_path):
+        args = argparse.Namespace(wire=wire, config=config_path, min_agreement=0.99)
+        config = load_config(config_path) if config_path else default_config()
+        return _wire_names(args, config)
+    assert names(["fp16,int8"], None) == ("fp16", "int8")
+    assert names(None, str(run)) == ("int8+zstd", "jpeg90")
+    assert names(["fp32"], str(run)) == ("fp32",)  # the flag wins
+    # the built-in run's realistic set is analyze's; validate stays plain float32
+    assert names(None, None) == ()
+    run.write_text("model: tiny_resnet\nwire: [fp64]\n")
+    with pytest.raises(DnntuneError, match="wire"):
+        load_config(str(run))
