@@ -235,7 +235,7 @@ def test_validate_takes_wire_from_the_flag_then_a_config_file_else_plain(tmp_pat
     from dnntune.config import default_config, load_config
 
     run = tmp_path / "run.yaml"
-    run.write_text("model: tiny_resnet\nwire: [int8+zstd, jpeg90]\n")
+    run.write_text("model: {name: tiny_resnet}\nwire: [int8+zstd, jpeg90]\n")
 
     def names(wire, config_path):
         args = argparse.Namespace(wire=wire, config=config_path, min_agreement=0.99)
@@ -246,6 +246,6 @@ def test_validate_takes_wire_from_the_flag_then_a_config_file_else_plain(tmp_pat
     assert names(["fp32"], str(run)) == ("fp32",)  # the flag wins
     # the built-in run's realistic set is analyze's; validate stays plain float32
     assert names(None, None) == ()
-    run.write_text("model: tiny_resnet\nwire: [fp64]\n")
+    run.write_text("model: {name: tiny_resnet}\nwire: [fp64]\n")
     with pytest.raises(DnntuneError, match="wire"):
         load_config(str(run))
