@@ -58,14 +58,21 @@ def plot_validation(model: str, link: LinkValidation, path: str | Path) -> Path:
 
     fig = Figure(figsize=(10, 5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    x = [c.index for c in link.cuts]
-    ax.plot(x, [c.predicted_ms for c in link.cuts], "o-", label="predicted T = Tm + Tt + Tc")
-    upper = np.array([c.measured_p90_ms - c.measured_ms for c in link.cuts])
-    ax.errorbar(x, [c.measured_ms for c in link.cuts], yerr=np.vstack([upper * 0, upper]),
-                fmt="s--", capsize=3, label="measured mean (bar to p90)")
+    # one series per encoding with --wire (mobile-only, "none", joins each); else one
+    encodings = list(dict.fromkeys(c.encoding for c in link.cuts if c.encoding != "none"))
+    for k, encoding in enumerate(encodings):
+        rows = [c for c in link.cuts if c.encoding in (encoding, "none")]
+        color = f"C{k}" if len(encodings) > 1 else None
+        tag = f" as {encoding}" if encoding else ""
+        x = [c.index for c in rows]
+        ax.plot(x, [c.predicted_ms for c in rows], "o-", color=color,
+                label=f"predicted T = Tm + Tt + Tc{tag}")
+        upper = np.array([c.measured_p90_ms - c.measured_ms for c in rows])
+        ax.errorbar(x, [c.measured_ms for c in rows], yerr=np.vstack([upper * 0, upper]),
+                    fmt="s--", capsize=3, color=color, label=f"measured mean (bar to p90){tag}")
     best = link.predicted_best
     ax.axvline(best.index, color="tab:red", linestyle=":",
-               label=f"predicted best: cut {best.index} ({best.after or 'input'})")
+               label=f"predicted best: {link.label(best)} ({best.after or 'input'})")
     ax.set_yscale("log")
     ax.set_xlabel("cut point (number of layers on the device)")
     ax.set_ylabel("end-to-end latency, ms (log scale)")
