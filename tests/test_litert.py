@@ -119,6 +119,34 @@ def test_profile_litert_times_heads(tiny) -> None:
     assert profile.energy.label == "estimated:default"
 
 
+def test_int8_heads_record_their_int8_crossing_bytes_and_fp16_float32(tiny) -> None:
+    """An int8 head sends its int8 tensors (one byte per value and 8 bytes of scale and
+    zero point each), read from its interpreter; an fp16 head computes in float32 on the
+    CPU, so it sends the float32 sizes; the analysis uses these bytes."""
+    from dnntune.analysis.measured_cuts import measured_cut_inputs
+    from dnntune.litert.profile import LiteRTSettings, profile_litert
+    from dnntune.model.cuts import enumerate_cuts
+    from dnntune.profiling.profiler import ProfileSettings, profile_model
+
+    loaded, _ = tiny
+    cuts = {c.index: c for c in enumerate_cuts(loaded.graph)}
+    sent = {}
+    for precision in ("fp16", "int8"):
+        profile = profile_litert(loaded, LiteRTSettings(
+            cuts="4,9", num_runs=2, warmup_runs=0, energy="model:default",
+            precision=precision))
+        sent[precision] = {c.index: c.bytes_up for c in profile.measured_cuts.cuts}
+    for index in (4, 9):
+        tensors = cuts[index].tensors
+        assert sent["fp16"][index] == cuts[index].bytes_up
+        assert sent["int8"][index] == sum(t.bytes // 4 + 8 for t in tensors)
+    assert len(cuts[9].tensors) == 2  # a skip connection: both tensors counted
+    cloud = profile_model(loaded, ProfileSettings(side="cloud", num_runs=2, warmup_runs=0,
+                                                 energy="none"))
+    inputs = measured_cut_inputs(profile, cloud)
+    assert list(inputs.bytes_up[2:4]) == [sent["int8"][4], sent["int8"][9]]
+
+
 def test_convert_cli_writes_model_map_and_phone_commands(tmp_path) -> None:
     result = run_cli(["convert", "--model", "tiny_resnet", "--precision", "int8",
                       "--out", str(tmp_path)])

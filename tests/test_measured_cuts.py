@@ -106,3 +106,25 @@ def test_cut_analysis_and_op_profile_parsing_import_no_tensorflow_or_litert() ->
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_measured_crossing_bytes_replace_the_float32_sizes() -> None:
+    """A LiteRT int8 head records what it really sends (its int8 tensors): the analysis
+    uses those bytes at the cuts that have them, the graph's elsewhere, and the profile
+    JSON keeps them."""
+    device, cloud = _profiles()
+    int8 = tuple(dataclasses.replace(c, bytes_up=308) if c.index == 3 else c
+                 for c in device.measured_cuts.cuts)  # (1000 + 200) / 4 + 2 x 4 params
+    device = dataclasses.replace(device, measured_cuts=dataclasses.replace(
+        device.measured_cuts, cuts=int8))
+    inputs = measured_cut_inputs(device, cloud)
+    plain = measured_cut_inputs(*_profiles())
+    assert inputs.bytes_up[2] == 308 and plain.bytes_up[2] == 1200
+    np.testing.assert_array_equal(np.delete(inputs.bytes_up, 2), np.delete(plain.bytes_up, 2))
+    data = json.loads(json.dumps(device.to_dict()))
+    assert data["measured_cuts"]["cuts"][2]["bytes_up"] == 308
+    assert "bytes_up" not in data["measured_cuts"]["cuts"][1]
+    assert Profile.from_dict(data) == device
+    data["measured_cuts"]["cuts"][2]["bytes_up"] = -1
+    with pytest.raises(ConfigError, match="bytes_up"):
+        Profile.from_dict(data)

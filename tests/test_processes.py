@@ -72,6 +72,24 @@ def test_device_and_cloud_profiles_name_the_same_layers(tmp_path):
         assert reply.bytes_up == enumerate_cuts(c.graph)[8].bytes_up > 0
         assert all(r.total_ms >= r.head_ms > 0 and r.tail_ms > 0 for r in reply.runs)
 
+        # SplitRequest.wire: encoded after the head, decoded by the cloud server
+        def split(wire: str, cut: int = 8):
+            return agent.call(agent.device.RunSplit, agent.pb2.SplitRequest(
+                model=spec, cut_index=cut, num_runs=2, warmup_runs=1, wire=wire))
+        cut = enumerate_cuts(c.graph)[8]
+        wired = split("int8")
+        assert wired.wire == "int8" and len(wired.runs) == 2
+        assert wired.bytes_up == cut.bytes_up // 4 + 8 * len(cut.tensors)
+        assert all(r.encode_ms > 0 and r.decode_ms > 0 for r in wired.runs)
+        assert 0 < wired.max_abs_error < 0.1
+        assert split("fp32").max_abs_error < 1e-5
+        for wire, cut_index, words in (("fp64", 8, "SplitRequest.wire: unknown encoding"),
+                                       ("jpeg90", 8, "activations cross cut 8")):
+            with pytest.raises(DnntuneError, match="INVALID_ARGUMENT") as info:
+                split(wire, cut_index)
+            assert words in str(info.value)
+        assert split("jpeg90", 0).bytes_up < enumerate_cuts(c.graph)[0].bytes_up // 4
+
 
 def test_sigterm_finishes_calls_in_flight_then_exits_0(tmp_path):
     with server_process("serve", "--grace-s", "20", tmpdir=tmp_path) as (proc, address):

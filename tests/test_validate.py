@@ -193,3 +193,59 @@ def test_tbf_server_starts_holding_the_model(zoo_model):
                              shaper="tbf", model_file=path)
     assert held_at_connect == [True]
     assert link.cuts[0].max_abs_error < 1e-5  # the tail ran on the seeded file
+
+
+def test_cli_validate_wire_sends_encoded_tensors_through_the_server(tmp_path):
+    """--wire: the emulated agent encodes after each head, the cloud server decodes; each
+    row names its encoding, the bytes sent are the encoded ones, and the codec times are
+    measured on each side. Random weights: --min-agreement 0 keeps every pair."""
+    result = run_cli(["validate", "--model", "tiny_resnet", "--links", "wifi", "--cuts",
+                      "0,12", "--wire", "fp32,int8,jpeg90", "--min-agreement", "0",
+                      "--num_runs", "1", "--profile-runs", "3", "--format", "json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    cuts = json.loads(result.stdout)["links"][0]["cuts"]
+    rows = {(c["index"], c["encoding"]): c for c in cuts}
+    assert set(rows) == {(0, "fp32"), (0, "int8"), (0, "jpeg90"), (12, "fp32"),
+                         (12, "int8")}  # JPEG is for the input image only
+    for (_, encoding), c in rows.items():
+        assert c["encode_ms"] > 0 and c["decode_ms"] > 0, c
+        # a JPEG's size depends on the photograph (predicted: the mean of three)
+        tolerance = 0.5 if encoding == "jpeg90" else 0.0
+        assert c["measured_bytes_up"] == pytest.approx(c["bytes_up"], rel=tolerance), c
+        if encoding == "fp32":
+            assert c["max_abs_error"] < 1e-5  # sent as float32: the model's own output
+    # one byte per value, and 8 bytes of scale and zero point per tensor (two cross cut 12)
+    assert rows[(12, "int8")]["measured_bytes_up"] == rows[(12, "fp32")]["bytes_up"] // 4 + 16
+    assert rows[(0, "jpeg90")]["measured_bytes_up"] < rows[(0, "int8")]["measured_bytes_up"]
+    assert rows[(12, "int8")]["max_abs_error"] > 0  # lossy, and said so
+
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--wire", "fp64"]),
+                          "unknown encoding 'fp64'")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--wire", "int8",
+                                   "--shaper", "tbf", "--emulate", "none"]),
+                          "--wire runs on the device agent")
+    assert_one_line_error(run_cli(["validate", "--model", "tiny_mlp", "--wire", "int8",
+                                   "--min-agreement", "2"]), "--min-agreement")
+
+
+def test_validate_takes_wire_from_the_flag_then_a_config_file_else_plain(tmp_path):
+    import argparse
+
+    from dnntune.cli.validate import _wire_names
+    from dnntune.config import default_config, load_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("model: {name: tiny_resnet}\nwire: [int8+zstd, jpeg90]\n")
+
+    def names(wire, config_path):
+        args = argparse.Namespace(wire=wire, config=config_path, min_agreement=0.99)
+        config = load_config(config_path) if config_path else default_config()
+        return _wire_names(args, config)
+    assert names(["fp16,int8"], None) == ("fp16", "int8")
+    assert names(None, str(run)) == ("int8+zstd", "jpeg90")
+    assert names(["fp32"], str(run)) == ("fp32",)  # the flag wins
+    # the built-in run's realistic set is analyze's; validate stays plain float32
+    assert names(None, None) == ()
+    run.write_text("model: {name: tiny_resnet}\nwire: [fp64]\n")
+    with pytest.raises(DnntuneError, match="wire"):
+        load_config(str(run))

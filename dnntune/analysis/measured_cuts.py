@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
@@ -126,4 +127,15 @@ def measured_cut_inputs(device: Profile, cloud: Profile) -> CutInputs:
                        cloud_ms=-np.diff(tc), device_mj=np.diff(tm) * delta_mw / 1000.0,
                        idle_power_mw=info.idle_power_mw, energy_label=info.label,
                        estimated_layers=len(merged.layers))
-    return cut_inputs(merged, costs)
+    inputs = cut_inputs(merged, costs)
+    # What the heads really send: a LiteRT int8 head's crossing tensors are int8 (one
+    # byte per value, plus scale and zero point), measured from its interpreter; cuts
+    # measured without sizes keep the layer graph's (float32 as profiled).
+    sent = {c.index: c.bytes_up for c in cuts.cuts if c.bytes_up is not None}
+    if not sent:
+        return inputs
+    bytes_up = inputs.bytes_up.copy()
+    for k, index in enumerate(kept):
+        if index in sent:
+            bytes_up[k] = sent[index]
+    return dataclasses.replace(inputs, bytes_up=bytes_up)

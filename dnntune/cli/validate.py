@@ -54,6 +54,15 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:  # type: igno
                         "it as a LiteRT fp32 model of the cut (what an app runs), converted "
                         "on the agent before its runs, the cut checked against the layer "
                         "map of `dnntune convert` (default: tf)")
+    p.add_argument("--wire", action="append", metavar="ENC[,ENC...]",
+                   help="send the crossing tensors encoded (fp32, fp16, int8, int8c, uint8, "
+                        "png, jpeg<Q>, each optionally +zstd): the agent encodes after the "
+                        "head, the cloud server decodes; every admitted (cut, encoding) of "
+                        "a chosen cut runs, on a photograph (default: the config file's "
+                        "'wire', else plain float32 tensors). See docs/wire.md")
+    p.add_argument("--min-agreement", type=float, default=0.99, metavar="X",
+                   help="with --wire: leave out (cut, encoding) pairs whose top-1 agreement "
+                        "with the float32 model is below X (default: 0.99)")
     from dnntune.cli.pipeline import add_access_flags
 
     add_access_flags(p)
@@ -78,6 +87,12 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.out:
         check_output_dir(args.out, "--out")
     parse_cut_spec(args.cuts)
+    args.wire_names = _wire_names(args, config)
+    if args.wire_names and args.framework == "litert":
+        raise DnntuneError("--wire with --framework litert is not supported yet: LiteRT "
+                           "heads send their own tensors (measured in their profiles)")
+    if args.wire_names and args.shaper == "tbf":
+        raise DnntuneError("--wire runs on the device agent: use --shaper proxy")
     if args.device and args.emulate not in (None, "none"):
         raise DnntuneError("--emulate goes with the device agent validate starts; a remote "
                            "agent emulates with 'dnntune agent --emulate PRESET'")
@@ -153,7 +168,8 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
                 Path(args.out or "."), progress_bar, lambda side, profile: None, rpc.append)
         finally:
             relay.stop()
-        analysis = _predict(device, cloud_profile, links, rpc[0])
+        wire = _measure_wire(args, device)
+        analysis = _predict(device, cloud_profile, links, rpc[0], wire, args.min_agreement)
         agent = stack.enter_context(contextlib.closing(
             ProfilerClient(access["device"].endpoint(agent_address, connect_timeout_s=10))))
         spec = upload_model(agent, config)  # the bytes both sides hold, by sha256
@@ -173,12 +189,43 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _predict(device: Any, cloud: Any, links: Any, rpc: tuple[float, float]) -> Any:
+def _wire_names(args: argparse.Namespace, config: Any) -> tuple[str, ...]:
+    """The encodings to validate: ``--wire``, else a config file's ``wire`` key; none
+    (plain float32 tensors, as before) without either."""
+    from dnntune.wire.codecs import parse_encodings
+
+    if not 0.0 <= args.min_agreement <= 1.0:
+        raise DnntuneError(f"--min-agreement must be from 0 to 1, got {args.min_agreement:g}")
+    if args.wire:
+        return tuple(e.name for e in parse_encodings(args.wire))
+    if args.config and tuple(config.wire) != ("fp32",):
+        return tuple(config.wire)
+    return ()
+
+
+def _measure_wire(args: argparse.Namespace, device: Any) -> Any:
+    """The encodings measured on the device profile's model (photographs), or None."""
+    if not args.wire_names:
+        return None
+    from dnntune.report.tables import progress_bar
+    from dnntune.wire.codecs import parse_encodings
+    from dnntune.wire.measure import measure_for_profiles, unmeasurable
+
+    problem = unmeasurable(device.graph, None)
+    if problem:
+        raise DnntuneError(f"--wire: {problem}")
+    with progress_bar("measuring wire encodings") as update:
+        return measure_for_profiles(device, parse_encodings(args.wire_names), progress=update)
+
+
+def _predict(device: Any, cloud: Any, links: Any, rpc: tuple[float, float],
+             wire: Any = None, min_agreement: float = 0.99) -> Any:
     from dnntune.analysis.costs import CostOptions
     from dnntune.analysis.partition import Objective, analyze_profiles
 
     options = CostOptions(rpc_ms=rpc[0], rpc_ms_per_mb=rpc[1])
-    return analyze_profiles(device, cloud, links, Objective("latency-first"), options)
+    return analyze_profiles(device, cloud, links, Objective("latency-first"), options,
+                            wire=wire, min_agreement=min_agreement)
 
 
 def _run_tbf(args: argparse.Namespace, config: Any, links: Any) -> Validation:

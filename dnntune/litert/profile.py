@@ -137,6 +137,35 @@ def time_litert(it: Any, inputs: Sequence[np.ndarray], warmup_runs: int,
     return samples
 
 
+QUANTIZED = ("int8", "uint8", "int16")
+
+
+def crossing_bytes(it: Any) -> int:
+    """Bytes of a head's outputs as the head computes them.
+
+    An output made by a final ``DEQUANTIZE`` of an integer tensor (an int8 head with
+    float outputs) counts as that integer tensor, one byte per value for int8, plus its
+    float32 scale and integer zero point (8 bytes): what the phone would send, the cloud
+    dequantising. Any other output counts as itself (an fp16 head computes in float32
+    on the CPU: only its weights are float16).
+    """
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    made_by = {out: op for op in it._get_ops_details() if op["op_name"] != "DELEGATE"
+               for out in op["outputs"]}  # the graph's ops, not the delegate's node
+    total = 0
+    for d in ordered_outputs(it):
+        op = made_by.get(d["index"])
+        source = d
+        if op is not None and op["op_name"] == "DEQUANTIZE" and len(op["inputs"]) == 1:
+            quantized = tensors.get(int(op["inputs"][0]))
+            if quantized is not None and np.dtype(quantized["dtype"]).name in QUANTIZED:
+                source = quantized
+        count = int(np.prod(source["shape"]))
+        params = 8 if np.dtype(source["dtype"]).name in QUANTIZED else 0
+        total += count * np.dtype(source["dtype"]).itemsize + params
+    return total
+
+
 def head_tflite(loaded: LoadedModel, splitter: Any, index: int, precision: str) -> bytes:
     """The head ending at cut ``index`` as a ``.tflite`` model."""
     head = splitter.split(index).head
@@ -173,7 +202,8 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
                                                              settings.precision)
         it = interpreter(data, settings.num_threads)
         samples = time_litert(it, inputs, settings.warmup_runs, settings.num_runs)
-        cuts.append(CutLatency(index, loaded.graph.layers[index - 1].name, summarize(samples)))
+        cuts.append(CutLatency(index, loaded.graph.layers[index - 1].name, summarize(samples),
+                               None if index == last else crossing_bytes(it)))
         full_it = it if index == last else full_it
     if progress:
         progress("heads", len(indices), len(indices))

@@ -266,6 +266,15 @@ class DilatedDevice:
         while (left := deadline - time.perf_counter()) > 0:
             time.sleep(left)
 
+    def dilate(self, started: float, native_s: float) -> None:
+        """Wait until device work other than a graph call (encoding a crossing tensor)
+        that started at ``started`` and ran ``native_s`` natively would have finished
+        on the phone: the same factor as a head, no call overhead."""
+        factor = self._split_factor or self.factor
+        deadline = started + factor * native_s
+        while (left := deadline - time.perf_counter()) > 0:
+            time.sleep(left)
+
 
 def dilate_profile(profile: Profile, emulation: Emulation) -> Profile:
     """``profile`` as the dilated device reports it (pure).

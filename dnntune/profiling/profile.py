@@ -120,21 +120,34 @@ class CutLatency:
         index: Layers on the device (the cut's index in :func:`dnntune.model.cuts.enumerate_cuts`).
         after: Name of the last device layer, ``None`` for cut 0.
         head: Timings of the head (model inputs to the cut's crossing tensors), in ms.
+        bytes_up: Bytes of the crossing tensors as this head computes them (an int8
+            head's quantised tensors, with their scale and zero point), when measured;
+            ``None`` = the layer graph's sizes (float32 as profiled). Optional in JSON.
     """
 
     index: int
     after: str | None
     head: Stats
+    bytes_up: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "after": self.after, "head": self.head.to_dict()}
+        out = {"index": self.index, "after": self.after, "head": self.head.to_dict()}
+        if self.bytes_up is not None:
+            out["bytes_up"] = self.bytes_up
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> CutLatency:
         after = _require(data, "after", where)
+        sent = data.get("bytes_up")
+        if sent is not None and (isinstance(sent, bool) or not isinstance(sent, int)
+                                 or sent < 0):
+            raise ConfigError(where, f"key 'bytes_up' must be a whole number of bytes >= 0, "
+                                     f"got {sent!r}")
         return cls(index=int(_require(data, "index", where)),
                    after=None if after is None else str(after),
-                   head=Stats.from_dict(_require(data, "head", where), f"{where} head"))
+                   head=Stats.from_dict(_require(data, "head", where), f"{where} head"),
+                   bytes_up=sent)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,12 +259,14 @@ class ProfilerClient:
                                  f"profile from {self.endpoint.address}")
 
     def run_tail(self, spec: Any, cut_index: int, tensors: list[tuple[str, np.ndarray]],
-                 timeout_s: float | None = None, head: Any = None
-                 ) -> tuple[dict[str, np.ndarray], Any]:
+                 timeout_s: float | None = None, head: Any = None,
+                 encoded: Sequence[Any] = ()) -> tuple[dict[str, np.ndarray], Any]:
         """Send crossing tensors; returns the tail's outputs by name and the cloud's timing.
 
         ``head`` is the ``ModelIdentity`` of the model the tensors came from; by default,
-        the one ``spec`` names (the caller ran its head from the same spec).
+        the one ``spec`` names (the caller ran its head from the same spec). ``encoded``:
+        ``TailRequest`` messages of encoded crossing tensors, sent after ``tensors``
+        (:meth:`dnntune.rpc.encoded.WireSender.encode`).
         """
         pb2 = self.pb2
         if head is None:
@@ -275,9 +277,11 @@ class ProfilerClient:
         def requests() -> Iterator[Any]:
             yield header
             yield from encode_tensors(pb2, tensors, self.chunk_bytes, field=TAIL_REQUEST_TENSOR)
+            yield from encoded
         if timeout_s is None:
-            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
-        if self._fits_one_message(tensors):
+            timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors)
+                                            + sum(m.ByteSize() for m in encoded))
+        if not encoded and self._fits_one_message(tensors):  # encoded parts: the stream
             message = unary_wire([header, *encode_tensors(pb2, tensors, UNARY_CHUNK,
                                                           field=TAIL_REQUEST_TENSOR)])
             reply = self._unary(self._run_tail_unary, message, timeout_s)

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from dnntune.errors import DnntuneError
+from dnntune.errors import ConfigError, DnntuneError
 from dnntune.model.loading import DEFAULT_SEED
 from dnntune.rpc.budget import MemoryBudget
 from dnntune.rpc.gate import BusyError, ComputeGate
@@ -349,13 +349,10 @@ class CloudServicer:
             split = entry.split(first.header.cut_index)
             t0 = time.perf_counter()
             graph = entry.loaded.graph
-            assembler = TensorAssembler(self.s.limits, expected={
-                n: (graph.tensor(n).dtype, graph.tensor(n).shape) for n in split.tail_inputs})
-            for request in itertools.chain([second], request_iterator):
-                if request.WhichOneof("part") != "tensor":
-                    raise DnntuneError("RunTail: only tensors may follow the header")
-                assembler.add(request.tensor)
-            tensors = assembler.finish()
+            expected = {n: (graph.tensor(n).dtype, graph.tensor(n).shape)
+                        for n in split.tail_inputs}
+            tensors, decode_ms = receive_crossing(itertools.chain([second], request_iterator),
+                                                  self.s.limits, expected)
             check_crossing(graph, split.tail_inputs, tensors)
             t1 = time.perf_counter()
             outputs = split.run_tail([tensors[n] for n in split.tail_inputs])
@@ -365,7 +362,8 @@ class CloudServicer:
                                   field=TAIL_REPLY_TENSOR)
         yield pb2.TailReply(timing=pb2.TailTiming(receive_ms=(t1 - t0) * 1e3,
                                                   compute_ms=(t2 - t1) * 1e3,
-                                                  load_ms=(t0 - t_load) * 1e3))
+                                                  load_ms=(t0 - t_load) * 1e3,
+                                                  decode_ms=decode_ms))
 
     def _tail_key(self, header: Any) -> ModelKey:
         """The store key a TailHeader names, every field and the head identity checked."""
@@ -436,6 +434,31 @@ def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
     server.add_registered_method_handlers(CLOUD_SERVICE, handlers)
 
 
+def receive_crossing(requests: Iterator[Any], limits: RequestLimits,
+                     expected: dict[str, tuple[str, Any]]
+                     ) -> tuple[dict[str, np.ndarray], float]:
+    """RunTail's crossing tensors, plain (``tensor``) or encoded (``encoded``, decoded
+    here), by name; and the milliseconds spent decoding."""
+    from dnntune.rpc.encoded import EncodedAssembler
+
+    plain = TensorAssembler(limits, expected=expected)
+    encoded = EncodedAssembler(limits, expected)
+    for request in requests:
+        part = request.WhichOneof("part")
+        if part == "tensor":
+            plain.add(request.tensor)
+        elif part == "encoded":
+            encoded.add(request.encoded)
+        else:
+            raise DnntuneError("RunTail: only tensors may follow the header")
+    tensors = plain.finish()
+    decoded = encoded.finish()
+    both = sorted(set(tensors) & set(decoded))
+    if both:
+        raise DnntuneError(f"RunTail: tensor(s) {both} sent both plain and encoded")
+    return {**tensors, **decoded}, encoded.decode_ms
+
+
 def check_crossing(graph: Any, expected: tuple[str, ...], tensors: dict[str, np.ndarray]
                    ) -> None:
     """The tensors must be exactly the cut's crossing tensors, with their shapes and dtypes."""
@@ -455,6 +478,7 @@ class DeviceServicer:
     def __init__(self, state: ServerState, cloud: Callable[[], Any]) -> None:
         self.s = state
         self._cloud = cloud  # returns a dnntune.rpc.client.CloudClient, connected lazily
+        self._wire_cache: dict[Any, Any] = {}  # --wire: the photograph and its reference
 
     def RunSplit(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         from dnntune.rpc.splitrun import run_split
@@ -470,9 +494,13 @@ class DeviceServicer:
             if framework == "litert" and self.s.litert_heads is None:
                 raise DnntuneError("SplitRequest.framework litert: this agent runs no "
                                    "LiteRT heads")
+            if framework == "litert" and request.wire:
+                raise DnntuneError("SplitRequest.wire with framework litert is not supported "
+                                   "yet: LiteRT heads send their own tensors")
             key = key_from_spec(request.model, self.s.limits)
             entry = held.enter_context(self.s.use_model(key, "RunSplit"))
             split = entry.split(request.cut_index)
+            wire, reference = self._wire(request.wire, entry, split)
             cloud = self._cloud()
             cloud.ensure_model(request.model, self.s.store)
             if self.s.device is not None:
@@ -482,14 +510,56 @@ class DeviceServicer:
                 split = self.s.litert_heads(key, entry, split)
             result = run_split(entry.loaded, split, cloud, request.model,
                                request.num_runs or 10, request.warmup_runs,
-                               reference=entry.reference_outputs(),
+                               reference=reference,
                                hold=getattr(split, "hold", None) or (
                                    self.s.device.hold if self.s.device else None),
                                pace=getattr(split, "pace", None) or (
-                                   self.s.device.pace_split if self.s.device else None))
+                                   self.s.device.pace_split if self.s.device else None),
+                               wire=wire,
+                               dilate=self.s.device.dilate if self.s.device else None)
         return pb2.SplitReply(
             runs=[pb2.SplitRun(total_ms=r.total_ms, head_ms=r.head_ms,
-                               transfer_ms=r.transfer_ms, tail_ms=r.tail_ms)
+                               transfer_ms=r.transfer_ms, tail_ms=r.tail_ms,
+                               encode_ms=r.encode_ms, decode_ms=r.decode_ms)
                   for r in result.runs],
             max_abs_error=result.max_abs_error, bytes_up=result.bytes_up,
-            bytes_down=result.bytes_down)
+            bytes_down=result.bytes_down, wire=request.wire)
+
+    def _wire(self, name: str, entry: ModelEntry, split: Any) -> tuple[Any, Any]:
+        """``SplitRequest.wire``: a :class:`~dnntune.rpc.encoded.WireSender` (``None``
+        for plain tensors) and the unsplit model's outputs on the inputs it runs on."""
+        if not name:
+            return None, entry.reference_outputs()
+        from dnntune.model.loading import compile_model
+        from dnntune.rpc.encoded import WireSender
+        from dnntune.wire.codecs import parse_encoding
+        from dnntune.wire.samples import load_samples
+
+        if len(name) > MAX_NAME_CHARS:
+            raise DnntuneError(f"SplitRequest.wire is over {MAX_NAME_CHARS} characters")
+        try:
+            encoding = parse_encoding(name)
+        except ConfigError as exc:
+            raise DnntuneError(f"SplitRequest.wire: {exc.problem}") from None
+        graph = entry.loaded.graph
+        if len(graph.model_inputs) != 1 or entry.loaded.batch_size != 1:
+            raise DnntuneError("SplitRequest.wire: encodings run on models with one input, "
+                               "at batch 1")
+        (input_name,) = graph.model_inputs
+        if encoding.for_input and set(split.tail_inputs) != {input_name}:
+            raise DnntuneError(f"SplitRequest.wire: {encoding.name} sends the input image, "
+                               f"but activations cross cut {split.cut.index}")
+        key = (entry.identity, entry.loaded.name)
+        cached = self._wire_cache.get(key)
+        if cached is None:
+            shape = graph.tensor(input_name).shape[1:]
+            samples = load_samples(shape, entry.loaded.name)
+            inputs = [samples.inputs[:1]]
+            pixels = None if samples.pixels is None else samples.pixels[:1]
+            cached = (inputs, pixels, samples.preprocessing,
+                      compile_model(entry.loaded.model)(inputs))
+            self._wire_cache = {key: cached}  # one model's photograph at a time
+        inputs, pixels, mode, reference = cached
+        if encoding.for_input and pixels is None:
+            raise DnntuneError(f"SplitRequest.wire: {encoding.name} needs an image input")
+        return WireSender(encoding, inputs, pixels, mode), reference

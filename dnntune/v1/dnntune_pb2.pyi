@@ -164,6 +164,38 @@ class TensorChunk(_message.Message):
     data: bytes
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class TensorEncoding(_message.Message):
+    __slots__ = ("codec", "quality", "compressor", "scale", "zero_point", "preprocess")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSOR_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    quality: int
+    compressor: str
+    scale: _containers.RepeatedScalarFieldContainer[float]
+    zero_point: _containers.RepeatedScalarFieldContainer[float]
+    preprocess: str
+    def __init__(self, codec: _Optional[str] = ..., quality: _Optional[int] = ..., compressor: _Optional[str] = ..., scale: _Optional[_Iterable[float]] = ..., zero_point: _Optional[_Iterable[float]] = ..., preprocess: _Optional[str] = ...) -> None: ...
+
+class EncodedChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "encoding", "total_bytes", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    encoding: TensorEncoding
+    total_bytes: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[TensorEncoding, _Mapping]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class TailHeader(_message.Message):
     __slots__ = ("model", "cut_index", "head")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -175,22 +207,26 @@ class TailHeader(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., head: _Optional[_Union[ModelIdentity, _Mapping]] = ...) -> None: ...
 
 class TailRequest(_message.Message):
-    __slots__ = ("header", "tensor")
+    __slots__ = ("header", "tensor", "encoded")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
     header: TailHeader
     tensor: TensorChunk
-    def __init__(self, header: _Optional[_Union[TailHeader, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+    encoded: EncodedChunk
+    def __init__(self, header: _Optional[_Union[TailHeader, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ..., encoded: _Optional[_Union[EncodedChunk, _Mapping]] = ...) -> None: ...
 
 class TailTiming(_message.Message):
-    __slots__ = ("receive_ms", "compute_ms", "load_ms")
+    __slots__ = ("receive_ms", "compute_ms", "load_ms", "decode_ms")
     RECEIVE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     receive_ms: float
     compute_ms: float
     load_ms: float
-    def __init__(self, receive_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., load_ms: _Optional[float] = ...) -> None: ...
+    decode_ms: float
+    def __init__(self, receive_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., load_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ...) -> None: ...
 
 class TailReply(_message.Message):
     __slots__ = ("tensor", "timing")
@@ -219,39 +255,47 @@ class TensorList(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class SplitRequest(_message.Message):
-    __slots__ = ("model", "cut_index", "num_runs", "warmup_runs", "framework")
+    __slots__ = ("model", "cut_index", "num_runs", "warmup_runs", "framework", "wire")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CUT_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     cut_index: int
     num_runs: int
     warmup_runs: int
     framework: str
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., framework: _Optional[str] = ...) -> None: ...
+    wire: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., cut_index: _Optional[int] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., framework: _Optional[str] = ..., wire: _Optional[str] = ...) -> None: ...
 
 class SplitRun(_message.Message):
-    __slots__ = ("total_ms", "head_ms", "transfer_ms", "tail_ms")
+    __slots__ = ("total_ms", "head_ms", "transfer_ms", "tail_ms", "encode_ms", "decode_ms")
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     HEAD_MS_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     TAIL_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     total_ms: float
     head_ms: float
     transfer_ms: float
     tail_ms: float
-    def __init__(self, total_ms: _Optional[float] = ..., head_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., tail_ms: _Optional[float] = ...) -> None: ...
+    encode_ms: float
+    decode_ms: float
+    def __init__(self, total_ms: _Optional[float] = ..., head_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., tail_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ...) -> None: ...
 
 class SplitReply(_message.Message):
-    __slots__ = ("runs", "max_abs_error", "bytes_up", "bytes_down")
+    __slots__ = ("runs", "max_abs_error", "bytes_up", "bytes_down", "wire")
     RUNS_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     BYTES_UP_FIELD_NUMBER: _ClassVar[int]
     BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[SplitRun]
     max_abs_error: float
     bytes_up: int
     bytes_down: int
-    def __init__(self, runs: _Optional[_Iterable[_Union[SplitRun, _Mapping]]] = ..., max_abs_error: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ...) -> None: ...
+    wire: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[SplitRun, _Mapping]]] = ..., max_abs_error: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., wire: _Optional[str] = ...) -> None: ...

@@ -24,19 +24,32 @@ def print_validation(validation: Validation, console: Console | None = None) -> 
                             f"{sig3(s.get('achieved_up_mbps', 0))}/"
                             f"{sig3(s.get('achieved_down_mbps', 0))} Mbit/s, RTT "
                             f"{sig3(s.get('achieved_rtt_ms', 0))} ms)", title_justify="left")
-        for column in ("cut", "after", "bytes up", "predicted ms", "measured ms", "p90 ms",
-                       "error"):
-            table.add_column(column, justify="left" if column == "after" else "right")
+        wired = any(c.encoding for c in link.cuts)
+        columns = ["cut", "after", "bytes up", "predicted ms", "measured ms", "p90 ms", "error"]
+        if wired:  # --wire: the encoding, the bytes sent and the codec times measured
+            columns[2:3] = ["encoding", "bytes up (pred/sent)"]
+            columns.append("enc/dec ms")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("after", "encoding")
+                             else "right")
+        best = link.predicted_best
         for c in link.cuts:
-            mark = " ◀ predicted best" if c.index == link.predicted_best.index else ""
-            table.add_row(str(c.index), (c.after or "(input)") + mark, f"{c.bytes_up:,}",
-                          sig3(c.predicted_ms), sig3(c.measured_ms), sig3(c.measured_p90_ms),
-                          f"{c.error_pct:+.1f}%")
+            mark = " ◀ predicted best" if c is best else ""
+            cells = [str(c.index), (c.after or "(input)") + mark, f"{c.bytes_up:,}",
+                     sig3(c.predicted_ms), sig3(c.measured_ms), sig3(c.measured_p90_ms),
+                     f"{c.error_pct:+.1f}%"]
+            if wired:
+                cells[2:3] = [c.encoding, f"{c.bytes_up:,} / {c.measured_bytes_up or 0:,}"]
+                cells.append(f"{sig3(c.encode_ms)} / {sig3(c.decode_ms)}")
+            table.add_row(*cells)
         console.print(table)
+        error = max(c.max_abs_error for c in link.cuts)
         console.print(f"{link.name}: median |error| {link.median_abs_error_pct:.1f}%, regret "
-                      f"{link.regret_pct:.1f}% (predicted best cut {link.predicted_best.index},"
-                      f" measured best {link.measured_best.index}); outputs match the unsplit "
-                      f"model within {max(c.max_abs_error for c in link.cuts):.2g}")
+                      f"{link.regret_pct:.1f}% (predicted best {link.label(best)}, measured "
+                      f"best {link.label(link.measured_best)}); outputs "
+                      + (f"within {error:.2g} of the unsplit float32 model (lossy encodings "
+                         "included)" if wired else
+                         f"match the unsplit model within {error:.2g}"))
 
 
 def plot_validation(model: str, link: LinkValidation, path: str | Path) -> Path:
@@ -45,14 +58,21 @@ def plot_validation(model: str, link: LinkValidation, path: str | Path) -> Path:
 
     fig = Figure(figsize=(10, 5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    x = [c.index for c in link.cuts]
-    ax.plot(x, [c.predicted_ms for c in link.cuts], "o-", label="predicted T = Tm + Tt + Tc")
-    upper = np.array([c.measured_p90_ms - c.measured_ms for c in link.cuts])
-    ax.errorbar(x, [c.measured_ms for c in link.cuts], yerr=np.vstack([upper * 0, upper]),
-                fmt="s--", capsize=3, label="measured mean (bar to p90)")
+    # one series per encoding with --wire (mobile-only, "none", joins each); else one
+    encodings = list(dict.fromkeys(c.encoding for c in link.cuts if c.encoding != "none"))
+    for k, encoding in enumerate(encodings):
+        rows = [c for c in link.cuts if c.encoding in (encoding, "none")]
+        color = f"C{k}" if len(encodings) > 1 else None
+        tag = f" as {encoding}" if encoding else ""
+        x = [c.index for c in rows]
+        ax.plot(x, [c.predicted_ms for c in rows], "o-", color=color,
+                label=f"predicted T = Tm + Tt + Tc{tag}")
+        upper = np.array([c.measured_p90_ms - c.measured_ms for c in rows])
+        ax.errorbar(x, [c.measured_ms for c in rows], yerr=np.vstack([upper * 0, upper]),
+                    fmt="s--", capsize=3, color=color, label=f"measured mean (bar to p90){tag}")
     best = link.predicted_best
     ax.axvline(best.index, color="tab:red", linestyle=":",
-               label=f"predicted best: cut {best.index} ({best.after or 'input'})")
+               label=f"predicted best: {link.label(best)} ({best.after or 'input'})")
     ax.set_yscale("log")
     ax.set_xlabel("cut point (number of layers on the device)")
     ax.set_ylabel("end-to-end latency, ms (log scale)")

@@ -48,6 +48,14 @@ class CutValidation:
     tail_ms: float
     error_pct: float
     max_abs_error: float
+    # With --wire (docs/wire.md): the row's encoding ("" without --wire; "none" when
+    # nothing crosses), its row in the analysis, the bytes measured on the wire per run
+    # (bytes_up is the prediction's) and the codec times measured on each side.
+    encoding: str = ""
+    row: int | None = None
+    measured_bytes_up: int | None = None
+    encode_ms: float = 0.0
+    decode_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +82,11 @@ class LinkValidation:
     def measured_best(self) -> CutValidation:
         return min(self.cuts, key=lambda c: (c.measured_ms, c.index))
 
+    @staticmethod
+    def label(c: CutValidation) -> str:
+        """``cut 63`` or, with --wire, ``cut 63 as int8``."""
+        return f"cut {c.index}" + (f" as {c.encoding}" if c.encoding else "")
+
     @property
     def regret_pct(self) -> float:
         """How much slower the predicted-best cut ran than the best cut among those run."""
@@ -86,7 +99,9 @@ class LinkValidation:
                 "median_abs_error_pct": self.median_abs_error_pct,
                 "regret_pct": self.regret_pct,
                 "predicted_best": self.predicted_best.index,
-                "measured_best": self.measured_best.index}
+                "measured_best": self.measured_best.index,
+                "predicted_best_encoding": self.predicted_best.encoding,
+                "measured_best_encoding": self.measured_best.encoding}
 
 
 @dataclass(frozen=True)
@@ -127,35 +142,61 @@ def parse_cut_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
 
 
 def select_cuts(spec: str, la: LinkAnalysis) -> list[int]:
-    """Cut indices to run: ``best`` (the predicted-fastest cut and both baselines),
-    ``all``, ``spread[:K]`` (K evenly spaced cuts plus those three, K default 20),
-    ``top:K`` (the K predicted-fastest cuts plus both baselines) or a comma-separated
-    list."""
+    """Rows of ``la`` to run (its cuts; with --wire, its (cut, encoding) rows).
+
+    Cuts: ``best`` (the predicted-fastest cut and both baselines), ``all``,
+    ``spread[:K]`` (K evenly spaced cuts plus those three, K default 20), ``top:K`` (the K
+    predicted-fastest cuts plus both baselines) or a comma-separated list. With --wire a
+    cut's latency is its best row's, and every admitted row of a chosen cut runs."""
     kind, count, picks = parse_cut_spec(spec)
-    last = len(la.inputs.after) - 1
-    anchors = {0, last, int(np.argmin(la.table.latency_ms))}
+    cut_of = _cut_of(la)
+    last = int(cut_of.max())
+    latency = np.full(last + 1, np.inf)
+    np.minimum.at(latency, cut_of, la.table.latency_ms)
+    anchors = {0, last, int(np.argmin(latency))}
     if kind == "best":
-        return sorted(anchors)
-    if kind == "all":
-        return list(range(last + 1))
-    if kind == "top":
-        fastest = np.argsort(la.table.latency_ms, kind="stable")[:count]
-        return sorted(anchors | {int(i) for i in fastest})
-    if kind == "spread":
-        return sorted(anchors | set(np.linspace(0, last, count).round().astype(int).tolist()))
-    bad = [i for i in picks if i > last]
-    if bad:
-        raise DnntuneError(f"--cuts: cut(s) {bad} out of range 0 to {last}")
-    return list(picks)
+        chosen = anchors
+    elif kind == "all":
+        chosen = set(range(last + 1))
+    elif kind == "top":
+        chosen = anchors | {int(i) for i in np.argsort(latency, kind="stable")[:count]}
+    elif kind == "spread":
+        chosen = anchors | set(np.linspace(0, last, count).round().astype(int).tolist())
+    else:
+        bad = [i for i in picks if i > last]
+        if bad:
+            raise DnntuneError(f"--cuts: cut(s) {bad} out of range 0 to {last}")
+        chosen = set(picks)
+    return [r for r in range(len(cut_of)) if int(cut_of[r]) in chosen]
+
+
+def _cut_of(la: LinkAnalysis) -> np.ndarray:
+    """The prefix cut of each row of ``la`` (rows are cuts without --wire)."""
+    if la.inputs.cut_index is not None:
+        return np.asarray(la.inputs.cut_index)
+    return np.arange(len(la.inputs.after))
+
+
+def row_encoding(la: LinkAnalysis, row: int) -> str:
+    """The encoding of a row ("" without --wire; "none" where nothing crosses)."""
+    fields = la.inputs.row_fields
+    return "" if fields is None else str(fields["encoding"][row])
 
 
 def validate_cut(la: LinkAnalysis, index: int, result: Any) -> CutValidation:
-    """Set one cut's measured runs (a :class:`~dnntune.rpc.splitrun.SplitResult`) against la."""
+    """Set one row's measured runs (a :class:`~dnntune.rpc.splitrun.SplitResult`)
+    against la (``index`` is a cut, or with --wire a (cut, encoding) row)."""
     totals = np.array([r.total_ms for r in result.runs])
     predicted = float(la.table.latency_ms[index])
     measured = float(totals.mean())
+    wired = la.inputs.cut_index is not None
     return CutValidation(
-        index=index, after=la.inputs.after[index], bytes_up=int(la.table.bytes_up[index]),
+        encoding=row_encoding(la, index), row=index if wired else None,
+        measured_bytes_up=int(result.bytes_up) if wired else None,
+        encode_ms=float(np.mean([getattr(r, "encode_ms", 0.0) for r in result.runs])),
+        decode_ms=float(np.mean([getattr(r, "decode_ms", 0.0) for r in result.runs])),
+        index=int(_cut_of(la)[index]), after=la.inputs.after[index],
+        bytes_up=int(la.table.bytes_up[index]),
         predicted_ms=predicted, predicted_tm_ms=float(la.table.tm_ms[index]),
         predicted_tt_ms=float(la.table.tt_ms[index]),
         predicted_tc_ms=float(la.table.tc_ms[index]), measured_ms=measured,
@@ -251,12 +292,16 @@ def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: 
         validated = []
         with ShapingProxy(cloud_host, cloud_port, shape, listen_host=listen[0],
                           listen_port=listen[1]):
-            for done, index in enumerate(cuts):
+            for done, row in enumerate(cuts):
+                cut, encoding = int(_cut_of(la)[row]), row_encoding(la, row)
+                # mobile-only sends nothing; it still runs on the photograph
+                wire = "fp32" if encoding == "none" else encoding
                 if report:
-                    report(f"{la.link.name}: cut {index}", done, len(cuts))
-                result = run_split_on_agent(agent, spec, index, num_runs,
+                    report(f"{la.link.name}: cut {cut}" + (f" as {wire}" if wire else ""),
+                           done, len(cuts))
+                result = run_split_on_agent(agent, spec, cut, num_runs, wire=wire,
                                             framework=framework)
-                validated.append(validate_cut(la, index, result))
+                validated.append(validate_cut(la, row, result))
         results.append(LinkValidation(la.link.name, la.link.up_mbps, la.link.down_mbps,
                                       la.link.rtt_ms, {"method": "proxy", **shaping.to_dict()},
                                       tuple(validated)))
@@ -264,8 +309,11 @@ def validate_on_agent(agent: Any, analyses: Sequence[LinkAnalysis], cloud_host: 
 
 
 def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
-                       warmup_runs: int = 1, attempts: int = 5, framework: str = "tf") -> Any:
+                       warmup_runs: int = 1, attempts: int = 5, wire: str = "",
+                       framework: str = "tf") -> Any:
     """One ``RunSplit`` on the agent, as a :class:`~dnntune.rpc.splitrun.SplitResult`.
+
+    ``wire``: the encoding the agent sends the crossing tensors in ("" = plain tensors).
 
     The agent's channel to the cloud reconnects when a new link's proxy replaces the
     last one, so a call refused as unavailable meanwhile is retried after a second.
@@ -275,7 +323,7 @@ def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
     from dnntune.rpc.splitrun import SplitResult, SplitTiming
 
     request = agent.pb2.SplitRequest(model=spec, cut_index=index, num_runs=num_runs,
-                                     warmup_runs=warmup_runs,
+                                     warmup_runs=warmup_runs, wire=wire,
                                      framework="" if framework == "tf" else framework)
     for attempt in range(attempts):
         try:
@@ -288,7 +336,8 @@ def run_split_on_agent(agent: Any, spec: Any, index: int, num_runs: int,
             if "unavailable" not in str(exc).lower() or attempt == attempts - 1:
                 raise
             time.sleep(1.0)
-    return SplitResult(tuple(SplitTiming(r.total_ms, r.head_ms, r.transfer_ms, r.tail_ms)
+    return SplitResult(tuple(SplitTiming(r.total_ms, r.head_ms, r.transfer_ms, r.tail_ms,
+                                         r.encode_ms, r.decode_ms)
                              for r in reply.runs),
                        reply.max_abs_error, reply.bytes_up, reply.bytes_down)
 

@@ -235,6 +235,10 @@ def _decode_image(payload: bytes, shape: tuple[int, ...], fmt: str) -> np.ndarra
 
     try:
         with Image.open(io.BytesIO(payload), formats=[fmt]) as image:
+            if len(shape) != 3 or image.size != (shape[1], shape[0]):
+                # before decoding: a header claiming a huge image allocates nothing
+                raise WireError(f"{fmt.lower()}: an image of {image.size[0]}x"
+                                f"{image.size[1]} pixels, expected shape {list(shape)}")
             image.load()
             a = np.asarray(image.convert("RGB" if shape[-1] == 3 else "L"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
