@@ -144,6 +144,9 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--num_runs", type=flags.RUNS, default=20, metavar="N")
     s.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, default=3, metavar="N")
     s.add_argument("--num_threads", type=flags.THREADS, default=1, metavar="N")
+    s.add_argument("--energy", default="auto", metavar="SPEC",
+                   help="energy per inference: auto|none|rapl|battery|ina3221|model:<profile> "
+                        "(default: auto, a meter if readable else the default power model)")
     s.add_argument("--out", metavar="DIR", help="write study.json, study.csv, study.png")
     s.add_argument("--format", choices=["table", "json"], default="table")
     from dnntune.cli.store import add_recording_flags
@@ -308,7 +311,13 @@ def _print_deployment(rows: Any) -> None:
 
 def run_study_frameworks(args: argparse.Namespace) -> int:
     from dnntune.litert.convert import PRECISIONS
-    from dnntune.litert.study import FRAMEWORKS, parse_list, run_study, write_study
+    from dnntune.litert.study import (
+        FRAMEWORKS,
+        parse_list,
+        power_function,
+        run_study,
+        write_study,
+    )
 
     frameworks = parse_list(args.frameworks, FRAMEWORKS, "--frameworks")
     precisions = parse_list(args.precision, PRECISIONS, "--precision")
@@ -322,8 +331,9 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(args.num_threads)
+    power = power_function(args.energy, args.num_threads)
     rows = run_study(models, frameworks, precisions, runs=args.num_runs,
-                     warmup=args.warmup_runs, threads=args.num_threads)
+                     warmup=args.warmup_runs, threads=args.num_threads, power=power)
     if args.out:
         for path in write_study(rows, args.out):
             print(f"wrote {path}", file=sys.stderr)
@@ -348,15 +358,19 @@ def _print_study(rows: Any) -> None:
     frame = study_frame(rows)
     table = Table()
     for title in ("model", "framework", "precision", "mean ms", "p90 ms", "x vs TF",
-                  "size MB", "RSS growth MB", "max |diff|", "top-1 agree", "note"):
+                  "energy mJ", "size MB", "loaded MB", "RSS growth MB", "inference RSS MB",
+                  "max |diff|", "top-1 agree", "note"):
         table.add_column(title, overflow="fold")
     for r in frame.itertuples():
         table.add_row(r.model, r.framework, r.precision, sig3(r.mean_ms), sig3(r.p90_ms),
-                      sig3(r.speedup_vs_tf), sig3(r.model_bytes / 1e6),
-                      sig3(r.rss_growth_bytes / 1e6), sig3(r.max_abs_diff),
+                      sig3(r.speedup_vs_tf), sig3(r.energy_mj), sig3(r.model_bytes / 1e6),
+                      sig3(r.loaded_bytes / 1e6), sig3(r.rss_growth_bytes / 1e6),
+                      sig3(r.inference_rss_growth_bytes / 1e6), sig3(r.max_abs_diff),
                       sig3(r.top1_agreement), r.note if r.framework != "litert" or
                       r.mean_ms != r.mean_ms else "")
     Console(width=None if sys.stdout.isatty() else 180).print(table)
+    labels = sorted(set(frame.energy_label))
+    print(f"energy per inference: {', '.join(labels)}")
 
 
 def add_litert_profile_arguments(p: argparse.ArgumentParser) -> None:
