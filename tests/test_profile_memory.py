@@ -66,3 +66,19 @@ def test_frameworks_study_rows_carry_memory_and_energy() -> None:
         assert r.energy_mj == pytest.approx(r.mean_ms * delta / 1e3)
         assert r.inference_rss_growth_bytes >= 0 and r.peak_rss_bytes > 0
         assert json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_litert_profile_has_the_tflite_memory(zoo_model, tmp_path: Path) -> None:
+    from dnntune.litert.convert import convert_model
+    from dnntune.litert.profile import LiteRTSettings, profile_litert
+
+    loaded = zoo_model("tiny_resnet")
+    profile = profile_litert(loaded, LiteRTSettings(precision="int8", cuts="spread:2",
+                                                    num_runs=2, warmup_runs=1, energy="none"))
+    memory = profile.memory
+    assert memory is not None and memory.framework == "litert"
+    assert memory.loaded_what == ".tflite int8"
+    assert memory.loaded_bytes == len(convert_model(loaded, "int8").tflite) \
+        == profile.param_bytes
+    assert memory.inference_rss_growth_bytes >= 0 and memory.peak_rss_bytes > 0
+    assert load_profile(save_profile(profile, tmp_path / "lite.json")) == profile

@@ -164,19 +164,23 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
 MEMORY_RUNS = 3
 
 
-def inference_memory(loaded: LoadedModel, run: Callable[[], object],
-                     setup_rss_bytes: int) -> MemoryInfo:
-    """Peak resident growth of :data:`MEMORY_RUNS` plain inferences of a warmed-up model,
-    and the size of what was loaded (its file, or its weights when built in memory)."""
+def inference_memory(loaded: LoadedModel, run: Callable[[], object], setup_rss_bytes: int,
+                     framework: str = "tensorflow", loaded_bytes: int | None = None,
+                     loaded_what: str = "") -> MemoryInfo:
+    """Peak resident growth of :data:`MEMORY_RUNS` inferences (``run``) of a warmed-up
+    model, and the size of what was loaded: ``loaded_bytes`` (a ``.tflite``), else the
+    Keras file, else the weights when the model was built in memory."""
     window = PeakWindow.start()
     for _ in range(MEMORY_RUNS):
         run()
     growth = window.growth_bytes()
-    if loaded.file and os.path.isfile(loaded.file):
+    if loaded_bytes is not None:
+        size, what = loaded_bytes, loaded_what
+    elif loaded.file and os.path.isfile(loaded.file):
         size, what = os.path.getsize(loaded.file), f"Keras file {os.path.basename(loaded.file)}"
     else:
         size, what = _param_bytes(loaded.model), "weights (model built in memory)"
-    return MemoryInfo("tensorflow", size, what, window.start_rss_bytes - setup_rss_bytes,
+    return MemoryInfo(framework, size, what, window.start_rss_bytes - setup_rss_bytes,
                       growth, peak_rss_bytes(), window.note)
 
 
