@@ -181,6 +181,9 @@ def add_deployment_study(studies: argparse._SubParsersAction) -> None:  # type: 
     d.add_argument("--num_runs", type=flags.RUNS, metavar="N", help="timed runs (default: 10)")
     d.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, metavar="N",
                    help="warm-up runs (default: 2)")
+    d.add_argument("--rounds", type=flags.int_in(1, 100), metavar="N",
+                   help="run the whole list of configurations N times in turn and pool "
+                        "them, so passing load hits all alike (default: 1)")
     d.add_argument("--energy", metavar="SPEC", help="auto|none|rapl|battery|ina3221|"
                    "model:<profile> (default: auto)")
     d.add_argument("--sysfs", default="/sys/devices/system/cpu", metavar="DIR",
@@ -214,7 +217,8 @@ def run_study_deployment(args: argparse.Namespace) -> int:
                        if args.precision else None),
         "threads": _thread_list(args.threads) if args.threads else None,
         "affinities": _affinity_list(args.affinity) if args.affinity else None,
-        "num_runs": args.num_runs, "warmup_runs": args.warmup_runs, "energy": args.energy}
+        "num_runs": args.num_runs, "warmup_runs": args.warmup_runs, "energy": args.energy,
+        "rounds": args.rounds}
     if args.config:
         spec = load_study_spec(args.config, overrides)
     else:

@@ -53,6 +53,7 @@ class StudySpec:
     warmup_runs: int = 2
     energy: str = "auto"
     energy_seconds: float = 1.0
+    rounds: int = 1
 
     def variants(self) -> list[tuple[str, str]]:
         """(framework, precision) pairs: TensorFlow runs at fp32 only."""
@@ -219,7 +220,12 @@ def _prepare(model: str, variants: Sequence[tuple[str, str]], folder: Path
 def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyModel,
                          progress: Callable[[str], None] | None = None
                          ) -> list[DeploymentRow]:
-    """Every configuration of every model, each in its own worker; rows with best marks."""
+    """Every configuration of every model, each in its own worker; rows with best marks.
+
+    With ``spec.rounds`` > 1 the whole list of a model's configurations is run that many
+    times in turn, so load that comes and goes hits every configuration alike; a row pools
+    its rounds' timings and says how far its round means spread.
+    """
     cpusets = {a: topology.resolve(a) for a in spec.affinities}
     allowed = set(os.sched_getaffinity(0))
     for name, cpus in cpusets.items():
@@ -230,19 +236,27 @@ def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyM
     with tempfile.TemporaryDirectory(prefix="dnntune-study-") as tmp:
         for model in spec.models:
             name, files = _prepare(model, spec.variants(), Path(tmp))
-            model_rows = []
-            for (framework, precision), (path, what) in files.items():
-                for threads in spec.threads:
-                    for affinity, cpus in cpusets.items():
-                        if progress:
-                            progress(f"{name} {framework} {precision} t{threads} {affinity}")
-                        if not path:
-                            model_rows.append(_failed(name, framework, precision, threads,
-                                                      affinity, cpus, what))
-                            continue
-                        model_rows.append(_run_one(spec, topology, energy, name, framework,
-                                                   precision, threads, affinity, cpus, path,
-                                                   what))
+            configs = [(fw, prec, threads, affinity, cpus, path, what)
+                       for (fw, prec), (path, what) in files.items()
+                       for threads in spec.threads for affinity, cpus in cpusets.items()]
+            answers: list[list[tuple[dict[str, Any], float]]] = [[] for _ in configs]
+            for round_ in range(spec.rounds):
+                for i, (fw, prec, threads, affinity, cpus, path, _) in enumerate(configs):
+                    if not path:
+                        continue
+                    if progress:
+                        progress(f"{name} {fw} {prec} t{threads} {affinity}"
+                                 + (f" (round {round_ + 1}/{spec.rounds})"
+                                    if spec.rounds > 1 else ""))
+                    request = {"framework": fw, "file": path, "threads": threads,
+                               "cpus": list(cpus), "warmup": spec.warmup_runs,
+                               "runs": spec.num_runs, "meter": energy.meter_spec,
+                               "energy_seconds": spec.energy_seconds}
+                    answers[i].append(_worker(request))
+            model_rows = [
+                _row(topology, energy, name, *config, answers[i]) if config[5] else
+                _failed(name, *config[:5], config[6])
+                for i, config in enumerate(configs)]
             rows.extend(mark_best(model_rows))
     return rows
 
@@ -254,43 +268,50 @@ def _failed(model: str, framework: str, precision: str, threads: int, affinity: 
                          nan, nan, nan, nan, "none", 0, 0, 0, 0, 0, 0.0, 0.0, note=why)
 
 
-def _run_one(spec: StudySpec, topology: CpuTopology, energy: EnergyModel, model: str,
-             framework: str, precision: str, threads: int, affinity: str,
-             cpus: Sequence[int], path: str, what: str) -> DeploymentRow:
-    request = {"framework": framework, "file": path, "threads": threads, "cpus": list(cpus),
-               "warmup": spec.warmup_runs, "runs": spec.num_runs,
-               "meter": energy.meter_spec, "energy_seconds": spec.energy_seconds}
-    answer, total_s = _worker(request)
-    times = np.asarray(answer["times_ms"])
+def _row(topology: CpuTopology, energy: EnergyModel, model: str, framework: str,
+         precision: str, threads: int, affinity: str, cpus: Sequence[int], path: str,
+         what: str, answers: Sequence[tuple[dict[str, Any], float]]) -> DeploymentRow:
+    times = np.concatenate([np.asarray(a["times_ms"]) for a, _ in answers])
     mean_ms = float(times.mean())
-    notes = [f"{what} {Path(path).stat().st_size:,} B"]
+    size = Path(path).stat().st_size
+    notes = [f"{what} {size:,} B"]
+    if len(answers) > 1:
+        means = [float(np.mean(a["times_ms"])) for a, _ in answers]
+        notes.append(f"{len(answers)} rounds, means {min(means):.3g}-{max(means):.3g} ms")
     if threads > len(cpus):
         notes.append(f"{threads} threads share {len(cpus)} CPU(s)")
-    if answer.get("peak_note"):
-        notes.append(answer["peak_note"])
+    notes += sorted({a["peak_note"] for a, _ in answers if a.get("peak_note")})
     power = float("nan")
     if energy.profile is not None:
         power, how = estimate_power_mw(energy.profile, topology, cpus, threads)
         notes.append(how)
-    elif answer.get("active_power_mw") is not None and energy.idle_power_mw is not None:
-        power = float(answer["active_power_mw"]) - energy.idle_power_mw
+    else:
+        active = [a["active_power_mw"] for a, _ in answers if a.get("active_power_mw")]
+        if active and energy.idle_power_mw is not None:
+            power = float(np.mean(active)) - energy.idle_power_mw
     return DeploymentRow(
         model, framework, precision, threads, affinity, format_cpus(cpus), mean_ms,
-        float(np.percentile(times, 90)), mean_ms * power / 1e3, power, energy.label,
-        Path(path).stat().st_size, int(answer["load_rss_growth_bytes"]),
-        int(answer["inference_rss_growth_bytes"]),
-        int(answer["peak_rss_bytes"]) - int(answer["baseline_rss_bytes"]), len(times),
-        float(answer["ready_s"]), total_s, note="; ".join(notes))
+        float(np.percentile(times, 90)), mean_ms * power / 1e3, power, energy.label, size,
+        max(int(a["load_rss_growth_bytes"]) for a, _ in answers),
+        max(int(a["inference_rss_growth_bytes"]) for a, _ in answers),
+        max(int(a["peak_rss_bytes"]) - int(a["baseline_rss_bytes"]) for a, _ in answers),
+        len(times), float(np.mean([a["ready_s"] for a, _ in answers])),
+        float(np.mean([t for _, t in answers])), note="; ".join(notes))
+
+
+MEMORY_RESOLUTION_BYTES = 1 << 20
+"""Peak RSS is compared at 1 MiB: rows that differ by less tie (the first one wins)."""
 
 
 def _objective(row: DeploymentRow, objective: str) -> float:
     return {"latency": row.mean_ms, "energy": row.energy_mj,
-            "memory": float(row.peak_rss_growth_bytes) if row.runs else float("nan")}[objective]
+            "memory": (float(round(row.peak_rss_growth_bytes / MEMORY_RESOLUTION_BYTES))
+                       if row.runs else float("nan"))}[objective]
 
 
 def mark_best(rows: Sequence[DeploymentRow]) -> list[DeploymentRow]:
     """Rows of one model with ``best`` naming the objectives each row is best for
-    (least mean latency, least energy, least peak RSS growth; the first on ties;
+    (least mean latency, least energy, least peak RSS growth at 1 MiB; the first on ties;
     an objective nobody measured marks nobody)."""
     from dataclasses import replace
 
@@ -361,7 +382,8 @@ SPEC_KEYS = {"models": "a list of zoo names or model files", "frameworks": "a li
              "precisions": "a list of fp32, fp16, int8", "threads": "a list of integers >= 1",
              "affinities": "a list of all, big, little, mid, cores:K or CPU lists",
              "num_runs": "an integer >= 1", "warmup_runs": "an integer >= 0",
-             "energy": "an --energy spec", "energy_seconds": "a number > 0"}
+             "energy": "an --energy spec", "energy_seconds": "a number > 0",
+             "rounds": "an integer >= 1"}
 
 
 def load_study_spec(path: str | Path, overrides: dict[str, Any]) -> StudySpec:
@@ -414,8 +436,8 @@ def _spec_value(where: str, key: str, value: Any) -> Any:
                 not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
             raise bad
         return tuple(value)
-    if key in ("num_runs", "warmup_runs"):
-        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "num_runs"):
+    if key in ("num_runs", "warmup_runs", "rounds"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "warmup_runs"):
             raise bad
         return value
     if key == "energy_seconds":
