@@ -82,3 +82,29 @@ def test_litert_profile_has_the_tflite_memory(zoo_model, tmp_path: Path) -> None
         == profile.param_bytes
     assert memory.inference_rss_growth_bytes >= 0 and memory.peak_rss_bytes > 0
     assert load_profile(save_profile(profile, tmp_path / "lite.json")) == profile
+
+
+def test_a_remote_profile_carries_memory(tmp_path: Path) -> None:
+    """Through a real gRPC server on loopback: the profile JSON keeps ``memory``."""
+    import keras
+
+    from cloud_server import create_server
+    from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
+    from dnntune.rpc.serving import ServerOptions
+
+    inp = keras.Input(shape=(8,), name="features")
+    path = tmp_path / "mine.keras"
+    keras.Model(inp, keras.layers.Dense(4, name="dense")(inp)).save(path)
+    running = create_server(ServerOptions(port=0))
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    try:
+        client.upload_file(path)
+        profile = client.profile(model_spec(client.pb2, str(path)), num_runs=3,
+                                 warmup_runs=1, energy="none")
+    finally:
+        client.close()
+        running.stop(0)
+    assert profile.memory is not None and profile.memory.framework == "tensorflow"
+    assert profile.memory.loaded_what.startswith("Keras file")
+    assert profile.memory.loaded_bytes == path.stat().st_size  # the bytes uploaded
+    assert profile.memory.peak_rss_bytes > 0
