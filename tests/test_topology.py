@@ -4,6 +4,7 @@ and the power of busy cores priced by cluster."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from dnntune.errors import DnntuneError
 from dnntune.profiling.devices import find_device_profile, load_device_profile
 from dnntune.profiling.topology import format_cpus, parse_cpu_list, read_topology
-from dnntune.study.deployment import estimate_power_mw
+from dnntune.study.deployment import choose_energy, estimate_power_mw
 from tests.conftest import assert_one_line_error, run_cli
 
 DATA = Path(__file__).parent / "data"
@@ -104,3 +105,21 @@ def test_study_refuses_big_on_a_machine_without_clusters() -> None:
                                    "--affinity", "big", "--sysfs",
                                    str(DATA / "sysfs_server")]),
                           "affinity 'big'", "no CPU clusters of different speeds")
+
+
+def test_study_refuses_cpus_this_process_may_not_use(tmp_path: Path) -> None:
+    beyond = max(os.sched_getaffinity(0)) + 2  # exists in this tree, not allowed here
+    (tmp_path / "online").write_text(f"0-{beyond}\n")
+    assert_one_line_error(run_cli(["study", "deployment", "--model", "tiny_mlp",
+                                   "--affinity", str(beyond), "--sysfs", str(tmp_path)]),
+                          f"affinity '{beyond}'", "not all allowed to this process")
+
+
+def test_a_phone_power_model_on_a_host_without_clusters_says_what_it_cannot_do() -> None:
+    server = read_topology(DATA / "sysfs_server")
+    notes = choose_energy("model:pixel3", server, 0.1).notes
+    assert len(notes) == 1
+    assert "pixel3 has 2 CPU clusters (big, little)" in notes[0]
+    assert "cannot represent clusters of different speeds" in notes[0]
+    phone = choose_energy("model:pixel3", read_topology(DATA / "sysfs_sdm845"), 0.1)
+    assert phone.notes == [] and phone.label == "estimated:pixel3"

@@ -203,6 +203,7 @@ def run_study_deployment(args: argparse.Namespace) -> int:
         StudySpec,
         choose_energy,
         load_study_spec,
+        resolve_affinities,
         run_deployment_study,
         write_deployment_study,
     )
@@ -227,8 +228,7 @@ def run_study_deployment(args: argparse.Namespace) -> int:
         spec = StudySpec(**{k: v for k, v in overrides.items() if v is not None})
     if spec.affinities == ("all",) and not overrides["affinities"]:
         spec = _with_default_affinities(spec, topology, args.config)
-    for affinity in spec.affinities:
-        topology.resolve(affinity)  # one line, exit 2, before any model is built
+    resolve_affinities(spec.affinities, topology)  # one line, exit 2, before any model is built
     if args.out:
         from dnntune.cli.outputs import check_output_dir
 

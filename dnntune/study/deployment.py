@@ -217,6 +217,23 @@ def _prepare(model: str, variants: Sequence[tuple[str, str]], folder: Path
     return loaded.name, files
 
 
+def resolve_affinities(affinities: Sequence[str], topology: CpuTopology
+                       ) -> dict[str, tuple[int, ...]]:
+    """Each affinity's CPUs, all of them existing and allowed to this process.
+
+    Raises:
+        DnntuneError: one line naming the affinity (see :meth:`CpuTopology.resolve`), or
+            CPUs this process may not run on (a container's cpuset, ``taskset``).
+    """
+    cpusets = {a: topology.resolve(a) for a in affinities}
+    allowed = set(os.sched_getaffinity(0))
+    for name, cpus in cpusets.items():
+        if not set(cpus) <= allowed:
+            raise DnntuneError(f"affinity {name!r}: CPUs {format_cpus(cpus)} are not all "
+                               f"allowed to this process (allowed: {format_cpus(allowed)})")
+    return cpusets
+
+
 def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyModel,
                          progress: Callable[[str], None] | None = None
                          ) -> list[DeploymentRow]:
@@ -226,12 +243,7 @@ def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyM
     times in turn, so load that comes and goes hits every configuration alike; a row pools
     its rounds' timings and says how far its round means spread.
     """
-    cpusets = {a: topology.resolve(a) for a in spec.affinities}
-    allowed = set(os.sched_getaffinity(0))
-    for name, cpus in cpusets.items():
-        if not set(cpus) <= allowed:
-            raise DnntuneError(f"affinity {name!r}: CPUs {format_cpus(cpus)} are not all "
-                               f"allowed to this process (allowed: {format_cpus(sorted(allowed))})")
+    cpusets = resolve_affinities(spec.affinities, topology)
     rows: list[DeploymentRow] = []
     with tempfile.TemporaryDirectory(prefix="dnntune-study-") as tmp:
         for model in spec.models:
