@@ -88,3 +88,23 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
                           "bad.yaml", "deployment.threads", "integers >= 1")
     assert_one_line_error(run_cli(["study", "deployment", "--model", "tiny_mlp",
                                    "--threads", "two"]), "--threads 'two'")
+
+
+def test_a_hardware_meter_is_read_by_every_worker(tmp_path: Path) -> None:
+    """A (recorded) battery gauge at a steady 0.5 A: idle is measured once, active power in
+    the worker while its inference loops, and the row is labelled measured."""
+    base = tmp_path / "sys/class/power_supply/battery"
+    base.mkdir(parents=True)
+    for name, value in (("type", "Battery"), ("current_now", "-500000"),
+                        ("voltage_now", "3800000"), ("status", "Discharging")):
+        (base / name).write_text(value + "\n")
+    result = run_cli(["study", "deployment", "--model", "tiny_resnet", "--frameworks",
+                      "litert", "--precision", "fp32", "--affinity", "all", "--num_runs", "3",
+                      "--energy", "battery", "--meter-root", str(tmp_path), "--format", "json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["energy_label"] == "measured:battery"
+    # 1.9 W both idle and busy on a gauge that does not move: nothing above idle
+    assert row["power_mw"] == pytest.approx(0.0, abs=1e-6)
+    assert row["energy_mj"] == pytest.approx(0.0, abs=1e-6)
+    assert row["best"] == "latency,energy,memory"

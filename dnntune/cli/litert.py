@@ -188,6 +188,7 @@ def add_deployment_study(studies: argparse._SubParsersAction) -> None:  # type: 
                    "model:<profile> (default: auto)")
     d.add_argument("--sysfs", default="/sys/devices/system/cpu", metavar="DIR",
                    help=argparse.SUPPRESS)
+    d.add_argument("--meter-root", default="/", metavar="DIR", help=argparse.SUPPRESS)
     d.add_argument("--out", metavar="DIR",
                    help="write deployment.json, deployment.csv, deployment.png")
     d.add_argument("--format", choices=["table", "json"], default="table")
@@ -236,7 +237,7 @@ def run_study_deployment(args: argparse.Namespace) -> int:
     notes = [f"CPU topology: {topology.describe()}"]
     if not topology.heterogeneous:
         notes.append("no big.LITTLE clusters here, so affinities are core counts")
-    energy = choose_energy(spec.energy, topology, spec.energy_seconds)
+    energy = choose_energy(spec.energy, topology, spec.energy_seconds, args.meter_root)
     notes += [f"energy: {energy.label} ({energy.note})", *energy.notes]
     for note in notes:
         print(note, file=sys.stderr)

@@ -103,6 +103,7 @@ class EnergyModel:
     label: str
     note: str
     meter_spec: str | None = None
+    meter_root: str = "/"
     idle_power_mw: float | None = None
     profile: DeviceProfile | None = None
     notes: list[str] = field(default_factory=list)
@@ -145,11 +146,13 @@ def estimate_power_mw(profile: DeviceProfile, topology: CpuTopology, cpus: Seque
                                      "not match the profile's)"
 
 
-def choose_energy(spec: str, topology: CpuTopology, seconds: float) -> EnergyModel:
-    """Resolve ``--energy`` once for the whole study (idle power measured here)."""
+def choose_energy(spec: str, topology: CpuTopology, seconds: float,
+                  meter_root: str = "/") -> EnergyModel:
+    """Resolve ``--energy`` once for the whole study (idle power measured here; the
+    workers read the same meter under ``meter_root``)."""
     from dnntune.profiling.energy import PowerModelMeter, get_meter, measure_idle_power
 
-    choice = get_meter(spec)
+    choice = get_meter(spec, meter_root)
     meter = choice.meter
     if meter is None:
         return EnergyModel("none", choice.note)
@@ -167,7 +170,7 @@ def choose_energy(spec: str, topology: CpuTopology, seconds: float) -> EnergyMod
         return model
     idle = measure_idle_power(meter, seconds).power_mw
     return EnergyModel(meter.label, choice.note, meter_spec=spec if spec != "auto" else
-                       meter.name, idle_power_mw=idle)
+                       meter.name, meter_root=meter_root, idle_power_mw=idle)
 
 
 def _worker(request: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -263,6 +266,7 @@ def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyM
                     request = {"framework": fw, "file": path, "threads": threads,
                                "cpus": list(cpus), "warmup": spec.warmup_runs,
                                "runs": spec.num_runs, "meter": energy.meter_spec,
+                               "meter_root": energy.meter_root,
                                "energy_seconds": spec.energy_seconds}
                     answers[i].append(_worker(request))
             model_rows = [

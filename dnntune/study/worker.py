@@ -63,7 +63,7 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("meter"):
         from dnntune.profiling.energy import get_meter, measure_active_power
 
-        meter = get_meter(req["meter"]).meter
+        meter = get_meter(req["meter"], req.get("meter_root", "/")).meter
         if meter is not None:
             active_mw = measure_active_power(meter, call, float(req["energy_seconds"])).power_mw
     return {"times_ms": times.tolist(), "ready_s": ready_s, "baseline_rss_bytes": baseline,
