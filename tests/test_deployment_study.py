@@ -88,6 +88,8 @@ def test_bad_study_config_is_one_line(tmp_path: Path) -> None:
                           "bad.yaml", "deployment.threads", "integers >= 1")
     assert_one_line_error(run_cli(["study", "deployment", "--model", "tiny_mlp",
                                    "--threads", "two"]), "--threads 'two'")
+    assert_one_line_error(run_cli(["study", "deployment", "--model", "tiny_mlp,nosuch"]),
+                          "model 'nosuch'", "tiny_resnet")
 
 
 def test_a_hardware_meter_is_read_by_every_worker(tmp_path: Path) -> None:

@@ -230,6 +230,12 @@ def run_study_deployment(args: argparse.Namespace) -> int:
     if spec.affinities == ("all",) and not overrides["affinities"]:
         spec = _with_default_affinities(spec, topology, args.config)
     resolve_affinities(spec.affinities, topology)  # one line, exit 2, before any model is built
+    from dnntune.model.loading import known_models
+
+    for model in spec.models:
+        if model not in known_models() and not Path(model).is_file():
+            raise DnntuneError(f"model {model!r}: expected a .keras/.h5 file or one of "
+                               f"{', '.join(known_models())}")
     if args.out:
         from dnntune.cli.outputs import check_output_dir
 
