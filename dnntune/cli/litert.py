@@ -128,7 +128,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("study", help="studies over the model zoo (frameworks)")
+    p = sub.add_parser("study", help="studies over the model zoo (frameworks, deployment)")
     studies = p.add_subparsers(dest="study", metavar="STUDY", parser_class=type(p))
     studies.required = True
     s = studies.add_parser(
@@ -144,17 +144,191 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     s.add_argument("--num_runs", type=flags.RUNS, default=20, metavar="N")
     s.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, default=3, metavar="N")
     s.add_argument("--num_threads", type=flags.THREADS, default=1, metavar="N")
+    s.add_argument("--energy", default="auto", metavar="SPEC",
+                   help="energy per inference: auto|none|rapl|battery|ina3221|model:<profile> "
+                        "(default: auto, a meter if readable else the default power model)")
     s.add_argument("--out", metavar="DIR", help="write study.json, study.csv, study.png")
     s.add_argument("--format", choices=["table", "json"], default="table")
     from dnntune.cli.store import add_recording_flags
 
     add_recording_flags(s)
     s.set_defaults(handler=run_study_frameworks)
+    add_deployment_study(studies)
+
+
+def add_deployment_study(studies: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    d = studies.add_parser(
+        "deployment", help="mobile-only deployment: framework/precision x threads x CPU "
+                           "affinity; latency, energy, memory and the best of each",
+        description="Run each model mobile-only on this machine for every framework/precision, "
+                    "thread count and CPU affinity (big, little, all from sysfs clusters; "
+                    "core counts cores:K where there are none), each in a fresh pinned "
+                    "process. Reports latency (mean/p90), energy (measured or estimated, "
+                    "labelled), model file size and resident-memory growth, marks the best "
+                    "configuration per objective, writes deployment.json/.csv/.png.")
+    d.add_argument("--config", metavar="FILE", help="YAML with a 'deployment:' section "
+                   "(models, frameworks, precisions, threads, affinities, num_runs, "
+                   "warmup_runs, energy); flags override it")
+    d.add_argument("--model", action="append", metavar="NAME[,NAME...]",
+                   help="zoo models or model files (repeatable)")
+    d.add_argument("--frameworks", help="subset of tf,litert (default: tf,litert)")
+    d.add_argument("--precision", help="LiteRT precisions (default: fp32,int8)")
+    d.add_argument("--threads", metavar="N[,N...]", help="thread counts (default: 1)")
+    d.add_argument("--affinity", action="append", metavar="A[,A...]",
+                   help="all, big, little, mid, cores:K (comma-separated), or a CPU list "
+                        "such as 0-3,6 (repeatable); default: every cluster and all, or "
+                        "core counts where there are no clusters")
+    d.add_argument("--num_runs", type=flags.RUNS, metavar="N", help="timed runs (default: 10)")
+    d.add_argument("--warmup_runs", type=flags.WARMUP_RUNS, metavar="N",
+                   help="warm-up runs (default: 2)")
+    d.add_argument("--rounds", type=flags.int_in(1, 100), metavar="N",
+                   help="run the whole list of configurations N times in turn and pool "
+                        "them, so passing load hits all alike (default: 1)")
+    d.add_argument("--energy", metavar="SPEC", help="auto|none|rapl|battery|ina3221|"
+                   "model:<profile> (default: auto)")
+    d.add_argument("--sysfs", default="/sys/devices/system/cpu", metavar="DIR",
+                   help=argparse.SUPPRESS)
+    d.add_argument("--meter-root", default="/", metavar="DIR", help=argparse.SUPPRESS)
+    d.add_argument("--out", metavar="DIR",
+                   help="write deployment.json, deployment.csv, deployment.png")
+    d.add_argument("--format", choices=["table", "json"], default="table")
+    d.set_defaults(handler=run_study_deployment)
+
+
+def run_study_deployment(args: argparse.Namespace) -> int:
+    from dnntune.litert.convert import PRECISIONS
+    from dnntune.litert.study import parse_list
+    from dnntune.profiling.topology import read_topology
+    from dnntune.study.deployment import (
+        FRAMEWORKS,
+        StudySpec,
+        choose_energy,
+        load_study_spec,
+        resolve_affinities,
+        run_deployment_study,
+        write_deployment_study,
+    )
+
+    topology = read_topology(args.sysfs)
+    overrides: dict[str, Any] = {
+        "models": (tuple(m for item in args.model for m in item.split(",") if m)
+                   if args.model else None),
+        "frameworks": (parse_list(args.frameworks, FRAMEWORKS, "--frameworks")
+                       if args.frameworks else None),
+        "precisions": (parse_list(args.precision, PRECISIONS, "--precision")
+                       if args.precision else None),
+        "threads": _thread_list(args.threads) if args.threads else None,
+        "affinities": _affinity_list(args.affinity) if args.affinity else None,
+        "num_runs": args.num_runs, "warmup_runs": args.warmup_runs, "energy": args.energy,
+        "rounds": args.rounds}
+    if args.config:
+        spec = load_study_spec(args.config, overrides)
+    else:
+        if not overrides["models"]:
+            raise DnntuneError("study deployment: give --model or --config")
+        spec = StudySpec(**{k: v for k, v in overrides.items() if v is not None})
+    if spec.affinities == ("all",) and not overrides["affinities"]:
+        spec = _with_default_affinities(spec, topology, args.config)
+    resolve_affinities(spec.affinities, topology)  # one line, exit 2, before any model is built
+    from dnntune.model.loading import known_models
+
+    for model in spec.models:
+        if model not in known_models() and not Path(model).is_file():
+            raise DnntuneError(f"model {model!r}: expected a .keras/.h5 file or one of "
+                               f"{', '.join(known_models())}")
+    if args.out:
+        from dnntune.cli.outputs import check_output_dir
+
+        check_output_dir(args.out, "--out")
+    notes = [f"CPU topology: {topology.describe()}"]
+    if not topology.heterogeneous:
+        notes.append("no big.LITTLE clusters here, so affinities are core counts")
+    energy = choose_energy(spec.energy, topology, spec.energy_seconds, args.meter_root)
+    notes += [f"energy: {energy.label} ({energy.note})", *energy.notes]
+    for note in notes:
+        print(note, file=sys.stderr)
+    rows = run_deployment_study(spec, topology, energy,
+                                progress=lambda s: print(f"running {s}", file=sys.stderr))
+    if args.out:
+        for path in write_deployment_study(rows, args.out, notes, topology):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.format == "json":
+        from dnntune.study.deployment import best_configurations
+
+        json.dump({"notes": notes, "best": best_configurations(rows),
+                   "rows": [r.to_dict() for r in rows]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    _print_deployment(rows)
+    return 0
+
+
+def _affinity_list(values: list[str]) -> tuple[str, ...]:
+    """Each --affinity is one spec, or comma-separated names (``big,little,all``); a CPU
+    list such as ``0,2-3`` stays one spec."""
+    out: list[str] = []
+    for value in values:
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        named = all(not x[0].isdigit() for x in items)
+        out.extend(items if named else [value.strip()])
+    return tuple(out)
+
+
+def _thread_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise DnntuneError(f"--threads {text!r}: expected thread counts such as 1,2,4")
+    return values
+
+
+def _with_default_affinities(spec: Any, topology: Any, config: str | None) -> Any:
+    """Without --affinity (and a config that names none): the topology's own."""
+    from dataclasses import replace
+
+    if config:
+        import yaml
+
+        section = (yaml.safe_load(Path(config).read_text()) or {}).get("deployment", {})
+        if "affinities" in section:
+            return spec
+    return replace(spec, affinities=topology.default_affinities())
+
+
+def _print_deployment(rows: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dnntune.report.tables import sig3
+
+    table = Table()
+    for title in ("model", "framework", "prec", "threads", "affinity", "CPUs", "mean ms",
+                  "p90 ms", "energy mJ", "file MB", "inference RSS MB", "peak RSS MB",
+                  "best"):
+        table.add_column(title, overflow="fold")
+    for r in rows:
+        table.add_row(r.model, r.framework, r.precision, str(r.threads), r.affinity, r.cpus,
+                      sig3(r.mean_ms), sig3(r.p90_ms), sig3(r.energy_mj),
+                      sig3(r.model_file_bytes / 1e6), sig3(r.inference_rss_growth_bytes / 1e6),
+                      sig3(r.peak_rss_growth_bytes / 1e6), r.best or (r.note if not r.runs
+                                                                      else ""))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    label = rows[0].energy_label if rows else "none"
+    print(f"energy per inference: {label}; peak RSS = the worker's growth from before the "
+          "framework import to the peak of its inference loop")
 
 
 def run_study_frameworks(args: argparse.Namespace) -> int:
     from dnntune.litert.convert import PRECISIONS
-    from dnntune.litert.study import FRAMEWORKS, parse_list, run_study, write_study
+    from dnntune.litert.study import (
+        FRAMEWORKS,
+        parse_list,
+        power_function,
+        run_study,
+        write_study,
+    )
 
     frameworks = parse_list(args.frameworks, FRAMEWORKS, "--frameworks")
     precisions = parse_list(args.precision, PRECISIONS, "--precision")
@@ -168,8 +342,9 @@ def run_study_frameworks(args: argparse.Namespace) -> int:
     from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(args.num_threads)
+    power = power_function(args.energy, args.num_threads)
     rows = run_study(models, frameworks, precisions, runs=args.num_runs,
-                     warmup=args.warmup_runs, threads=args.num_threads)
+                     warmup=args.warmup_runs, threads=args.num_threads, power=power)
     if args.out:
         for path in write_study(rows, args.out):
             print(f"wrote {path}", file=sys.stderr)
@@ -194,15 +369,19 @@ def _print_study(rows: Any) -> None:
     frame = study_frame(rows)
     table = Table()
     for title in ("model", "framework", "precision", "mean ms", "p90 ms", "x vs TF",
-                  "size MB", "RSS growth MB", "max |diff|", "top-1 agree", "note"):
+                  "energy mJ", "size MB", "loaded MB", "RSS growth MB", "inference RSS MB",
+                  "max |diff|", "top-1 agree", "note"):
         table.add_column(title, overflow="fold")
     for r in frame.itertuples():
         table.add_row(r.model, r.framework, r.precision, sig3(r.mean_ms), sig3(r.p90_ms),
-                      sig3(r.speedup_vs_tf), sig3(r.model_bytes / 1e6),
-                      sig3(r.rss_growth_bytes / 1e6), sig3(r.max_abs_diff),
+                      sig3(r.speedup_vs_tf), sig3(r.energy_mj), sig3(r.model_bytes / 1e6),
+                      sig3(r.loaded_bytes / 1e6), sig3(r.rss_growth_bytes / 1e6),
+                      sig3(r.inference_rss_growth_bytes / 1e6), sig3(r.max_abs_diff),
                       sig3(r.top1_agreement), r.note if r.framework != "litert" or
                       r.mean_ms != r.mean_ms else "")
     Console(width=None if sys.stdout.isatty() else 180).print(table)
+    labels = sorted(set(frame.energy_label))
+    print(f"energy per inference: {', '.join(labels)}")
 
 
 def add_litert_profile_arguments(p: argparse.ArgumentParser) -> None:

@@ -214,8 +214,17 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
                             f" warm-up + {settings.num_runs} runs, {settings.num_threads} "
                             "thread(s)); per-layer latencies not measured (zero)",
                             tuple(cuts))
-    return _profile(loaded, settings, measured, energy, len(full.tflite),
-                    psutil.Process().memory_info().rss - rss0)
+    profile = _profile(loaded, settings, measured, energy, len(full.tflite),
+                       psutil.Process().memory_info().rss - rss0)
+    if full_it is None:
+        return profile
+    from dataclasses import replace
+
+    from dnntune.profiling.profiler import inference_memory
+
+    memory = inference_memory(loaded, full_it.invoke, rss0, "litert", len(full.tflite),
+                              f".tflite {settings.precision}")
+    return replace(profile, memory=memory)
 
 
 def _energy(settings: LiteRTSettings, run_full: Callable[[], object]) -> EnergyInfo:

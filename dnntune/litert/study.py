@@ -2,7 +2,9 @@
 fp32, fp16 and int8, per model.
 
 For each model and (framework, precision) it reports latency (mean, p90) of whole-model
-inferences, model size, resident-memory growth while building and running it, and
+inferences, model size, resident-memory growth while building and running it, the size
+of what was loaded and the peak resident growth of the inferences alone, energy per
+inference (measured or estimated, labelled, when asked), and
 output agreement with fp32 TensorFlow on generated inputs (max abs difference, top-1
 agreement over the last axis). TensorFlow runs the model as one compiled
 ``tf.function``; LiteRT runs the converted model in ``ai_edge_litert`` (XNNPACK). Set
@@ -46,6 +48,11 @@ class StudyRow:
     runs: int
     threads: int
     note: str = ""
+    loaded_bytes: int = 0
+    inference_rss_growth_bytes: int = 0
+    peak_rss_bytes: int = 0
+    energy_mj: float = float("nan")
+    energy_label: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: a NaN (the precision could not be converted) becomes ``None``."""
@@ -82,21 +89,49 @@ def _agreement(outputs: Sequence[list[np.ndarray]], reference: Sequence[list[np.
     return diff, (agree / total if total else 1.0)
 
 
-def _time(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
+def _time(call: Callable[[], object], warmup: int, runs: int) -> tuple[np.ndarray, Any]:
+    """Wall-clock ms of ``runs`` calls after warm-up, and the peak-RSS window over them."""
+    from dnntune.profiling.rss import PeakWindow
+
     for _ in range(warmup):
         call()
+    window = PeakWindow.start()
     out = np.empty(runs)
     for i in range(runs):
         start = time.perf_counter()
         call()
         out[i] = (time.perf_counter() - start) * 1e3
+    return out, window
+
+
+PowerFn = Callable[[Callable[[], object]], tuple[float, str]]
+"""``P_active − P_idle`` in mW while a run function loops, and the energy label."""
+
+
+def _memory_energy(t: np.ndarray, window: Any, power: PowerFn | None,
+                   call: Callable[[], object]) -> dict[str, Any]:
+    from dnntune.profiling.rss import peak_rss_bytes
+
+    out: dict[str, Any] = {"inference_rss_growth_bytes": window.growth_bytes(),
+                           "peak_rss_bytes": peak_rss_bytes()}
+    if power is not None:
+        delta_mw, label = power(call)
+        out.update(energy_mj=float(t.mean()) * delta_mw / 1e3, energy_label=label)
     return out
 
 
 def study_model(name: str, frameworks: Sequence[str], precisions: Sequence[str],
                 runs: int = 20, warmup: int = 3, threads: int = 1, samples: int = 4,
-                progress: Callable[[str], None] | None = None) -> list[StudyRow]:
-    """Rows for one zoo model or model file (TensorFlow only at fp32)."""
+                progress: Callable[[str], None] | None = None,
+                power: PowerFn | None = None) -> list[StudyRow]:
+    """Rows for one zoo model or model file (TensorFlow only at fp32).
+
+    Memory per row: the size of what the framework loads (the Keras file, the
+    ``.tflite``), and the peak resident growth over the timed inferences; energy per
+    inference when ``power`` is given (mean latency × its ``P_active − P_idle``).
+    """
+    import os
+
     from dnntune.litert.convert import convert_model, interpreter
     from dnntune.litert.profile import run_litert
     from dnntune.model.loading import compile_model, load_model
@@ -109,11 +144,16 @@ def study_model(name: str, frameworks: Sequence[str], precisions: Sequence[str],
     reference = [run_tf(list(x)) for x in inputs]
     rows = []
     if "tf" in frameworks:
-        t = _time(lambda: run_tf(inputs[0]), warmup, runs)
+        def call_tf() -> object:
+            return run_tf(inputs[0])
+        t, window = _time(call_tf, warmup, runs)
+        loaded_bytes = (os.path.getsize(loaded.file) if loaded.file
+                        and os.path.isfile(loaded.file) else _param_bytes(loaded.model))
         rows.append(StudyRow(loaded.name, "tf", "fp32", float(t.mean()),
                              float(np.percentile(t, 90)), _param_bytes(loaded.model),
                              _rss() - rss0, 0.0, 1.0, runs, threads,
-                             "compiled tf.function; size = weight bytes"))
+                             "compiled tf.function; size = weight bytes", loaded_bytes,
+                             **_memory_energy(t, window, power, call_tf)))
     for precision in precisions if "litert" in frameworks else ():
         if progress:
             progress(f"{loaded.name} litert {precision}")
@@ -128,11 +168,13 @@ def study_model(name: str, frameworks: Sequence[str], precisions: Sequence[str],
         outputs = [run_litert(it, x) for x in inputs]
         diff, top1 = _agreement(outputs, reference)
         run_litert(it, inputs[0])
-        t = _time(it.invoke, warmup, runs)
+        t, window = _time(it.invoke, warmup, runs)
         rows.append(StudyRow(loaded.name, "litert", precision, float(t.mean()),
                              float(np.percentile(t, 90)), len(conversion.tflite),
                              _rss() - before, diff, top1, runs, threads,
-                             "ai-edge-litert XNNPACK; size = .tflite bytes"))
+                             "ai-edge-litert XNNPACK; size = .tflite bytes",
+                             len(conversion.tflite),
+                             **_memory_energy(t, window, power, it.invoke)))
     return rows
 
 
@@ -189,3 +231,26 @@ def write_study(rows: Sequence[StudyRow], out_dir: str | Path) -> list[Path]:
     (out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     study_frame(rows).to_csv(out / "study.csv", index=False)
     return [out / "study.json", out / "study.csv", plot_study(rows, out / "study.png")]
+
+
+def power_function(spec: str, threads: int, seconds: float = 1.0) -> PowerFn | None:
+    """``--energy`` as a :data:`PowerFn`: the power model's increment for ``threads``
+    (no measurement), or a hardware meter's active power while the run function loops
+    minus idle power measured once here; ``None`` for ``none``."""
+    from dnntune.profiling.energy import (
+        PowerModelMeter,
+        get_meter,
+        measure_active_power,
+        measure_idle_power,
+    )
+
+    meter = get_meter(spec, threads=threads).meter
+    if meter is None:
+        return None
+    if isinstance(meter, PowerModelMeter):
+        delta, label = meter.active_power_mw - meter.idle_power_mw, meter.label
+        return lambda call: (delta, label)
+    hardware = meter
+    idle = measure_idle_power(hardware, seconds).power_mw
+    return lambda call: (measure_active_power(hardware, call, seconds).power_mw - idle,
+                         hardware.label)

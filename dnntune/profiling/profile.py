@@ -244,6 +244,39 @@ class ProfileMeta:
 
 
 @dataclass(frozen=True)
+class MemoryInfo:
+    """Memory of one framework running the model (bytes).
+
+    Attributes:
+        framework: ``tensorflow`` or ``litert``.
+        loaded_bytes: Size of what was loaded: the model file (``.keras``/``.h5``, or the
+            ``.tflite``); the weights' bytes for a model built in memory.
+        loaded_what: What ``loaded_bytes`` counts, e.g. ``Keras file`` or ``.tflite int8``.
+        setup_rss_growth_bytes: Resident-set growth from before the framework compiled the
+            model to after its warm-up runs (graphs, kernels, arenas).
+        inference_rss_growth_bytes: Peak resident-set growth over the timed inferences,
+            from the resident set just before them (Linux ``VmHWM`` reset; see
+            :mod:`dnntune.profiling.rss`).
+        peak_rss_bytes: The process's peak resident set during the timed inferences.
+    """
+
+    framework: str
+    loaded_bytes: int
+    loaded_what: str
+    setup_rss_growth_bytes: int
+    inference_rss_growth_bytes: int
+    peak_rss_bytes: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> MemoryInfo:
+        return cls(**_typed_fields(cls, data, where))
+
+
+@dataclass(frozen=True)
 class Profile:
     """A full profile: metadata, the graph's layers with their timings, and totals.
 
@@ -258,6 +291,7 @@ class Profile:
         peak_rss_growth_bytes: Peak resident-set growth while profiling.
         end_to_end_wall: Wall-clock timings of calls of the uninstrumented model, which add
             the framework's per-call overhead to ``end_to_end``.
+        memory: What the framework held to run the model (absent in older profiles).
     """
 
     meta: ProfileMeta
@@ -273,6 +307,7 @@ class Profile:
     peak_rss_growth_bytes: int
     end_to_end_wall: Stats | None = None
     measured_cuts: MeasuredCuts | None = None
+    memory: MemoryInfo | None = None
 
     @property
     def call_overhead_ms(self) -> float:
@@ -331,6 +366,7 @@ class Profile:
             "layers": [lp.to_dict() for lp in self.layers],
             **({} if self.measured_cuts is None
                else {"measured_cuts": self.measured_cuts.to_dict()}),
+            **({} if self.memory is None else {"memory": self.memory.to_dict()}),
         }
 
     @classmethod
@@ -367,6 +403,8 @@ class Profile:
                 measured_cuts=(None if data.get("measured_cuts") is None else
                                MeasuredCuts.from_dict(data["measured_cuts"],
                                                       f"{where} measured_cuts")),
+                memory=(None if data.get("memory") is None else
+                        MemoryInfo.from_dict(data["memory"], f"{where} memory")),
             )
         except KeyError as exc:
             raise ConfigError(where, f"missing key {exc.args[0]!r}") from None

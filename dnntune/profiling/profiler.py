@@ -23,7 +23,8 @@ import numpy as np
 from dnntune import __version__
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import LoadedModel, model_hash
-from dnntune.profiling.profile import EnergyInfo, LayerProfile, Profile, ProfileMeta
+from dnntune.profiling.profile import EnergyInfo, LayerProfile, MemoryInfo, Profile, ProfileMeta
+from dnntune.profiling.rss import PeakWindow, peak_rss_bytes, rss_bytes
 from dnntune.profiling.stats import summarize, undisturbed
 
 Progress = Callable[[str, int, int], None]
@@ -83,6 +84,7 @@ class RawSamples:
     energy_note: str
     peak_rss_growth_bytes: int
     runtime: dict[str, Any]
+    memory: MemoryInfo | None = None
 
 
 def profile_model(loaded: LoadedModel, settings: ProfileSettings,
@@ -119,6 +121,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                        search_dirs=(shipped_profile_dirs() if settings.shipped_power_profiles_only
                                     else None))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    setup_rss = rss_bytes()
     inputs = loaded.example_inputs()
     instrumented = InstrumentedModel(loaded.model, loaded.graph.atomic)
     plain = compile_plain(loaded.model)
@@ -152,9 +155,33 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                                       settings.energy_seconds).power_mw
         report("energy", 1, 1)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    memory = inference_memory(loaded, lambda: plain(inputs), setup_rss)
     return RawSamples(np.stack(stamps), np.asarray(in_graph), np.asarray(plain_wall),
                       np.asarray(inst_wall), idle, active, choice.label, choice.note,
-                      (rss_after - rss_before) * 1024, runtime)
+                      (rss_after - rss_before) * 1024, runtime, memory)
+
+
+MEMORY_RUNS = 3
+
+
+def inference_memory(loaded: LoadedModel, run: Callable[[], object], setup_rss_bytes: int,
+                     framework: str = "tensorflow", loaded_bytes: int | None = None,
+                     loaded_what: str = "") -> MemoryInfo:
+    """Peak resident growth of :data:`MEMORY_RUNS` inferences (``run``) of a warmed-up
+    model, and the size of what was loaded: ``loaded_bytes`` (a ``.tflite``), else the
+    Keras file, else the weights when the model was built in memory."""
+    window = PeakWindow.start()
+    for _ in range(MEMORY_RUNS):
+        run()
+    growth = window.growth_bytes()
+    if loaded_bytes is not None:
+        size, what = loaded_bytes, loaded_what
+    elif loaded.file and os.path.isfile(loaded.file):
+        size, what = os.path.getsize(loaded.file), f"Keras file {os.path.basename(loaded.file)}"
+    else:
+        size, what = _param_bytes(loaded.model), "weights (model built in memory)"
+    return MemoryInfo(framework, size, what, window.start_rss_bytes - setup_rss_bytes,
+                      growth, peak_rss_bytes(), window.note)
 
 
 def build_profile(loaded: LoadedModel, settings: ProfileSettings, raw: RawSamples) -> Profile:
@@ -192,7 +219,8 @@ def build_profile(loaded: LoadedModel, settings: ProfileSettings, raw: RawSample
         overhead_pct=100.0 * (inst.mean_ms / wall.mean_ms - 1.0),
         ratio=sum(s.mean_ms for s in latency) / end_to_end.mean_ms,
         energy=energy, param_bytes=_param_bytes(loaded.model),
-        peak_rss_growth_bytes=int(raw.peak_rss_growth_bytes), end_to_end_wall=wall)
+        peak_rss_growth_bytes=int(raw.peak_rss_growth_bytes), end_to_end_wall=wall,
+        memory=raw.memory)
 
 
 def _param_bytes(model: Any) -> int:
