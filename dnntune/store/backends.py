@@ -9,6 +9,7 @@ rewritten to ``%s`` for psycopg).
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,11 +57,28 @@ class SqliteBackend:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            self._wal(db)
             db.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, sqlite3.Error) and self.retryable(exc):
+                raise StoreError(f"store {self.name}: locked by another process for over "
+                                 f"{BUSY_TIMEOUT_S:g} s ({exc})") from None
             raise StoreError(f"store {self.name}: not a dnntune SQLite store ({exc})") from None
         return db
+
+    def _wal(self, db: Any) -> None:
+        """Switch to WAL. Switching needs the file to itself, and SQLite answers "locked"
+        at once, without its busy handler, while another process creates the store:
+        retried until the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not self.retryable(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def sql(self, statement: str) -> str:
         return statement
