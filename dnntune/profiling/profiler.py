@@ -108,7 +108,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                     pace: Callable[[], object] | None = None) -> RawSamples:
     """Run the model (runner side): timings interleaved run by run, then energy."""
     from dnntune.profiling.energy import get_meter, shipped_profile_dirs
-    from dnntune.profiling.instrument import InstrumentedModel, compile_plain, configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     runtime = configure_runtime(settings.num_threads, settings.cpu_affinity)
     if runtime["intra_op"] != settings.num_threads:
@@ -120,8 +120,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                                     else None))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     inputs = loaded.example_inputs()
-    instrumented = InstrumentedModel(loaded.model, loaded.graph.atomic)
-    plain = compile_plain(loaded.model)
+    instrumented, plain = _passes(loaded)
     report = progress or (lambda stage, done, total: None)
     for i in range(settings.warmup_runs):
         instrumented(inputs)
@@ -155,6 +154,18 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
     return RawSamples(np.stack(stamps), np.asarray(in_graph), np.asarray(plain_wall),
                       np.asarray(inst_wall), idle, active, choice.label, choice.note,
                       (rss_after - rss_before) * 1024, runtime)
+
+
+def _passes(loaded: LoadedModel) -> tuple[Callable[[list[np.ndarray]], Any],
+                                          Callable[[list[np.ndarray]], Any]]:
+    """The instrumented and the plain pass: of the Keras model, or of a TensorFlow graph
+    (:mod:`dnntune.model.tf_graph`, a pruned function per name scope)."""
+    from dnntune.model.tf_graph import GraphModel
+    from dnntune.profiling.instrument import InstrumentedModel, compile_plain
+
+    if isinstance(loaded.model, GraphModel):
+        return loaded.model.instrumented(), loaded.model.compile_plain()
+    return InstrumentedModel(loaded.model, loaded.graph.atomic), compile_plain(loaded.model)
 
 
 def build_profile(loaded: LoadedModel, settings: ProfileSettings, raw: RawSamples) -> Profile:
