@@ -183,9 +183,10 @@ class GraphModel:
         """Floating-point constants (the frozen variables), for parameter bytes."""
         from tensorflow.python.framework import tensor_util
 
-        return [_Weight(n.name, tensor_util.MakeNdarray(n.attr["value"].tensor))
-                for n in self.graph_def.node
-                if n.op == "Const" and n.attr["dtype"].type in (1, 2, 19, 14)]  # f32 f64 f16 bf16
+        consts = (_Weight(n.name, tensor_util.MakeNdarray(n.attr["value"].tensor))
+                  for n in self.graph_def.node
+                  if n.op == "Const" and n.attr["dtype"].type in (1, 2, 19, 14))  # f32 f64 f16 bf16
+        return [w for w in consts if w.shape]  # as in the layers' params: no scalars
 
     def compile_plain(self) -> Callable[[list[np.ndarray]], tuple[list[np.ndarray], float]]:
         """The whole graph as one compiled pass bracketed by two in-graph stamps."""
@@ -616,6 +617,8 @@ def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: in
     ordered = list(nx.lexicographical_topological_sort(merged, key=layer_key.__getitem__))
     layer_of = {op: layer_of_scope[s] for op, s in scope_of.items()}
     layer_of.update({op: op for op in input_ops})
+    names = [_merge_identities(graph, layer_of, "+".join(groups[c]), set(input_ops))
+             for c in ordered]
     out_set = set(outputs)
     produced_by: dict[str, list[str]] = {}
     reads: dict[str, list[str]] = {}
@@ -627,8 +630,9 @@ def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: in
                 reads.setdefault(layer, []).append(t.name)
     crossing = {t for ts in reads.values() for t in ts} | out_set
     result = [GraphLayer(op, "InputLayer", (op,), (), (f"{op}:0",), True) for op in input_ops]
-    for c in ordered:
-        name = "+".join(groups[c])
+    for name in names:
+        if name not in produced_by:  # merged into the layer it passes on
+            continue
         ops = produced_by[name]
         outs = tuple(t.name for op in ops for t in graph.get_operation_by_name(op).outputs
                      if t.name in crossing)
@@ -641,6 +645,23 @@ def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: in
             raise DnntuneError(f"{where}: output {t!r} does not depend on the inputs "
                                f"{', '.join(inputs)}")
     return result, live
+
+
+def _merge_identities(graph: Any, layer_of: dict[str, str], layer: str,
+                      input_ops: set[str]) -> str:
+    """Fold a layer of Identity ops only (the output identity freezing adds) into the one
+    layer it reads from, so a frozen Keras model has the Keras model's layers."""
+    ops = [op for op, name in layer_of.items() if name == layer]
+    if not ops or any(graph.get_operation_by_name(op).type != "Identity" for op in ops):
+        return layer
+    sources = {layer_of[t.op.name] for op in ops for t in graph.get_operation_by_name(op).inputs
+               if t.op.name in layer_of and layer_of[t.op.name] != layer}
+    if len(sources) != 1 or next(iter(sources)) in input_ops:
+        return layer
+    (source,) = sources
+    for op in ops:
+        layer_of[op] = source
+    return layer
 
 
 def _shapes(graph: Any, graph_def: Any, tensors: Sequence[str], inputs: Sequence[str],
@@ -716,3 +737,28 @@ def _op_flops(op: Any) -> int:
     except (TypeError, ValueError):
         return 0
     return 0
+
+
+def freeze_keras_model(model: Any, path: str | Path) -> Path:
+    """Write ``model`` as a frozen GraphDef ``.pb`` with TensorFlow's own freezing
+    (``convert_variables_to_constants_v2``); inputs keep their Keras names, batch unknown.
+
+    Example:
+        >>> # freeze_keras_model(load_model("mobilenet_v2").model, "mobilenet_v2.pb")
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=t.name.split(":")[0])
+             for t in model.inputs]
+
+    def run(*inputs: Any) -> Any:
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    concrete = tf.function(run, autograph=False).get_concrete_function(*specs)
+    frozen = convert_variables_to_constants_v2(concrete)
+    path = Path(path)
+    path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    return path
