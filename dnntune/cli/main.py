@@ -89,6 +89,11 @@ def run_graph(args: argparse.Namespace) -> int:
     from dnntune.report.tables import print_cut_table
 
     print_cut_table(loaded.graph, cuts)
+    from dnntune.model.tf_graph import GraphModel
+
+    if isinstance(loaded.model, GraphModel):  # scopes, not nested Keras models
+        print(loaded.model.describe())
+        return 0
     for note in structure_notes(loaded.graph):
         print(note)
     return 0

@@ -175,6 +175,13 @@ class GraphModel:
         """Named tensors ``feeds`` -> ``fetches`` (dnntune names) as a pruned function."""
         return GraphProgram(self, tuple(feeds), tuple(fetches), name)
 
+    def describe(self) -> str:
+        """One line on how the layers were read."""
+        merged = sum("+" in layer.name for layer in self.layers)
+        return (f"TensorFlow graph {self.spec.path}: layers are its name scopes at depth "
+                f"{self.spec.depth} (?depth=N to change)"
+                + (f"; {merged} layer(s) merge scopes that feed each other" if merged else ""))
+
     def fingerprint(self) -> str:
         return self.digest
 
@@ -190,8 +197,7 @@ class GraphModel:
 
     def compile_plain(self) -> Callable[[list[np.ndarray]], tuple[list[np.ndarray], float]]:
         """The whole graph as one compiled pass bracketed by two in-graph stamps."""
-        whole = self.program(self.inputs, self.outputs, f"{self.name} whole")
-        return whole.timed
+        return compile_plain_graph(self)
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.program(self.inputs, self.outputs, f"{self.name} whole")(inputs)
@@ -266,14 +272,61 @@ class GraphProgram:
         return [np.asarray(o) for o in outs], float(seconds)
 
 
+def subgraph_def(model: GraphModel, feeds: Sequence[str], fetches: Sequence[str]) -> Any:
+    """The ops that compute graph tensors ``fetches`` from ``feeds`` (with the constants
+    they need) as a GraphDef whose fed tensors are placeholders ``dnntune_in_<j>``, to
+    import straight into a traced function (no function call at run time)."""
+    import tensorflow as tf
+
+    nodes = {n.name: n for n in model.graph_def.node}
+    fed = {t: f"dnntune_in_{j}" for j, t in enumerate(feeds)}
+    keep: list[str] = []
+    seen: set[str] = set()
+    stack = [t.rsplit(":", 1)[0] for t in fetches]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        keep.append(name)
+        for i in nodes[name].input:
+            tensor = i if ":" in i else f"{i}:0"
+            if tensor not in fed:
+                stack.append(i.split(":")[0])
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(model.graph_def.versions)
+    for j, t in enumerate(feeds):
+        producer = nodes[t.rsplit(":", 1)[0]]
+        index = int(t.rsplit(":", 1)[1])
+        stub = out.node.add(name=f"dnntune_in_{j}", op="Placeholder")
+        dtype = (producer.attr["dtype"].type if producer.op == "Placeholder"
+                 else _output_dtype(model, t))
+        stub.attr["dtype"].type = dtype
+        del index
+    order = {n.name: i for i, n in enumerate(model.graph_def.node)}
+    for name in sorted(keep, key=order.__getitem__):
+        node = out.node.add()
+        node.CopyFrom(nodes[name])
+        rewired = [fed.get(i if ":" in i else f"{i}:0") for i in node.input]
+        for k, new in enumerate(rewired):
+            if new is not None:
+                node.input[k] = f"{new}:0"
+    return out
+
+
+def _output_dtype(model: GraphModel, tensor: str) -> int:
+    graph = model.wrapped().graph
+    return int(graph.get_tensor_by_name(tensor).dtype.as_datatype_enum)
+
+
 class GraphInstrumented:
     """The graph as one compiled pass with a timestamp between consecutive layers.
 
     The same scheme as :class:`dnntune.profiling.instrument.InstrumentedModel`: each
-    layer (a pruned function of its scope's ops) reads its inputs through identities
-    that wait for the previous stamp, and the next stamp waits for all its outputs.
-    Returns ``(outputs, stamps)`` with ``layers + 1`` stamps; input layers get a
-    zero-length interval.
+    layer's ops (its :func:`subgraph_def`, imported in place, so no function call runs)
+    read their inputs through identities that wait for the previous stamp, and the next
+    stamp waits for all of the layer's outputs. Returns ``(outputs, stamps)`` with
+    ``layers + 1`` stamps; input layers get a zero-length interval.
     """
 
     def __init__(self, model: GraphModel) -> None:
@@ -281,40 +334,76 @@ class GraphInstrumented:
 
         self.model = model
         by_graph = {g: d for d, g in model.tensor_names.items()}
-        self._steps: list[tuple[GraphLayer, GraphProgram | None]] = []
+        self._steps: list[tuple[GraphLayer, tuple[str, ...], tuple[str, ...], Any]] = []
         for layer in model.layers:
             if layer.is_input:
-                self._steps.append((layer, None))
+                self._steps.append((layer, (), (), None))
                 continue
-            feeds = tuple(by_graph[t] for t in layer.inputs)
-            fetches = tuple(by_graph[t] for t in layer.outputs)
-            self._steps.append((layer, model.program(feeds, fetches, layer.name)))
+            self._steps.append((layer, tuple(by_graph[t] for t in layer.inputs),
+                                tuple(by_graph[t] for t in layer.outputs),
+                                subgraph_def(model, layer.inputs, layer.outputs)))
         self._fn = tf.function(self._run, autograph=False)
 
     @property
     def layer_names(self) -> list[str]:
-        return [layer.name for layer, _ in self._steps]
+        return [step[0].name for step in self._steps]
 
     def _run(self, *inputs: Any) -> tuple[list[Any], Any]:
         import tensorflow as tf
 
         values: dict[str, Any] = dict(zip(self.model.inputs, inputs, strict=True))
         stamps = [tf.timestamp()]
-        for _, program in self._steps:
-            if program is None:
+        for index, (layer, feeds, fetches, graph_def) in enumerate(self._steps):
+            if graph_def is None:
                 stamps.append(stamps[-1])
                 continue
             with tf.control_dependencies([stamps[-1]]):
-                guarded = [tf.identity(values[n]) for n in program.input_names]
-            flat = program.run_symbolic(*guarded)
+                guarded = [tf.identity(values[n]) for n in feeds]
+            flat = import_into(graph_def, guarded, layer.outputs, f"l{index}")
             with tf.control_dependencies(flat):
                 stamps.append(tf.timestamp())
-            values.update(zip(program.output_names, flat, strict=True))
+            values.update(zip(fetches, flat, strict=True))
         return [values[n] for n in self.model.outputs], tf.stack(stamps)
 
     def __call__(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         outs, stamps = self._fn(*inputs)
         return [np.asarray(o) for o in outs], np.asarray(stamps)
+
+
+def import_into(graph_def: Any, feeds: Sequence[Any], fetches: Sequence[str], scope: str
+                ) -> list[Any]:
+    """Import a :func:`subgraph_def` into the graph being traced, fed ``feeds``;
+    the tensors named ``fetches`` (graph names)."""
+    import tensorflow as tf
+
+    return list(tf.graph_util.import_graph_def(
+        graph_def, input_map={f"dnntune_in_{j}:0": f for j, f in enumerate(feeds)},
+        return_elements=list(fetches), name=scope))
+
+
+def compile_plain_graph(model: GraphModel
+                        ) -> Callable[[list[np.ndarray]], tuple[list[np.ndarray], float]]:
+    """The whole graph as one compiled pass (its ops imported in place, as the timed
+    pass's layers are) bracketed by two in-graph stamps; ``(outputs, seconds)``."""
+    import tensorflow as tf
+
+    outputs = [model.tensor_names[n] for n in model.outputs]
+    graph_def = subgraph_def(model, [model.tensor_names[n] for n in model.inputs], outputs)
+
+    @tf.function(autograph=False)
+    def run(*inputs: Any) -> Any:
+        start = tf.timestamp()
+        with tf.control_dependencies([start]):
+            guarded = [tf.identity(x) for x in inputs]
+        outs = import_into(graph_def, guarded, outputs, "whole")
+        with tf.control_dependencies(outs):
+            end = tf.timestamp()
+        return outs, end - start
+
+    def call(inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        outs, seconds = run(*inputs)
+        return [np.asarray(o) for o in outs], float(seconds)
+    return call
 
 
 class GraphSplitter:
