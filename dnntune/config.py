@@ -216,10 +216,11 @@ def parse_dnntune_config(data: Mapping[str, Any], where: str) -> RunConfig:
         dtype = _DNNTUNE_DTYPES[key]
     shape = model.get("input_shape")
     if isinstance(shape, str):
+        text = shape
         try:
-            shape = [int(d) for d in shape.replace("x", ",").split(",") if d.strip()]
+            shape = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
         except ValueError:
-            shape = None if not shape.strip() else [-1]
+            shape = [-1]  # reported below with the value as written
     batch, dims = 1, None
     if shape is not None:
         if (not isinstance(shape, list) or len(shape) < 2
