@@ -212,3 +212,41 @@ def test_corrupt_saved_model_is_one_line(tmp_path):
 
         load_model(str(folder))
     assert Path(folder).is_dir()
+
+
+def _write_v1_graph(path: Path, shape) -> None:
+    """A hand-made graph whose scope A feeds B, which feeds A again."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
+        with tf.name_scope("net/A"):
+            a = tf.add(x, 1.0, name="add")
+        with tf.name_scope("net/B"):
+            b = tf.multiply(a, 2.0, name="mul")
+        with tf.name_scope("net/A/"):  # back into A (the trailing / reuses the scope)
+            c = tf.subtract(b, a, name="sub")
+        with tf.name_scope("net/C"):
+            tf.nn.relu(c, name="out")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+
+
+def test_scopes_that_feed_each_other_merge_and_unknown_shapes_need_a_shape(tmp_path):
+    from dnntune.model.loading import load_model
+    from dnntune.model.split import Splitter
+
+    pb = tmp_path / "cycle.pb"
+    _write_v1_graph(pb, (None, 4))
+    loaded = load_model(f"{pb}?output=net/C/out")
+    assert loaded.graph.layer_names == ("x", "net/A+net/B", "net/C")
+    x = loaded.example_inputs()[0]
+    splitter = Splitter(loaded.model, loaded.graph)
+    for index in range(len(splitter.cuts)):
+        (got,) = splitter.split(index).run([x])
+        np.testing.assert_allclose(got, np.maximum((x + 1) * 2 - (x + 1), 0), rtol=1e-6)
+    _write_v1_graph(pb, (None, None))
+    assert_one_line_error(run_cli(["graph", "--model", str(pb)]), str(pb), "input 'x' has shape",
+                          "--input-shape")
+    shaped = load_model(str(pb), input_shapes=[(6,)])
+    assert shaped.input_shapes == ((1, 6),)
