@@ -185,6 +185,9 @@ def test_cli_graph_lists_scopes_and_bad_graphs_are_one_line(graphs, tmp_path):
     config.write_text(f"file: {pb}\ninput_name: pixels\noutput_name: Identity\n")
     assert_one_line_error(run_cli(["profile", "--config", str(config), "--no-store"]),
                           "no input named 'pixels'")
+    # Not yet sent to servers: said in one line before anything connects.
+    assert_one_line_error(run_cli(["analyze", "--model", str(pb), "--links", "wifi",
+                                   "--no-store"]), "cannot be sent to a server")
 
 
 def test_profile_and_analyze_a_frozen_graph_from_the_cli(graphs, tmp_path):
