@@ -188,6 +188,8 @@ def test_cli_graph_lists_scopes_and_bad_graphs_are_one_line(graphs, tmp_path):
     # Not yet sent to servers: said in one line before anything connects.
     assert_one_line_error(run_cli(["analyze", "--model", str(pb), "--links", "wifi",
                                    "--no-store"]), "cannot be sent to a server")
+    assert_one_line_error(run_cli(["convert", "--model", str(pb), "--out", str(tmp_path / "c")]),
+                          "LiteRT conversion takes Keras models only")
 
 
 def test_profile_and_analyze_a_frozen_graph_from_the_cli(graphs, tmp_path):

@@ -428,6 +428,13 @@ class GraphSplitter:
                           model.program)
 
 
+def require_keras(loaded: Any, what: str) -> None:
+    """Raise one line if ``loaded`` is a TensorFlow graph, which ``what`` does not take."""
+    if isinstance(getattr(loaded, "model", None), GraphModel):
+        raise DnntuneError(f"{loaded.name}: {what} takes Keras models only, not a TensorFlow "
+                           "graph (.pb/SavedModel) yet")
+
+
 # -- loading -------------------------------------------------------------------------------
 
 def load_graph_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None,
