@@ -153,6 +153,9 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
     from dnntune.model.tf_graph import is_graph_spec, load_graph_model
 
     if spec not in ZOO and is_graph_spec(spec):  # a frozen .pb or a SavedModel directory
+        if atomic:
+            raise DnntuneError(f"--atomic {','.join(atomic)}: a TensorFlow graph has no nested "
+                               "models; its layers are name scopes (?depth=N for coarser ones)")
         graph_model, layer_graph = load_graph_model(spec, input_shapes, batch_size, name)
         return LoadedModel(graph_model.name, spec, graph_model, layer_graph, batch_size, seed,
                            str(graph_model.spec.path))
