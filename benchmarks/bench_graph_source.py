@@ -11,7 +11,9 @@ run by run: the frozen graph's plain pass and its per-scope timed pass, and the 
 model's plain pass and its per-layer timed pass. Prints medians and the ratio
 Σ per-layer / end to end of each (the goal band is [0.98, 1.02]). ``--no-fold`` turns off
 TensorFlow's remapper, constant folding and arithmetic optimizer, the optimizations that
-fuse across layers in a frozen graph (weights are constants there).
+fuse across layers in a frozen graph (weights are constants there); ``--fold-layers``
+reads the graph with ``?fold=1`` instead (a convolution, its BatchNorm and activation as
+one layer).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--no-fold", action="store_true")
+    parser.add_argument("--fold-layers", action="store_true",
+                        help="read the .pb with ?fold=1 (BatchNorm and activation in their "
+                             "convolution's layer)")
     args = parser.parse_args()
 
     from dnntune.model.loading import load_model
@@ -46,8 +51,8 @@ def main() -> None:
             {"remapping": False, "constant_folding": False, "arithmetic_optimization": False})
     keras_model = load_model("mobilenet_v2")
     with tempfile.TemporaryDirectory() as folder:
-        graph_model = load_model(str(freeze_keras_model(keras_model.model,
-                                                        Path(folder) / "mobilenet_v2.pb")))
+        pb = freeze_keras_model(keras_model.model, Path(folder) / "mobilenet_v2.pb")
+        graph_model = load_model(f"{pb}?fold=1" if args.fold_layers else str(pb))
     x = keras_model.example_inputs()
     passes = {
         "frozen .pb": (graph_model.model.compile_plain(), graph_model.model.instrumented()),

@@ -255,3 +255,23 @@ def test_scopes_that_feed_each_other_merge_and_unknown_shapes_need_a_shape(tmp_p
                           "--input-shape")
     shaped = load_model(str(pb), input_shapes=[(6,)])
     assert shaped.input_shapes == ((1, 6),)
+
+
+def test_fold_puts_batchnorm_and_activation_in_the_convolutions_layer(graphs):
+    from dnntune.model.loading import load_model
+    from dnntune.model.split import Splitter
+
+    _, pb, _ = graphs
+    loaded = load_model(f"{pb}?fold=1")
+    short = [name.split("/")[-1] for name in loaded.graph.layer_names]
+    # stem + stem_bn + stem_relu are one layer; dw, project, the two-input add, pool, logits
+    assert short == ["image", "stem_1", "dw_1", "project_1", "skip_add_1", "pool_1",
+                     "logits_1"]
+    inputs = loaded.example_inputs()
+    (whole,) = loaded.model(inputs)
+    splitter = Splitter(loaded.model, loaded.graph)
+    for index in range(len(splitter.cuts)):
+        (got,) = splitter.split(index).run(inputs)
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6 * float(np.abs(whole).max()))
+    with pytest.raises(DnntuneError, match="fold= must be 0 or 1"):
+        load_model(f"{pb}?fold=yes")

@@ -55,14 +55,17 @@ class GraphSpec:
     outputs: tuple[str, ...] = ()
     dtype: str | None = None
     depth: int = DEFAULT_DEPTH
+    fold: bool = False
 
     @property
     def text(self) -> str:
-        return format_graph_spec(self.path, self.inputs, self.outputs, self.dtype, self.depth)
+        return format_graph_spec(self.path, self.inputs, self.outputs, self.dtype, self.depth,
+                                 self.fold)
 
 
 def format_graph_spec(path: str | Path, inputs: Sequence[str] = (), outputs: Sequence[str] = (),
-                      dtype: str | None = None, depth: int = DEFAULT_DEPTH) -> str:
+                      dtype: str | None = None, depth: int = DEFAULT_DEPTH,
+                      fold: bool = False) -> str:
     """The spec string for a graph file (see the module docstring)."""
     parts = []
     if inputs:
@@ -73,6 +76,8 @@ def format_graph_spec(path: str | Path, inputs: Sequence[str] = (), outputs: Seq
         parts.append(f"dtype={dtype}")
     if depth != DEFAULT_DEPTH:
         parts.append(f"depth={depth}")
+    if fold:
+        parts.append("fold=1")
     return str(path) + ("?" + "&".join(parts) if parts else "")
 
 
@@ -87,7 +92,7 @@ def parse_graph_spec(spec: str) -> GraphSpec:
     """Split ``PATH?input=..&output=..`` into a :class:`GraphSpec`; one-line errors."""
     path, _, query = spec.partition("?")
     fields = parse_qs(query, keep_blank_values=True, strict_parsing=False) if query else {}
-    unknown = sorted(set(fields) - {"input", "output", "dtype", "depth"})
+    unknown = sorted(set(fields) - {"input", "output", "dtype", "depth", "fold"})
     if unknown:
         raise DnntuneError(f"{spec}: unknown graph option {unknown[0]!r} (expected input=, "
                            "output=, dtype=, depth=)")
@@ -108,7 +113,11 @@ def parse_graph_spec(spec: str) -> GraphSpec:
         except TypeError:
             raise DnntuneError(f"{spec}: dtype={dtype} is not a data type (e.g. float32)"
                                ) from None
-    return GraphSpec(Path(path), names("input"), names("output"), dtype, int(depth_text))
+    fold = fields.get("fold", ["0"])[-1]
+    if fold not in ("0", "1"):
+        raise DnntuneError(f"{spec}: fold= must be 0 or 1, got {fold!r}")
+    return GraphSpec(Path(path), names("input"), names("output"), dtype, int(depth_text),
+                     fold == "1")
 
 
 @dataclass(frozen=True)
@@ -553,7 +562,7 @@ def _build(graph_def: Any, parsed: GraphSpec, inputs: Sequence[str], outputs: Se
             graph.get_tensor_by_name(t)
         except (KeyError, ValueError):
             raise DnntuneError(f"{where}: no output tensor {t!r} in the graph") from None
-    layers, live = _layers(graph, inputs, outputs, parsed.depth, where)
+    layers, live = _layers(graph, inputs, outputs, parsed.depth, where, parsed.fold)
     digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
     # dnntune names: an input layer's tensor keeps its name; a layer's k-th output is
     # "<layer>:<k>".
@@ -674,7 +683,7 @@ def _assign_glue(graph: Any, scope_of: dict[str, str], order: dict[str, int]) ->
 
 
 def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: int,
-            where: str) -> tuple[list[GraphLayer], set[str]]:
+            where: str, fold: bool = False) -> tuple[list[GraphLayer], set[str]]:
     """Group the ops that compute on the inputs (and reach an output) into layers."""
     input_ops = [t.rsplit(":", 1)[0] for t in inputs]
     needed = _ancestors(graph, {t.rsplit(":", 1)[0] for t in outputs})
@@ -713,7 +722,8 @@ def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: in
     ordered = list(nx.lexicographical_topological_sort(merged, key=layer_key.__getitem__))
     layer_of = {op: layer_of_scope[s] for op, s in scope_of.items()}
     layer_of.update({op: op for op in input_ops})
-    names = [_merge_identities(graph, layer_of, "+".join(groups[c]), set(input_ops))
+    names = [_merge_into_producer(graph, layer_of, "+".join(groups[c]), set(input_ops),
+                                  _ELEMENTWISE if fold else {"Identity"})
              for c in ordered]
     out_set = set(outputs)
     produced_by: dict[str, list[str]] = {}
@@ -743,12 +753,19 @@ def _layers(graph: Any, inputs: Sequence[str], outputs: Sequence[str], depth: in
     return result, live
 
 
-def _merge_identities(graph: Any, layer_of: dict[str, str], layer: str,
-                      input_ops: set[str]) -> str:
-    """Fold a layer of Identity ops only (the output identity freezing adds) into the one
-    layer it reads from, so a frozen Keras model has the Keras model's layers."""
+# Ops TensorFlow can fuse into the op before them (``?fold=1``).
+_ELEMENTWISE = {"Identity", "Mul", "AddV2", "Add", "Sub", "BiasAdd", "Relu", "Relu6", "Elu",
+                "Selu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Maximum", "Minimum",
+                "Rsqrt", "Sqrt", "Square", "Neg", "Cast", "FusedBatchNormV3", "FusedBatchNorm"}
+
+
+def _merge_into_producer(graph: Any, layer_of: dict[str, str], layer: str,
+                         input_ops: set[str], kinds: set[str]) -> str:
+    """Fold a layer whose ops are all of ``kinds`` into the one layer it reads from: the
+    output Identity freezing adds (so a frozen Keras model keeps the Keras model's
+    layers), or with ``?fold=1`` a BatchNorm or activation into its convolution."""
     ops = [op for op, name in layer_of.items() if name == layer]
-    if not ops or any(graph.get_operation_by_name(op).type != "Identity" for op in ops):
+    if not ops or any(graph.get_operation_by_name(op).type not in kinds for op in ops):
         return layer
     sources = {layer_of[t.op.name] for op in ops for t in graph.get_operation_by_name(op).inputs
                if t.op.name in layer_of and layer_of[t.op.name] != layer}
