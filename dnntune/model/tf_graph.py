@@ -189,6 +189,8 @@ class GraphModel:
         merged = sum("+" in layer.name for layer in self.layers)
         return (f"TensorFlow graph {self.spec.path}: layers are its name scopes at depth "
                 f"{self.spec.depth} (?depth=N to change)"
+                + ("; elementwise layers folded into the layer they read (?fold=1)"
+                   if self.spec.fold else "")
                 + (f"; {merged} layer(s) merge scopes that feed each other" if merged else ""))
 
     def fingerprint(self) -> str:
