@@ -148,7 +148,97 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, str(path))
 
 
+# DNNTune's (Xia et al. 2019) model keys, read as they are: a frozen graph and its tensors.
+DNNTUNE_KEYS = ("file", "input_name", "input_shape", "output_name", "data_type")
+_DNNTUNE_DTYPES = {"float": "float32", "float32": "float32", "fp32": "float32",
+                   "float16": "float16", "half": "float16", "fp16": "float16",
+                   "uint8": "uint8", "quint8": "uint8", "int8": "int8", "qint8": "int8",
+                   "int32": "int32", "int64": "int64"}
+
+
+def is_dnntune_config(data: Any) -> bool:
+    """Is ``data`` a DNNTune configuration (a ``file:`` key at the top or under ``model``)?"""
+    if not isinstance(data, Mapping):
+        return False
+    model = data.get("model")
+    return "file" in data or (isinstance(model, Mapping) and "file" in model)
+
+
+def parse_dnntune_config(data: Mapping[str, Any], where: str) -> RunConfig:
+    """A DNNTune configuration mapped onto a :class:`RunConfig`.
+
+    ``file`` (relative to the config's folder), ``input_name``, ``output_name`` (a name,
+    a list or comma-separated names), ``input_shape`` (the graph's full input shape,
+    batch first, as DNNTune gives it: ``1,224,224,3``) and ``data_type`` become the
+    graph model spec (:mod:`dnntune.model.tf_graph`) and batch size; dnntune's own
+    sections (``profiling``, ``processing``, ``objective``, ``links``, ``wire``) are read
+    as usual; every other key is named in one line on stderr and not used.
+    """
+    import sys
+
+    from dnntune.model.tf_graph import format_graph_spec
+
+    nested = isinstance(data.get("model"), Mapping)
+    model = dict(data["model"]) if nested else {k: data[k] for k in DNNTUNE_KEYS if k in data}
+    prefix = "model." if nested else ""
+    own = ("profiling", "processing", "objective", "links", "wire")
+    unknown = [f"{prefix}{k}" for k in model if k not in DNNTUNE_KEYS]
+    unknown += [k for k in data if k not in own and k not in DNNTUNE_KEYS and k != "model"]
+    if unknown:
+        print(f"dnntune: warning: {where}: DNNTune key(s) dnntune does not use: "
+              f"{', '.join(unknown)}", file=sys.stderr)
+    file = model["file"]
+    if not isinstance(file, str) or not file.strip():
+        raise ConfigError(where, f"key '{prefix}file' must be a graph file (.pb) or "
+                                 f"SavedModel folder, got {file!r}")
+    path = Path(file)
+    if not path.is_absolute() and not path.exists() and where:
+        beside = Path(where).parent / path
+        path = beside if beside.exists() else path
+
+    def names(key: str) -> tuple[str, ...]:
+        value = model.get(key)
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(x, str) and x.strip()
+                                                  for x in items):
+            raise ConfigError(where, f"key '{prefix}{key}' must be a tensor name or a list "
+                                     f"of them, got {value!r}")
+        return tuple(x.strip() for x in items)
+
+    dtype = model.get("data_type")
+    if dtype is not None:
+        key = str(dtype).lower().removeprefix("dt_")
+        if key not in _DNNTUNE_DTYPES:
+            raise ConfigError(where, f"key '{prefix}data_type' must be one of "
+                                     f"{', '.join(sorted(_DNNTUNE_DTYPES))}, got {dtype!r}")
+        dtype = _DNNTUNE_DTYPES[key]
+    shape = model.get("input_shape")
+    if isinstance(shape, str):
+        text = shape
+        try:
+            shape = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            shape = [-1]  # reported below with the value as written
+    batch, dims = 1, None
+    if shape is not None:
+        if (not isinstance(shape, list) or len(shape) < 2
+                or not all(isinstance(d, int) and d > 0 for d in shape)):
+            raise ConfigError(where, f"key '{prefix}input_shape' must be the input's full "
+                                     f"shape, batch first, e.g. 1,224,224,3, got "
+                                     f"{model.get('input_shape')!r}")
+        batch, dims = shape[0], shape[1:]
+    rest = {k: data[k] for k in own if k in data}
+    rest["model"] = {"name": format_graph_spec(path, names("input_name"),
+                                               names("output_name"), dtype),
+                     "batch_size": batch, **({"input_shape": dims} if dims else {})}
+    return parse_config(rest, where)
+
+
 def parse_config(data: Any, where: str) -> RunConfig:
+    if is_dnntune_config(data):
+        return parse_dnntune_config(data, where)
     top = _section(data, "", where, ("model", "profiling", "processing", "objective", "links",
                                      "wire"))
     model = _section(top.get("model"), "model", where, ("name", "input_shape", "batch_size",

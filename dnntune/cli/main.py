@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_graph(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("graph", help="show a model's layer graph and every cut point",
-                       description="Load a model (zoo name or .keras/.h5 file) and list every "
-                                   "cut point with the tensors that cross it.")
+                       description="Load a model (zoo name, .keras/.h5 file, frozen .pb or "
+                                   "SavedModel) and list every cut point with the tensors "
+                                   "that cross it.")
     add_model_arguments(p)
     p.add_argument("--atomic", metavar="NAMES", default="",
                    help="nested models to keep as one layer, comma-separated (default: every "
@@ -56,7 +57,8 @@ def _add_graph(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--input-shape``, ``--batch-size``: shared by every model command."""
     p.add_argument("--model", required=True, metavar="NAME|PATH",
-                   help="a zoo model name or a Keras .keras/.h5 file")
+                   help="a zoo model name, a Keras .keras/.h5 file, or a TensorFlow graph "
+                        "(frozen .pb[?input=..&output=..] or SavedModel folder)")
     p.add_argument("--input-shape", metavar="DIMS",
                    help="input shape without the batch, e.g. 224,224,3 ('A;B' for several)")
     p.add_argument("--batch-size", type=flags.BATCH, default=1, metavar="N",
@@ -89,6 +91,11 @@ def run_graph(args: argparse.Namespace) -> int:
     from dnntune.report.tables import print_cut_table
 
     print_cut_table(loaded.graph, cuts)
+    from dnntune.model.tf_graph import GraphModel
+
+    if isinstance(loaded.model, GraphModel):  # scopes, not nested Keras models
+        print(loaded.model.describe())
+        return 0
     for note in structure_notes(loaded.graph):
         print(note)
     return 0

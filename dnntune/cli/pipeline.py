@@ -171,8 +171,14 @@ def model_file(config: RunConfig) -> tuple[str, str | None, tuple[int, ...] | No
 
 def check_model_file(model: str) -> None:
     """A model that is not a zoo name must be a file here (said before connecting)."""
+    from dnntune.model.tf_graph import is_graph_spec
     from dnntune.model.zoo import ZOO
 
+    if model not in ZOO and is_graph_spec(model):
+        raise DnntuneError(
+            f"--model {model}: a TensorFlow graph cannot be sent to a server or device agent "
+            "yet; profile each side here (dnntune profile --model ... --side device|cloud "
+            "--out F.json) and run dnntune analyze --device D.json --cloud C.json")
     if model not in ZOO and not Path(model).is_file():
         raise DnntuneError(f"--model {model}: no such model file (and not a zoo model)")
 

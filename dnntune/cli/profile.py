@@ -26,7 +26,9 @@ def add_profile_command(sub: argparse._SubParsersAction) -> None:  # type: ignor
                     "(one pass, layers in sequence), plus the uninstrumented end-to-end time, "
                     "and attribute energy per layer. Flags override --config.")
     p.add_argument("--model", metavar="NAME|PATH",
-                   help="a zoo model name or a Keras .keras/.h5 file (or model.name in --config)")
+                   help="a zoo model name, a Keras .keras/.h5 file or a TensorFlow graph "
+                        "(.pb[?input=..&output=..], SavedModel folder) (or model.name in "
+                        "--config)")
     p.add_argument("--config", metavar="FILE", help="a run configuration (YAML), see configs/")
     p.add_argument("--input-shape", metavar="DIMS",
                    help="input shape without the batch, e.g. 224,224,3 ('A;B' for several)")

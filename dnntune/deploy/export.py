@@ -64,7 +64,9 @@ def export_bundle(loaded: Any, device: Any, cloud: Any, out: str | Path, *,
     from dnntune.litert.convert import check_precision, convert_model
     from dnntune.model.loading import model_hash
     from dnntune.model.split import Splitter
+    from dnntune.model.tf_graph import require_keras
 
+    require_keras(loaded, "export")
     say = progress or (lambda _text: None)
     check_precision(precision)
     if device.measured_cuts is not None:

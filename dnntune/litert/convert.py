@@ -312,6 +312,9 @@ def convert_model(loaded: LoadedModel, precision: str = "fp32") -> Conversion:
         DnntuneError: the model cannot be converted, or int8 is asked of a recurrent
             model (TF 2.21's converter crashes the process quantizing LSTM loops).
     """
+    from dnntune.model.tf_graph import require_keras
+
+    require_keras(loaded, "LiteRT conversion")
     check_precision(precision)
     recurrent = [layer.name for layer in loaded.graph.layers if layer.type in RECURRENT]
     if precision == "int8" and recurrent:

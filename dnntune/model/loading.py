@@ -1,4 +1,5 @@
-"""Model loading: the built-in zoo by name, or a user's ``.keras`` / ``.h5`` file.
+"""Model loading: the built-in zoo by name, a user's ``.keras`` / ``.h5`` file, or a
+TensorFlow graph (a frozen ``.pb`` or a SavedModel directory, :mod:`dnntune.model.tf_graph`).
 
 :func:`load_model` returns a :class:`LoadedModel`: a functional Keras model with
 concrete input shapes, its name, where it came from and its layer graph. Loading is
@@ -149,6 +150,15 @@ def load_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None = None,
     if not spec.strip():
         raise DnntuneError(f"model name is empty: expected a .keras/.h5 file or one of "
                            f"{', '.join(known_models())}")
+    from dnntune.model.tf_graph import is_graph_spec, load_graph_model
+
+    if spec not in ZOO and is_graph_spec(spec):  # a frozen .pb or a SavedModel directory
+        if atomic:
+            raise DnntuneError(f"--atomic {','.join(atomic)}: a TensorFlow graph has no nested "
+                               "models; its layers are name scopes (?depth=N for coarser ones)")
+        graph_model, layer_graph = load_graph_model(spec, input_shapes, batch_size, name)
+        return LoadedModel(graph_model.name, spec, graph_model, layer_graph, batch_size, seed,
+                           str(graph_model.spec.path))
     if spec in ZOO:
         entry = ZOO[spec]
         shapes = list(input_shapes) if input_shapes else [entry.input_shape]
@@ -349,6 +359,8 @@ def call_model(model: Any, inputs: Sequence[Any], training: bool = False) -> lis
     """Call a Keras model eagerly on a list of inputs; returns its outputs as a list."""
     import keras
 
+    if _is_graph_model(model):
+        return list(model(list(inputs)))
     # Feed the structure the model was built with (a tensor, or a list of one tensor).
     feed = keras.tree.pack_sequence_as(model.input, list(inputs))
     outputs = model(feed, training=training)
@@ -361,6 +373,8 @@ def compile_model(model: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     keras = import_keras()
     import tensorflow as tf
 
+    if _is_graph_model(model):  # a TensorFlow graph: its whole pruned function
+        return lambda inputs: list(model(list(inputs)))
     structure = model.input
 
     @tf.function(autograph=False)
@@ -369,6 +383,12 @@ def compile_model(model: Any) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
                                      training=False))
 
     return lambda inputs: [np.asarray(o) for o in run(*inputs)]
+
+
+def _is_graph_model(model: Any) -> bool:
+    from dnntune.model.tf_graph import GraphModel
+
+    return isinstance(model, GraphModel)
 
 
 def _all_layers(model: Any) -> list[Any]:
@@ -381,7 +401,10 @@ def _all_layers(model: Any) -> list[Any]:
 
 
 def model_hash(model: Any) -> str:
-    """sha256 of the architecture (JSON config) and every weight's bytes."""
+    """sha256 of the architecture (JSON config) and every weight's bytes (of a TensorFlow
+    graph: of its GraphDef as loaded)."""
+    if _is_graph_model(model):
+        return str(model.fingerprint())
     digest = hashlib.sha256(model.to_json().encode())
     for weight in model.weights:
         digest.update(weight.path.encode())

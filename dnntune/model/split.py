@@ -10,7 +10,7 @@ model outputs already computed on the device are appended to the head's outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,8 @@ class SplitModel:
     """
 
     cut: Cut
-    head: NodeProgram | None
-    tail: NodeProgram | None
+    head: NodeProgram | Any | None  # Any: a TensorFlow graph's GraphProgram
+    tail: NodeProgram | Any | None
     head_outputs: tuple[str, ...]
     tail_inputs: tuple[str, ...]
     tail_outputs: tuple[str, ...]
@@ -99,6 +99,12 @@ class Splitter:
         import_keras()
         self.graph = graph
         self.cuts = enumerate_cuts(graph)
+        from dnntune.model.tf_graph import GraphModel, GraphSplitter
+
+        self._graph_splitter = (GraphSplitter(model, graph) if isinstance(model, GraphModel)
+                                else None)
+        if self._graph_splitter is not None:  # a TensorFlow graph: pruned functions
+            return
         self._walk = walk_model(model, graph.atomic)
         if tuple(n.name for n in self._walk.nodes) != graph.layer_names:
             raise DnntuneError("the model's nodes have different names than its graph; "
@@ -106,27 +112,38 @@ class Splitter:
 
     def split(self, index: int) -> SplitModel:
         """Split at cut ``index`` (0 = cloud-only … ``len(layers)`` = mobile-only)."""
-        if not 0 <= index < len(self.cuts):
-            raise DnntuneError(f"cut index {index} out of range: expected 0 to "
-                               f"{len(self.cuts) - 1} for {self.graph.model_name}")
-        cut = self.cuts[index]
-        layers = self.graph.layers
-        device = {layer.name for layer in layers if layer.is_input}
-        device.update(layer.name for layer in layers[:index])
-        crossing = tuple(t.name for t in cut.tensors)
-        runs_on_device = any(not layer.is_input for layer in layers[:index])
-        on_device_outputs = tuple(n for n in self.graph.model_outputs
-                                  if self.graph.tensor(n).layer in device)
-        tail_outputs = tuple(n for n in self.graph.model_outputs if n not in on_device_outputs)
-        head_outputs = crossing + tuple(n for n in on_device_outputs if n not in crossing)
-        name = self.graph.model_name
-        head = tail = None
-        if runs_on_device and head_outputs:
-            head = NodeProgram(self._walk.nodes[:index], self._walk.inputs, head_outputs,
-                               f"{name} head at cut {index}")
-        if tail_outputs:
-            tail = NodeProgram(self._walk.nodes[index:], crossing, tail_outputs,
-                               f"{name} tail at cut {index}")
-        return SplitModel(cut, head, tail, head_outputs if head is not None else (),
-                          crossing, tail_outputs, self.graph.model_inputs,
-                          self.graph.model_outputs)
+        if self._graph_splitter is not None:
+            return self._graph_splitter.split(index)
+        walk = self._walk
+        return split_with(
+            self.graph, self.cuts, index,
+            lambda outs, name: NodeProgram(walk.nodes[:index], walk.inputs, outs, name),
+            lambda ins, outs, name: NodeProgram(walk.nodes[index:], ins, outs, name))
+
+
+def split_with(graph: LayerGraph, cuts: Sequence[Cut], index: int,
+               make_head: Callable[[tuple[str, ...], str], Any],
+               make_tail: Callable[[tuple[str, ...], tuple[str, ...], str], Any]) -> SplitModel:
+    """The split at cut ``index``; ``make_head(outputs, name)`` and
+    ``make_tail(inputs, outputs, name)`` build the two programs."""
+    if not 0 <= index < len(cuts):
+        raise DnntuneError(f"cut index {index} out of range: expected 0 to "
+                           f"{len(cuts) - 1} for {graph.model_name}")
+    cut = cuts[index]
+    layers = graph.layers
+    device = {layer.name for layer in layers if layer.is_input}
+    device.update(layer.name for layer in layers[:index])
+    crossing = tuple(t.name for t in cut.tensors)
+    runs_on_device = any(not layer.is_input for layer in layers[:index])
+    on_device_outputs = tuple(n for n in graph.model_outputs
+                              if graph.tensor(n).layer in device)
+    tail_outputs = tuple(n for n in graph.model_outputs if n not in on_device_outputs)
+    head_outputs = crossing + tuple(n for n in on_device_outputs if n not in crossing)
+    name = graph.model_name
+    head = tail = None
+    if runs_on_device and head_outputs:
+        head = make_head(head_outputs, f"{name} head at cut {index}")
+    if tail_outputs:
+        tail = make_tail(crossing, tail_outputs, f"{name} tail at cut {index}")
+    return SplitModel(cut, head, tail, head_outputs if head is not None else (),
+                      crossing, tail_outputs, graph.model_inputs, graph.model_outputs)

@@ -110,7 +110,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
                     pace: Callable[[], object] | None = None) -> RawSamples:
     """Run the model (runner side): timings interleaved run by run, then energy."""
     from dnntune.profiling.energy import get_meter, shipped_profile_dirs
-    from dnntune.profiling.instrument import InstrumentedModel, compile_plain, configure_runtime
+    from dnntune.profiling.instrument import configure_runtime
 
     runtime = configure_runtime(settings.num_threads, settings.cpu_affinity)
     if runtime["intra_op"] != settings.num_threads:
@@ -123,8 +123,7 @@ def collect_samples(loaded: LoadedModel, settings: ProfileSettings,
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     setup_rss = rss_bytes()
     inputs = loaded.example_inputs()
-    instrumented = InstrumentedModel(loaded.model, loaded.graph.atomic)
-    plain = compile_plain(loaded.model)
+    instrumented, plain = _passes(loaded)
     report = progress or (lambda stage, done, total: None)
     for i in range(settings.warmup_runs):
         instrumented(inputs)
@@ -182,6 +181,18 @@ def inference_memory(loaded: LoadedModel, run: Callable[[], object], setup_rss_b
         size, what = _param_bytes(loaded.model), "weights (model built in memory)"
     return MemoryInfo(framework, size, what, window.start_rss_bytes - setup_rss_bytes,
                       growth, peak_rss_bytes(), window.note)
+
+
+def _passes(loaded: LoadedModel) -> tuple[Callable[[list[np.ndarray]], Any],
+                                          Callable[[list[np.ndarray]], Any]]:
+    """The instrumented and the plain pass: of the Keras model, or of a TensorFlow graph
+    (:mod:`dnntune.model.tf_graph`, a pruned function per name scope)."""
+    from dnntune.model.tf_graph import GraphModel
+    from dnntune.profiling.instrument import InstrumentedModel, compile_plain
+
+    if isinstance(loaded.model, GraphModel):
+        return loaded.model.instrumented(), loaded.model.compile_plain()
+    return InstrumentedModel(loaded.model, loaded.graph.atomic), compile_plain(loaded.model)
 
 
 def build_profile(loaded: LoadedModel, settings: ProfileSettings, raw: RawSamples) -> Profile:
