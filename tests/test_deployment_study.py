@@ -43,10 +43,16 @@ def test_short_study_writes_rows_files_and_consistent_marks(tmp_path: Path) -> N
                       "  precisions: [fp32]\n  threads: [1]\n  affinities: [all]\n"
                       "  num_runs: 3\n  warmup_runs: 1\n  energy: model:pixel3\n  rounds: 2\n")
     out = tmp_path / "out"
+    store = tmp_path / "store.db"
     result = run_cli(["study", "deployment", "--config", str(config), "--out", str(out),
-                      "--format", "json"])
+                      "--format", "json", "--store", str(store)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CPU topology:" in result.stderr
+    import dnntune.store
+
+    with dnntune.store.open(str(store)) as stored:  # recorded after its files
+        assert list(stored.studies()["kind"]) == ["deployment"]
+        assert len(stored.study_rows()) == 2
     doc = json.loads((out / "deployment.json").read_text())
     assert json.loads(result.stdout)["rows"] == doc["rows"]
     rows = doc["rows"]

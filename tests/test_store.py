@@ -285,6 +285,10 @@ def test_validations_studies_analyses_recorded_once(store_url: str) -> None:
     assert record_quietly(validation_body(), store_url, kind="validation") == first
     assert record_quietly(study, store_url, kind="study") == \
         record_quietly(study, store_url, kind="study")
+    deployment = {"study": "deployment", "rows": [{"model": "a", "framework": "litert",
+                                                   "precision": "int8", "threads": 2,
+                                                   "affinity": "big", "mean_ms": 3.0}]}
+    assert record_quietly(deployment, store_url, kind="study") is not None
     for framework in ("litert 2.3.0 int8 (XNNPACK)", "LiteRT benchmark_model fp16"):
         litert = {**profile_body("chain"), "measured_cuts": {"framework": framework}}
         assert record_quietly(litert, store_url) is not None  # profile --framework litert,
@@ -292,13 +296,14 @@ def test_validations_studies_analyses_recorded_once(store_url: str) -> None:
     analysis = record_quietly({"model": "chain", "cuts": [1, 2]}, store_url, kind="analysis",
                               profiles=[profile_body("chain"), profile_body("chain", scale=2)])
     with open_store(store_url) as store:
-        assert store.count("validations") == store.count("studies") == 1
+        assert store.count("validations") == 1 and store.count("studies") == 2
         row = store.validations().iloc[0]
         assert (row.model_name, row.device_label, row.links) == ("chain", "emulated:pixel",
                                                                    "wifi")
         assert row.median_abs_error_pct == pytest.approx(10.0)
-        assert list(store.studies()["models"]) == ["a,b"]
-        assert list(store.study_rows()["precision"]) == ["fp32", "int8"]
+        assert list(store.studies()["models"]) == ["a,b", "a"]
+        assert list(store.studies()["kind"]) == ["frameworks", "deployment"]
+        assert list(store.study_rows()["precision"]) == ["fp32", "int8", "int8"]
         lite = store.profiles(framework="litert")
         assert list(lite["precision"]) == ["int8", "fp16"]
         stored = store.analyses()

@@ -192,6 +192,9 @@ def add_deployment_study(studies: argparse._SubParsersAction) -> None:  # type: 
     d.add_argument("--out", metavar="DIR",
                    help="write deployment.json, deployment.csv, deployment.png")
     d.add_argument("--format", choices=["table", "json"], default="table")
+    from dnntune.cli.store import add_recording_flags
+
+    add_recording_flags(d)
     d.set_defaults(handler=run_study_deployment)
 
 
@@ -252,6 +255,11 @@ def run_study_deployment(args: argparse.Namespace) -> int:
     if args.out:
         for path in write_deployment_study(rows, args.out, notes, topology):
             print(f"wrote {path}", file=sys.stderr)
+    from dnntune.cli.store import record
+    from dnntune.study.deployment import best_configurations
+
+    record(args, {"study": "deployment", "notes": notes, "best": best_configurations(rows),
+                  "rows": [r.to_dict() for r in rows]}, "study")  # after the files
     if args.format == "json":
         from dnntune.study.deployment import best_configurations
 

@@ -78,8 +78,8 @@ def record(store: Store, body: Mapping[str, Any], kind: str,
         return store.add_analysis(body, ids[0], ids[1]).id
     if kind == "validation":
         return store.add_validation(body).id
-    if kind == "study":
-        return store.add_study(body).id
+    if kind == "study":  # "study": "deployment" in the body, else a frameworks study
+        return store.add_study(body, str(body.get("study", "frameworks"))).id
     raise StoreError(f"store {store.url}: unknown record kind {kind!r}")
 
 
