@@ -27,7 +27,9 @@ def plot_policy(policy: Policy, path: str | Path, after: Sequence[str | None] = 
         ax.set_title(f"{metric}-first on {policy.link} ({policy.radio} radio)")
         ax.set_yticks(list(policy.cuts))
         if after:
-            ax.set_yticklabels([f"{c} {after[c] or 'cloud-only'}"[:28] for c in policy.cuts],
+            last = len(after) - 1
+            names = {0: "cloud-only", last: "mobile-only"}
+            ax.set_yticklabels([f"{c} {names.get(c) or after[c]}"[:28] for c in policy.cuts],
                                fontsize=7)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
