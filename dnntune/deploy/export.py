@@ -35,7 +35,6 @@ from dnntune.deploy.policy import (
     DEFAULT_HYSTERESIS,
     DEFAULT_RTT_MS,
     DEFAULT_UP_MBPS,
-    Policy,
     build_policy,
     chosen_cuts,
 )
@@ -62,6 +61,7 @@ def export_bundle(loaded: Any, device: Any, cloud: Any, out: str | Path, *,
             cuts, or a conversion fails.
     """
     from dnntune.litert.convert import check_precision, convert_model
+    from dnntune.litert.profile import head_tflite
     from dnntune.model.loading import model_hash
     from dnntune.model.split import Splitter
     from dnntune.model.tf_graph import require_keras
@@ -101,7 +101,7 @@ def export_bundle(loaded: Any, device: Any, cloud: Any, out: str | Path, *,
         if 0 < index < layers:
             say(f"converting the head at cut {index} ({inputs.after[index]})")
             name = f"device/head_{index:04d}.tflite"
-            files[name] = _head_tflite(loaded, splitter, index, precision)
+            files[name] = head_tflite(loaded, splitter, index, precision)
             heads[index] = name
     model_file = _model_file(loaded, target)
     digest = sha256_file(target / model_file)
@@ -168,12 +168,6 @@ def _best(inputs: Any, link: Link, options: CostOptions, objective: Objective,
     return int(best_indices(table.latency_ms + mask, table.energy_mj + mask, objective))
 
 
-def _head_tflite(loaded: Any, splitter: Any, index: int, precision: str) -> bytes:
-    from dnntune.litert.profile import head_tflite
-
-    return head_tflite(loaded, splitter, index, precision)
-
-
 def _model_file(loaded: Any, target: Path) -> str:
     """Copy the model's file into the bundle (or save the in-memory model there)."""
     name = "cloud/model.keras"
@@ -226,9 +220,4 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def load_policy_only(path: str | Path) -> Policy:
-    """A policy file on its own (for notebooks)."""
-    return Policy.from_dict(json.loads(Path(path).read_text()), str(path))
-
-
-__all__ = ["export_bundle", "load_policy_only"]
+__all__ = ["export_bundle"]
