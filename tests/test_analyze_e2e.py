@@ -65,6 +65,8 @@ def test_unreachable_servers_and_bad_configs_are_one_line(tmp_path):
     assert_one_line_error(run_cli(["analyze", "--model", "tiny_mlp", "--device",
                                    "127.0.0.1:9", "--out", str(tmp_path / "y")]),
                           "cannot reach 127.0.0.1:9")
+    # Servers are reached before anything is measured: nothing was profiled, nothing kept.
+    assert not list(tmp_path.glob("[xy]*"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name: tiny_mlp}\nlinks: [5g]\n")
     assert_one_line_error(run_cli(["analyze", "--config", str(bad)]), "unknown link '5g'")

@@ -108,10 +108,12 @@ def test_a_run_into_a_finished_folder_that_fails_leaves_it_whole(tmp_path):
              "analysis.json": '{"old": 3}\n', "cuts.csv": "old\n"}
     for name, text in files.items():
         (out / name).write_text(text)
+    broken = tmp_path / "broken-cloud.json"  # fails after the device was measured
+    broken.write_text("{not json")
     result = run_cli(["analyze", "--model", "tiny_mlp", "--emulate", "none", "--num_runs", "2",
-                      "--warmup_runs", "0", "--cloud", "127.0.0.1:1", "--no-plots",
+                      "--warmup_runs", "0", "--cloud", str(broken), "--no-plots",
                       "--out", str(out)], cwd=tmp_path, timeout=300)
-    assert_one_line_error(result, "127.0.0.1:1", "kept what was measured")
+    assert_one_line_error(result, "broken-cloud.json: not JSON", "kept what was measured")
     assert {p.name: p.read_text() for p in out.iterdir()} == files  # not one file replaced
     kept = result.stderr.split("kept what was measured: ")[1].rstrip(")\n").split(", ")
     assert [Path(k).name for k in kept] == ["device.json"]

@@ -358,6 +358,14 @@ def profile_side(side: str, address: str, config: RunConfig, access: Access,
         client.close()
 
 
+def _check_reachable(sources: Mapping[str, Source], access: Mapping[str, Access]) -> None:
+    """Connect to every remote server before measuring anything: a wrong address or a
+    TLS mistake is one line within seconds, not after the device's whole profile."""
+    for side, source in sources.items():
+        if source.kind == "remote":
+            ProfilerClient(access.get(side, Access()).endpoint(source.value)).close()
+
+
 def collect_profiles(config: RunConfig, device: Source, cloud: Source,
                      access: Mapping[str, Access],
                      out_dir: Path, progress: ProgressFactory,
@@ -383,6 +391,7 @@ def collect_profiles(config: RunConfig, device: Source, cloud: Source,
         print(f"dnntune: note: cannot confine the device agent ({problem}): device timings "
               f"are this machine's scaled to {emulate} (scaled:{emulate}), a what-if",
               file=sys.stderr)
+    _check_reachable({"device": device, "cloud": cloud}, access)
     with contextlib.ExitStack() as stack:
         addresses: dict[str, str] = {}
         if cloud.kind == "local":  # start early: its start-up overlaps the device's
