@@ -83,6 +83,23 @@ def test_user_links_file_with_base_and_overrides(tmp_path: Path) -> None:
     assert links["lab"].tail_ms == 0.0
 
 
+
+def test_docs_borrowed_mid_band_example_is_labelled_only_beyond_its_range(
+        tmp_path: Path) -> None:
+    """docs/energy.md's mid-band example: what it says the borrowed fit does."""
+    docs = (REPO / "docs" / "energy.md").read_text()
+    block = docs.split("  ```yaml\n", 1)[1].split("  ```\n", 1)[0]
+    path = tmp_path / "mid.yaml"
+    path.write_text("\n".join(line[2:] for line in block.splitlines()) + "\n")
+    link = load_links_file(path)["5g-mid-borrowed"]
+    low = preset_links()["5g-low"]
+    assert (link.down_mbps, link.up_mbps, link.rtt_ms) == (265.8, 14.56, 47.0)
+    assert link.down_power_mw() == pytest.approx(low.down_power_mw(100.45))  # held
+    assert link.down_extrapolation().startswith("extrapolated (fit holds for 1.04-100.45")
+    assert "BORROWED" in link.down_extrapolation()
+    assert link.up_extrapolation() == ""  # inside the low-band range: no label, as it says
+
+
 @pytest.mark.parametrize(("body", "fragments"), [
     ("links:\n  x:\n    base: 4g\n    up_mbps: 0\n",
      ["links.x", "'up_mbps'", "a rate from 0.001", "got 0"]),

@@ -268,7 +268,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
                   "alpha_up_mw_per_mbps": 283.17, "alpha_down_mw_per_mbps": 137.01,
                   "beta_mw": 132.86, "promotion_ms": 79.1, "promotion_mw": 124.4,
                   "tail_ms": 238.1, "tail_mw": 119.3, **_H12_RANGE},
-    # Narayanan et al. (SIGCOMM 2021): whole-phone fits minus the 2357 mW idle baseline.
+    # Narayanan et al. (SIGCOMM 2021): whole-phone fits minus the 2357 mW idle baseline
+    # (the mean of the artifact's per-run baselines, configs/links.yaml [N21-IDLE]).
     "lte-2021": {"up_mbps": 34.4, "down_mbps": 167.3, "rtt_ms": 74.5,
                  "alpha_up_mw_per_mbps": 80.21, "alpha_down_mw_per_mbps": 14.55,
                  "beta_up_mw": 442.0, "beta_down_mw": 397.0, "promotion_ms": 260.1,
