@@ -1,8 +1,9 @@
 """One model, bit-identical in every process, whatever the thread count.
 
 Two processes with 1 and 4 intra-op threads build every zoo model at once from an
-empty cache (the README recipes test adds 1-vs-2 and 1-vs-8 threads on one model): BatchNorm calibration (whose float sums depend on threads and CPU) runs
-once per model, under a lock, and every process ends up with the same bytes and hash.
+empty cache (the README recipes test adds 1-vs-2 and 1-vs-8 threads on one model):
+BatchNorm calibration (whose float sums depend on threads and CPU) runs once per model,
+under a lock, and every process ends up with the same bytes and hash.
 """
 
 from __future__ import annotations
