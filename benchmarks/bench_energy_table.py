@@ -67,11 +67,12 @@ def name_of(cut: dict[str, Any], n_cuts: int) -> str:
 def held(link: dict[str, Any]) -> str:
     parts = []
     for direction in ("up", "down"):
-        if link[f"{direction}_power_label"]:
+        if "extrapolated" in link[f"{direction}_power_label"]:
             rate = link[f"fit_{direction}_max_mbps"] if link[f"{direction}_mbps"] > \
                 link[f"fit_{direction}_max_mbps"] else link[f"fit_{direction}_min_mbps"]
             parts.append(f"{direction} at {rate:g}")
-    return ", ".join(parts) or "no (inside)"
+    text = ", ".join(parts) or "no (inside)"
+    return text + ("; fit borrowed" if link.get("power_borrowed") else "")
 
 
 def robust(info: dict[str, Any] | None, n_cuts: int) -> str:

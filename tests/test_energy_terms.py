@@ -147,7 +147,7 @@ def test_scaled_radio_scales_every_radio_power() -> None:
 
 def test_every_preset_has_a_source_and_a_range() -> None:
     presets = preset_links()
-    assert len(presets) == 7
+    assert len(presets) == 8
     for name, link in presets.items():
         assert link.power_source, name
         if name in ("3g", "4g", "wifi", "wifi-2022"):  # Huang et al. 2012: range assumed
@@ -167,7 +167,8 @@ def test_the_presets_file_round_trips(tmp_path: Path) -> None:
     for name, link in preset_links().items():
         assert asdict_numbers(again[name]) == asdict_numbers(link), name
         assert again[name].power_source == link.power_source, name
-        assert again[name].to_dict()["up_power_label"] == link.up_extrapolation(), name
+        assert again[name].power_borrowed == link.power_borrowed, name
+        assert again[name].to_dict()["up_power_label"] == link.up_power_label(), name
     # So does the canonical file, and a link with a curve (whose range is its ends).
     canonical = load_links_file(REPO / "configs" / "links.yaml")
     path.write_text(links_to_yaml(canonical.values()))
@@ -269,6 +270,10 @@ def test_cli_bad_preset_and_mode_conflict_exit_2_and_the_report_says_what_is_cou
     assert "energy: radio cold" in out and "radio connected while waiting" in out
     assert "4g: energy-first cut" in out and "lte-2021: energy-first cut" in out
     assert "lte-2021: uplink radio power extrapolated (fit holds for 1.02-24.85" in out
+    assert main([*base, "--links", "5g-2024"]) == 0  # a borrowed fit: said in both directions
+    out = " ".join(capsys.readouterr().out.split())
+    assert "5g-2024: uplink radio power borrowed (the NSA low-band fit" in out
+    assert "5g-2024: downlink radio power borrowed (" in out and "held at the range end" in out
 
     out_dir = tmp_path / "run"
     assert main([*base, "--links", "5g-mmwave", "--format", "json", "--out",

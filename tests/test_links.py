@@ -23,10 +23,11 @@ def test_builtin_presets_equal_configs_links_yaml() -> None:
     from_file = load_links_file(REPO / "configs" / "links.yaml")
     builtin = preset_links()
     assert list(from_file) == list(builtin) == ["3g", "4g", "wifi", "wifi-2022", "lte-2021",
-                                                "5g-low", "5g-mmwave"]
+                                                "5g-low", "5g-mmwave", "5g-2024"]
     for name, link in builtin.items():
         assert asdict_numbers(from_file[name]) == asdict_numbers(link), name
         assert from_file[name].power_source == link.power_source, name
+        assert from_file[name].power_borrowed == link.power_borrowed, name
 
 
 def test_presets_carry_the_design_table() -> None:
@@ -84,20 +85,25 @@ def test_user_links_file_with_base_and_overrides(tmp_path: Path) -> None:
 
 
 
-def test_docs_borrowed_mid_band_example_is_labelled_only_beyond_its_range(
+def test_a_borrowed_fit_is_labelled_in_both_directions_at_every_rate(
         tmp_path: Path) -> None:
-    """docs/energy.md's mid-band example: what it says the borrowed fit does."""
-    docs = (REPO / "docs" / "energy.md").read_text()
-    block = docs.split("  ```yaml\n", 1)[1].split("  ```\n", 1)[0]
-    path = tmp_path / "mid.yaml"
-    path.write_text("\n".join(line[2:] for line in block.splitlines()) + "\n")
-    link = load_links_file(path)["5g-mid-borrowed"]
-    low = preset_links()["5g-low"]
+    """5g-2024: nationwide 2024 medians with the low-band fit borrowed (issue 21)."""
+    link, low = preset_links()["5g-2024"], preset_links()["5g-low"]
     assert (link.down_mbps, link.up_mbps, link.rtt_ms) == (265.8, 14.56, 47.0)
     assert link.down_power_mw() == pytest.approx(low.down_power_mw(100.45))  # held
-    assert link.down_extrapolation().startswith("extrapolated (fit holds for 1.04-100.45")
-    assert "BORROWED" in link.down_extrapolation()
-    assert link.up_extrapolation() == ""  # inside the low-band range: no label, as it says
+    assert link.up_power_mw() == pytest.approx(low.up_power_mw(14.56))  # inside its range
+    assert link.up_extrapolation() == ""  # inside the range: not extrapolated...
+    assert link.up_power_label().startswith("borrowed (the NSA low-band fit")  # ...borrowed
+    down = link.down_power_label()
+    assert down.startswith("borrowed (") and "; extrapolated (fit holds for 1.04-100.45" in down
+    assert link.to_dict()["up_power_label"] == link.up_power_label()
+    assert "borrowed" not in low.up_power_label() + low.down_power_label()  # its own fit
+    # A links file built on it inherits the label; its own key replaces it.
+    path = tmp_path / "mine.yaml"
+    path.write_text("links:\n  a:\n    base: 5g-2024\n    rtt_ms: 30\n"
+                    "  b:\n    base: 5g-2024\n    power_borrowed: ''\n")
+    mine = load_links_file(path)
+    assert mine["a"].power_borrowed == link.power_borrowed and mine["b"].power_borrowed == ""
 
 
 @pytest.mark.parametrize(("body", "fragments"), [

@@ -45,7 +45,8 @@ REQUIRED = ("up_mbps", "down_mbps", "rtt_ms", "alpha_up_mw_per_mbps",
 RADIO_POWER_KEYS = ("alpha_up_mw_per_mbps", "alpha_down_mw_per_mbps", "beta_mw",
                     *DIRECTION_BETAS, "promotion_mw", "tail_mw")
 DEFAULT_LINKS = ("3g", "4g", "wifi")  # what --links means when not given
-OPTIONAL_KEYS = ("base", "trace", "description", "power_source", *CURVE_KEYS)
+OPTIONAL_KEYS = ("base", "trace", "description", "power_source", "power_borrowed",
+                 *CURVE_KEYS)
 DEFAULT_TRACE_BASE = "4g"
 MIN_RATE_MBPS = 1e-3  # 1 kbit/s
 MAX_VALUE = 1e9
@@ -69,6 +70,9 @@ class Link:
             throughputs the power fit was measured over; outside them the power is held at
             the range's end (see :meth:`up_extrapolation`). Defaults: not stated, unbounded.
         power_source: Citation of the power fit, shown in extrapolation labels.
+        power_borrowed: Non-empty when the power fit was measured on another network than
+            this link's (which, and why): then every power figure of the link is labelled
+            ``borrowed (...)`` in both directions, whatever the rate.
         promotion_ms, promotion_mw: Idle-to-connected promotion.
         tail_ms, tail_mw: High-power tail after the last packet.
         source: Where the values come from (``"preset"``, a file, a trace).
@@ -100,6 +104,7 @@ class Link:
     fit_down_min_mbps: float = 0.0
     fit_down_max_mbps: float = UNBOUNDED_MBPS
     power_source: str = ""
+    power_borrowed: str = ""
     source: str = "preset"
     trace: Trace | None = field(default=None, compare=False, repr=False)
 
@@ -161,6 +166,18 @@ class Link:
         return _extrapolation(rate, self.fit_down_min_mbps, self.fit_down_max_mbps,
                               self.power_source)
 
+    def up_power_label(self, up_mbps: float | None = None) -> str:
+        """Every caveat on the uplink's power figure: borrowed fit, extrapolation; ``""``
+        if there is none."""
+        return _joined(self._borrowed(), self.up_extrapolation(up_mbps))
+
+    def down_power_label(self, down_mbps: float | None = None) -> str:
+        """Every caveat on the downlink's power figure (see :meth:`up_power_label`)."""
+        return _joined(self._borrowed(), self.down_extrapolation(down_mbps))
+
+    def _borrowed(self) -> str:
+        return f"borrowed ({self.power_borrowed})" if self.power_borrowed else ""
+
     def with_uplink(self, up_mbps: float) -> Link:
         """The same link with a constant uplink of ``up_mbps`` (any trace dropped)."""
         return replace(self, up_mbps=up_mbps, trace=None)
@@ -170,16 +187,21 @@ class Link:
         d["name"] = self.name
         d["source"] = self.source
         d["power_source"] = self.power_source
+        d["power_borrowed"] = self.power_borrowed
         d["beta_up_mw"], d["beta_down_mw"] = self.up_beta_mw, self.down_beta_mw
         for key in CURVE_KEYS:
             curve = getattr(self, key)
             d[key] = None if curve is None else [list(point) for point in curve]
-        d["up_power_label"] = self.up_extrapolation()
-        d["down_power_label"] = self.down_extrapolation()
+        d["up_power_label"] = self.up_power_label()
+        d["down_power_label"] = self.down_power_label()
         if self.trace is not None:
             d["trace"] = {"file": self.trace.path, "mean_mbps": self.trace.mean_mbps,
                           "period_ms": self.trace.period_ms}
         return d
+
+
+def _joined(*labels: str) -> str:
+    return "; ".join(label for label in labels if label)
 
 
 def _extrapolation(rate_mbps: float, low: float, high: float, source: str) -> str:
@@ -207,8 +229,8 @@ def asdict_numbers(link: Link) -> dict[str, Any]:
     """The numeric fields of ``link`` as a dict (no name, source or trace; a direction's
     intercept only if it has its own)."""
     return {k: v for k, v in asdict(link).items()
-            if k not in ("name", "source", "trace", "power_source") and v is not None
-            and k not in CURVE_KEYS}
+            if k not in ("name", "source", "trace", "power_source", "power_borrowed")
+            and v is not None and k not in CURVE_KEYS}
 
 
 def scaled_radio(link: Link, factor: float) -> Link:
@@ -288,20 +310,30 @@ _PRESETS: dict[str, dict[str, Any]] = {
                   "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 2779.0,
                   "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 190.09,
                   "fit_down_min_mbps": 1.03, "fit_down_max_mbps": 2195.8},
+    "5g-2024": {"up_mbps": 14.56, "down_mbps": 265.8, "rtt_ms": 47.0,
+                "alpha_up_mw_per_mbps": 29.15, "alpha_down_mw_per_mbps": 13.52,
+                "beta_up_mw": 847.0, "beta_down_mw": 568.0, "promotion_ms": 260.1,
+                "promotion_mw": 1210.7, "tail_ms": 11576.0, "tail_mw": 568.0,
+                "fit_up_min_mbps": 1.02, "fit_up_max_mbps": 39.91,
+                "fit_down_min_mbps": 1.04, "fit_down_max_mbps": 100.45},
 }
 _H12 = "Huang et al., MobiSys 2012; range assumed, see configs/links.yaml"
 _H12_TODAY = ("Huang et al., MobiSys 2012 Wi-Fi fit; no Wi-Fi 5/6 phone power model found; "
               "range assumed, see configs/links.yaml")
 _N21 = "Narayanan et al., SIGCOMM 2021 (Verizon, MN)"
 _POWER_SOURCES = {"3g": _H12, "4g": _H12, "wifi": _H12, "wifi-2022": _H12_TODAY,
-                  "lte-2021": _N21, "5g-low": _N21, "5g-mmwave": _N21}
+                  "lte-2021": _N21, "5g-low": _N21, "5g-mmwave": _N21, "5g-2024": _N21}
+_BORROWED = {"5g-2024": "the NSA low-band fit; no phone power fit of today's multi-band "
+                        "5G was found, see configs/links.yaml"}
 
 
 def preset_links() -> dict[str, Link]:
     """The built-in presets (a fresh dict on every call): ``3g``, ``4g``, ``wifi`` (the
     2012 references), ``wifi-2022`` (today's home Wi-Fi speeds, the 2012 Wi-Fi fit held),
-    ``lte-2021``, ``5g-low``, ``5g-mmwave`` (2021 fits)."""
-    return {name: Link(name=name, power_source=_POWER_SOURCES[name], **values)
+    ``lte-2021``, ``5g-low``, ``5g-mmwave`` (2021 fits), ``5g-2024`` (U.S. nationwide
+    5G medians of 2024 with a borrowed fit, labelled)."""
+    return {name: Link(name=name, power_source=_POWER_SOURCES[name],
+                       power_borrowed=_BORROWED.get(name, ""), **values)
             for name, values in _PRESETS.items()}
 
 
@@ -361,6 +393,8 @@ def links_to_yaml(links: Iterable[Link]) -> str:
                 spec[key] = [list(point) for point in curve]
         if link.power_source:
             spec["power_source"] = link.power_source
+        if link.power_borrowed:
+            spec["power_borrowed"] = link.power_borrowed
         entries[link.name] = spec
     return yaml.safe_dump({"schema_version": 1, "links": entries}, sort_keys=False)
 
@@ -384,6 +418,8 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
     curves = _curves(spec, presets[spec["base"]] if "base" in spec else None, where)
     base_source = presets[spec["base"]].power_source if "base" in spec else ""
     power_source = str(spec.get("power_source", base_source))
+    base_borrowed = presets[spec["base"]].power_borrowed if "base" in spec else ""
+    power_borrowed = str(spec.get("power_borrowed", base_borrowed))
     trace = None
     if "trace" in spec:
         if "up_mbps" in spec:
@@ -404,7 +440,8 @@ def _link_from_yaml(name: str, spec: Any, path: Path, presets: Mapping[str, Link
     numbers.setdefault("alpha_up_mw_per_mbps", 0.0)  # unused beside a curve
     numbers.setdefault("alpha_down_mw_per_mbps", 0.0)
     return Link(name=name, source=str(spec.get("description", path)), trace=trace,
-                power_source=power_source, power_up_curve=curves["power_up_curve"],
+                power_source=power_source, power_borrowed=power_borrowed,
+                power_up_curve=curves["power_up_curve"],
                 power_down_curve=curves["power_down_curve"], **numbers)
 
 

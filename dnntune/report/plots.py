@@ -225,9 +225,11 @@ def energy_figure(analysis: Analysis, link: str | LinkAnalysis) -> Figure:
             if getattr(la.link, f"{d}_mbps") > getattr(la.link, f"fit_{d}_max_mbps")
             else f"{d} power held at {getattr(la.link, f'fit_{d}_min_mbps'):g} Mbit/s"
             for d in ("up", "down") if getattr(la.link, f"{d}_extrapolation")()]
+    borrowed = "; radio power fit borrowed" if la.link.power_borrowed else ""
     ax.set_title(_link_title(analysis, la, "phone energy per cut") +
                  f"\ndevice energy: {analysis.energy_label}; radio {analysis.options.radio}"
-                 + ("; extrapolated: " + ", ".join(held) if held else ""), fontsize=11)
+                 + ("; extrapolated: " + ", ".join(held) if held else "") + borrowed,
+                 fontsize=11)
     _cut_ticks(ax, la)
     ax.legend(loc="upper left", fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3, which="both")

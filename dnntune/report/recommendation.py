@@ -130,10 +130,14 @@ def _notes(analysis: Analysis) -> list[str]:
         name = la.link.name
         if not la.feasible:
             lines.append(f"{name}: {la.message}")
-        for direction, label in (("uplink", la.link.up_extrapolation()),
-                                 ("downlink", la.link.down_extrapolation())):
+        for direction, label, borrowed in (
+                ("uplink", la.link.up_extrapolation(), la.link.up_power_label()),
+                ("downlink", la.link.down_extrapolation(), la.link.down_power_label())):
             if label:
-                lines.append(f"{name}: {direction} radio power {label}, held at the range end")
+                lines.append(f"{name}: {direction} radio power {borrowed}, held at the range "
+                             f"end")
+            elif borrowed:
+                lines.append(f"{name}: {direction} radio power {borrowed}")
         if la.link.trace is not None:
             lines.append(f"{name}: {la.link.source}; mean uplink {round3(la.link.up_mbps)} "
                          f"Mbit/s, upload times are the median over "

@@ -212,8 +212,8 @@ def cut_rows(analysis: Analysis) -> list[dict[str, Any]]:
         for i in range(len(la.inputs.after)):
             rows.append({"link": la.link.name, **la.cut(i), "best": i == la.best,
                          "pareto": i in front, "radio": analysis.options.radio,
-                         "up_power_label": la.link.up_extrapolation(),
-                         "down_power_label": la.link.down_extrapolation()})
+                         "up_power_label": la.link.up_power_label(),
+                         "down_power_label": la.link.down_power_label()})
     return rows
 
 
