@@ -204,3 +204,22 @@ def test_rows_survive_the_wire_document():
     assert back.mean_ms != back.mean_ms and back.note == "no conversion"
     with pytest.raises(DnntuneError, match="here: not a deployment study"):
         rows_from_document({"rows": [{"model": "m"}]}, "here")
+
+
+def test_an_emulated_agent_says_what_its_study_cannot_represent():
+    """An agent started as an emulated pixel3 (its label: no cgroup needed to read it)
+    studies on its host's cores and says that clusters of different speeds are beyond
+    the emulation; its operator's preset prices the energy."""
+    running = create_agent(ServerOptions(port=0), None, power_profile="pixel3",
+                           emulation={"preset": "pixel3", "mechanism": "quota"})
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    try:
+        _, doc = study(client, request(client, "tiny_mlp", energy="model:pixel3"))
+    finally:
+        client.close()
+        running.stop(0)
+    notes = " ".join(doc["notes"])
+    assert "this agent emulates pixel3" in notes
+    assert "cannot represent clusters of different speeds" in notes
+    assert "gives no big/little figures for pixel3" in notes
+    assert doc["rows"][0]["energy_label"] == "estimated:pixel3"
