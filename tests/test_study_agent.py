@@ -223,3 +223,12 @@ def test_an_emulated_agent_says_what_its_study_cannot_represent():
     assert "cannot represent clusters of different speeds" in notes
     assert "gives no big/little figures for pixel3" in notes
     assert doc["rows"][0]["energy_label"] == "estimated:pixel3"
+
+
+def test_an_agents_refusal_is_one_cli_line(agent):
+    running, _ = agent
+    cpus = read_topology().cpus
+    result = run_cli(["study", "deployment", "--device", f"127.0.0.1:{running.port}",
+                      "--model", "tiny_mlp", "--affinity", f"0,{max(cpus) + 1}"])
+    assert_one_line_error(result, "INVALID_ARGUMENT", "DeploymentStudyRequest.affinities",
+                          f"CPU {max(cpus) + 1} does not exist")

@@ -176,7 +176,6 @@ def _study_remotely(args: argparse.Namespace) -> tuple[list[Any], list[str], str
     if args.tls_cert:
         check_pem_certificate(args.tls_cert, "--tls-cert")
     access = Access(read_token(args.token_file), args.tls_cert)
-    print(f"studying on the device agent at {address}", file=sys.stderr)
     rows, notes, topology = study_on_agent(access.endpoint(address), spec, _print_progress)
     notes = [f"studied on the device agent at {address}", *notes]
     for note in notes:
