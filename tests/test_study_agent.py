@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from device_agent import create_server as create_agent
@@ -129,6 +130,13 @@ def test_bad_fields_get_their_status_and_the_agent_keeps_serving(agent):
     assert code_of(client, unknown)[0] == grpc.StatusCode.NOT_FOUND
     nozoo = client.pb2.DeploymentStudyRequest(model=client.pb2.ModelSpec(zoo_name="/etc"))
     assert code_of(client, nozoo)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    raw = client.channel.unary_stream("/dnntune.v1.Device/StudyDeployment")
+    rng = np.random.default_rng(5)
+    for _ in range(100):  # random bytes: refused or undecodable, never a crash
+        with pytest.raises(grpc.RpcError) as caught:
+            list(raw(rng.bytes(int(rng.integers(0, 40))), timeout=30))
+        assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                       grpc.StatusCode.NOT_FOUND), caught.value.details()
     events, doc = study(client, request(client, "tiny_mlp"))  # still serving
     assert events[0] == ("prepare", 0, 1) and events[-1] == ("litert fp32 t1 cores:1", 0, 1)
     assert [r["framework"] for r in doc["rows"]] == ["litert"]
