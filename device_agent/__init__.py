@@ -43,6 +43,9 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
     if device is not None:
         state.emulation = device.emulation.to_dict()
     state.litert_heads = litert_heads(device, device.threads if device else state.num_threads)
+    from dnntune.study.agent import DeploymentStudyService
+
+    state.deployment_study = DeploymentStudyService(state)
     clients: dict[str, Any] = {}
     lock = threading.Lock()
 

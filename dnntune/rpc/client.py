@@ -43,7 +43,9 @@ SHORT_CALL_S = 60.0            # HasModel, Describe, and the base of every deadl
 SLOWEST_LINK_BYTES_PER_S = 30_000  # 0.24 Mbit/s: the slowest link a deadline allows for
 PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device expected
 ENERGY_S = 120.0               # an energy measurement on top of the runs
-SERVER_BUSY = ("profiling in progress", "server is shutting down")  # UNAVAILABLE, retry
+SERVER_BUSY = ("profiling in progress", "server is shutting down",  # UNAVAILABLE, retry
+               "a profile or deployment study is in progress",
+               "a deployment study is in progress")
 TAIL_REQUEST_TENSOR = 2  # the field number of TailRequest.tensor
 TAIL_REPLY_TENSOR = 1  # and of TailReply.tensor
 UNARY_CHUNK = 1 << 62  # in a unary call each tensor is one chunk

@@ -141,6 +141,11 @@ class ServerState:
     # (key, entry, split) -> the split with its head in LiteRT, converted before any run:
     # set by the device agent (dnntune.litert is not this layer's to import)
     litert_heads: Callable[[ModelKey, ModelEntry, Any], Any] | None = None
+    # (request, context) -> DeploymentStudyEvents: the device agent's deployment study,
+    # set by the agent (dnntune.study is not this layer's to import); None = UNIMPLEMENTED
+    deployment_study: Callable[[Any, grpc.ServicerContext], Iterator[Any]] | None = None
+    # Set while a deployment study holds profile_lock: a Profile is then refused at once.
+    studying: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @contextlib.contextmanager
     def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
@@ -225,6 +230,9 @@ class ProfilerServicer:
         from dnntune.profiling.profiler import ProfileSettings
 
         with rpc_errors(context, "Profile"):
+            if self.s.studying.is_set():
+                raise BusyError("a deployment study is in progress on this agent; retry "
+                                "when it ends")
             check_runs(request.num_runs, request.warmup_runs)
             if len(request.energy) > MAX_NAME_CHARS:
                 raise DnntuneError(f"ProfileRequest.energy is over {MAX_NAME_CHARS} characters")
@@ -524,6 +532,14 @@ class DeviceServicer:
                   for r in result.runs],
             max_abs_error=result.max_abs_error, bytes_up=result.bytes_up,
             bytes_down=result.bytes_down, wire=request.wire)
+
+    def StudyDeployment(self, request: Any,  # noqa: N802
+                        context: grpc.ServicerContext) -> Iterator[Any]:
+        """The deployment study on this device (:mod:`dnntune.study.agent`)."""
+        if self.s.deployment_study is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this agent runs no deployment study")
+        assert self.s.deployment_study is not None
+        yield from self.s.deployment_study(request, context)
 
     def _wire(self, name: str, entry: ModelEntry, split: Any) -> tuple[Any, Any]:
         """``SplitRequest.wire``: a :class:`~dnntune.rpc.encoded.WireSender` (``None``

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,34 +31,18 @@ import numpy as np
 
 from dnntune.errors import DnntuneError
 from dnntune.profiling.topology import CpuTopology, format_cpus
+from dnntune.study.spec import StudySpec
 
 if TYPE_CHECKING:
+    from dnntune.model.loading import LoadedModel
     from dnntune.profiling.devices import DeviceProfile
 
-FRAMEWORKS = ("tf", "litert")
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: "prepare" 0/1 per model, then each configuration
+as it starts with the configurations finished so far and the model's total."""
+
 OBJECTIVES = ("latency", "energy", "memory")
 WORKER_TIMEOUT_S = 1800.0
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """What to run: every model × (tf fp32, litert × precisions) × threads × affinities."""
-
-    models: tuple[str, ...]
-    frameworks: tuple[str, ...] = FRAMEWORKS
-    precisions: tuple[str, ...] = ("fp32", "int8")
-    threads: tuple[int, ...] = (1,)
-    affinities: tuple[str, ...] = ("all",)
-    num_runs: int = 10
-    warmup_runs: int = 2
-    energy: str = "auto"
-    energy_seconds: float = 1.0
-    rounds: int = 1
-
-    def variants(self) -> list[tuple[str, str]]:
-        """(framework, precision) pairs: TensorFlow runs at fp32 only."""
-        out = [("tf", "fp32")] if "tf" in self.frameworks else []
-        return out + [("litert", p) for p in self.precisions if "litert" in self.frameworks]
 
 
 @dataclass(frozen=True)
@@ -173,33 +157,60 @@ def choose_energy(spec: str, topology: CpuTopology, seconds: float,
                        meter.name, meter_root=meter_root, idle_power_mw=idle)
 
 
-def _worker(request: dict[str, Any]) -> tuple[dict[str, Any], float]:
+class StudyStoppedError(DnntuneError):
+    """The study was stopped (its caller cancelled or its deadline passed); the worker that
+    was running has been killed."""
+
+
+class WorkerFailedError(DnntuneError):
+    """A configuration's worker process failed: crashed, ran out of memory or time."""
+
+
+def _worker(request: dict[str, Any], label: str,
+            should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, Any], float]:
+    """Run one configuration in a fresh worker; ``label`` names it in errors (never a path).
+
+    ``should_stop`` is polled every 0.2 s: when it turns true the worker is killed and
+    :class:`StudyStoppedError` raised.
+    """
     start = time.perf_counter()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "dnntune.study.worker"],
-                              input=json.dumps(request), capture_output=True, text=True,
-                              timeout=WORKER_TIMEOUT_S, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        raise DnntuneError(f"study worker for {request['file']} took more than "
-                           f"{WORKER_TIMEOUT_S:.0f} s") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    proc = subprocess.Popen([sys.executable, "-m", "dnntune.study.worker"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    stdin: str | None = json.dumps(request)
+    while True:
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            stdin = None  # written already
+            late = time.perf_counter() - start > WORKER_TIMEOUT_S
+            if late or (should_stop is not None and should_stop()):
+                proc.kill()
+                proc.communicate()
+                if late:
+                    raise WorkerFailedError(f"study worker for {label} took more than "
+                                       f"{WORKER_TIMEOUT_S:.0f} s") from None
+                raise StudyStoppedError(f"study stopped during {label}") from None
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DnntuneError(f"study worker for {request['file']} failed "
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise WorkerFailedError(f"study worker for {label} failed "
                            f"(exit {proc.returncode}): {tail}")
     answer = json.loads(lines[-1])
     if "error" in answer:
-        raise DnntuneError(f"study worker for {request['file']}: {answer['error']}")
+        raise WorkerFailedError(f"study worker for {label}: {answer['error']}")
     return answer, time.perf_counter() - start
 
 
-def _prepare(model: str, variants: Sequence[tuple[str, str]], folder: Path
+def _prepare(model: str, variants: Sequence[tuple[str, str]], folder: Path,
+             load: Callable[[str], LoadedModel] | None = None
              ) -> tuple[str, dict[tuple[str, str], tuple[str, str]]]:
     """Model files per variant (path, note): the zoo's cached .keras, converted .tflite."""
     from dnntune.model.loading import load_model
 
-    loaded = load_model(model)
+    loaded = (load or load_model)(model)
     files: dict[tuple[str, str], tuple[str, str]] = {}
     for framework, precision in variants:
         if framework == "tf":
@@ -238,43 +249,61 @@ def resolve_affinities(affinities: Sequence[str], topology: CpuTopology
 
 
 def run_deployment_study(spec: StudySpec, topology: CpuTopology, energy: EnergyModel,
-                         progress: Callable[[str], None] | None = None
+                         progress: Progress | None = None,
+                         load: Callable[[str], LoadedModel] | None = None,
+                         should_stop: Callable[[], bool] | None = None
                          ) -> list[DeploymentRow]:
     """Every configuration of every model, each in its own worker; rows with best marks.
 
     With ``spec.rounds`` > 1 the whole list of a model's configurations is run that many
     times in turn, so load that comes and goes hits every configuration alike; a row pools
-    its rounds' timings and says how far its round means spread.
+    its rounds' timings and says how far its round means spread. ``load`` turns a model
+    name into a loaded model (default :func:`load_model`; a device agent gives its own
+    store's); ``should_stop`` stops the study (see :func:`_worker`).
     """
     cpusets = resolve_affinities(spec.affinities, topology)
     rows: list[DeploymentRow] = []
     with tempfile.TemporaryDirectory(prefix="dnntune-study-") as tmp:
         for model in spec.models:
-            name, files = _prepare(model, spec.variants(), Path(tmp))
+            if progress:
+                progress("prepare", 0, 1)
+            name, files = _prepare(model, spec.variants(), Path(tmp), load)
             configs = [(fw, prec, threads, affinity, cpus, path, what)
                        for (fw, prec), (path, what) in files.items()
                        for threads in spec.threads for affinity, cpus in cpusets.items()]
-            answers: list[list[tuple[dict[str, Any], float]]] = [[] for _ in configs]
-            for round_ in range(spec.rounds):
-                for i, (fw, prec, threads, affinity, cpus, path, _) in enumerate(configs):
-                    if not path:
-                        continue
-                    if progress:
-                        progress(f"{name} {fw} {prec} t{threads} {affinity}"
-                                 + (f" (round {round_ + 1}/{spec.rounds})"
-                                    if spec.rounds > 1 else ""))
-                    request = {"framework": fw, "file": path, "threads": threads,
-                               "cpus": list(cpus), "warmup": spec.warmup_runs,
-                               "runs": spec.num_runs, "meter": energy.meter_spec,
-                               "meter_root": energy.meter_root,
-                               "energy_seconds": spec.energy_seconds}
-                    answers[i].append(_worker(request))
+            answers = _run_configs(spec, energy, name, configs, progress, should_stop)
             model_rows = [
                 _row(topology, energy, name, *config, answers[i]) if config[5] else
                 _failed(name, *config[:5], config[6])
                 for i, config in enumerate(configs)]
             rows.extend(mark_best(model_rows))
     return rows
+
+
+def _run_configs(spec: StudySpec, energy: EnergyModel, name: str, configs: Sequence[Any],
+                 progress: Progress | None, should_stop: Callable[[], bool] | None
+                 ) -> list[list[tuple[dict[str, Any], float]]]:
+    answers: list[list[tuple[dict[str, Any], float]]] = [[] for _ in configs]
+    total = spec.rounds * sum(1 for c in configs if c[5])
+    done = 0
+    for round_ in range(spec.rounds):
+        for i, (fw, prec, threads, affinity, cpus, path, _) in enumerate(configs):
+            if not path:
+                continue
+            label = (f"{fw} {prec} t{threads} {affinity}"
+                     + (f" (round {round_ + 1}/{spec.rounds})" if spec.rounds > 1 else ""))
+            if should_stop is not None and should_stop():
+                raise StudyStoppedError(f"study stopped before {name} {label}")
+            if progress:
+                progress(label, done, total)
+            request = {"framework": fw, "file": path, "threads": threads,
+                       "cpus": list(cpus), "warmup": spec.warmup_runs,
+                       "runs": spec.num_runs, "meter": energy.meter_spec,
+                       "meter_root": energy.meter_root,
+                       "energy_seconds": spec.energy_seconds}
+            answers[i].append(_worker(request, f"{name} {label}", should_stop))
+            done += 1
+    return answers
 
 
 def _failed(model: str, framework: str, precision: str, threads: int, affinity: str,
@@ -381,85 +410,38 @@ def plot_deployment(rows: Sequence[DeploymentRow], path: str | Path) -> Path:
     return path
 
 
+def study_document(rows: Sequence[DeploymentRow], notes: Sequence[str],
+                   topology: str) -> dict[str, Any]:
+    """``deployment.json``'s document: the topology's one line, notes, best, rows."""
+    return {"topology": topology, "notes": list(notes), "best": best_configurations(rows),
+            "rows": [r.to_dict() for r in rows]}
+
+
+def rows_from_document(doc: Any, where: str) -> list[DeploymentRow]:
+    """The rows of a :func:`study_document` (``null`` back to NaN).
+
+    Raises:
+        DnntuneError: one line naming ``where`` if a row is not a row of this version.
+    """
+    names = {f.name for f in fields(DeploymentRow)}
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(r) == names
+                                             for r in rows):
+        raise DnntuneError(f"{where}: not a deployment study of this version (expected "
+                           f"rows with the keys {', '.join(sorted(names))})")
+    def values(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: float("nan") if v is None else v for k, v in r.items()}
+    return [DeploymentRow(**values(r)) for r in rows]
+
+
 def write_deployment_study(rows: Sequence[DeploymentRow], out_dir: str | Path,
-                           notes: Sequence[str], topology: CpuTopology) -> list[Path]:
-    """``deployment.json``, ``deployment.csv`` and ``deployment.png`` in ``out_dir``."""
+                           notes: Sequence[str], topology: str) -> list[Path]:
+    """``deployment.json``, ``deployment.csv`` and ``deployment.png`` in ``out_dir``;
+    ``topology`` is the studied machine's :meth:`CpuTopology.describe`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"topology": topology.describe(), "notes": list(notes),
-           "best": best_configurations(rows), "rows": [r.to_dict() for r in rows]}
+    doc = study_document(rows, notes, topology)
     (out / "deployment.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     study_frame(rows).to_csv(out / "deployment.csv", index=False)
     return [out / "deployment.json", out / "deployment.csv",
             plot_deployment(rows, out / "deployment.png")]
-
-
-SPEC_KEYS = {"models": "a list of zoo names or model files", "frameworks": "a list of tf, litert",
-             "precisions": "a list of fp32, fp16, int8", "threads": "a list of integers >= 1",
-             "affinities": "a list of all, big, little, mid, cores:K or CPU lists",
-             "num_runs": "an integer >= 1", "warmup_runs": "an integer >= 0",
-             "energy": "an --energy spec", "energy_seconds": "a number > 0",
-             "rounds": "an integer >= 1"}
-
-
-def load_study_spec(path: str | Path, overrides: dict[str, Any]) -> StudySpec:
-    """A ``deployment:`` section of a YAML file, flags in ``overrides`` winning.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong kind, naming file and key.
-    """
-    import yaml
-
-    from dnntune.errors import ConfigError
-
-    where = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(where, f"cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(where, f"not YAML ({str(exc).splitlines()[0]})") from None
-    section = data.get("deployment") if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise ConfigError(where, "expected a 'deployment:' mapping")
-    unknown = sorted(set(section) - set(SPEC_KEYS))
-    if unknown:
-        raise ConfigError(where, f"unknown key 'deployment.{unknown[0]}' (expected "
-                                 f"{', '.join(SPEC_KEYS)})")
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        values[key] = _spec_value(where, key, value)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if not values.get("models"):
-        raise ConfigError(where, "key 'deployment.models' is required (or --model)")
-    return StudySpec(**values)
-
-
-def _spec_value(where: str, key: str, value: Any) -> Any:
-    from dnntune.errors import ConfigError
-
-    bad = ConfigError(where, f"key 'deployment.{key}' must be {SPEC_KEYS[key]}, got {value!r}")
-    if key in ("models", "frameworks", "precisions", "affinities"):
-        if not isinstance(value, list) or not value or \
-                not all(isinstance(v, str) for v in value):
-            raise bad
-        allowed = {"frameworks": FRAMEWORKS, "precisions": ("fp32", "fp16", "int8")}.get(key)
-        if allowed and not set(value) <= set(allowed):
-            raise bad
-        return tuple(value)
-    if key == "threads":
-        if not isinstance(value, list) or not value or \
-                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-            raise bad
-        return tuple(value)
-    if key in ("num_runs", "warmup_runs", "rounds"):
-        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "warmup_runs"):
-            raise bad
-        return value
-    if key == "energy_seconds":
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise bad
-        return float(value)
-    if not isinstance(value, str):
-        raise bad
-    return value

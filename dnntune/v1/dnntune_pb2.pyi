@@ -299,3 +299,33 @@ class SplitReply(_message.Message):
     bytes_down: int
     wire: str
     def __init__(self, runs: _Optional[_Iterable[_Union[SplitRun, _Mapping]]] = ..., max_abs_error: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., wire: _Optional[str] = ...) -> None: ...
+
+class DeploymentStudyRequest(_message.Message):
+    __slots__ = ("model", "frameworks", "precisions", "threads", "affinities", "num_runs", "warmup_runs", "energy", "rounds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORKS_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITIES_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    frameworks: _containers.RepeatedScalarFieldContainer[str]
+    precisions: _containers.RepeatedScalarFieldContainer[str]
+    threads: _containers.RepeatedScalarFieldContainer[int]
+    affinities: _containers.RepeatedScalarFieldContainer[str]
+    num_runs: int
+    warmup_runs: int
+    energy: str
+    rounds: int
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., frameworks: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., threads: _Optional[_Iterable[int]] = ..., affinities: _Optional[_Iterable[str]] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., energy: _Optional[str] = ..., rounds: _Optional[int] = ...) -> None: ...
+
+class DeploymentStudyEvent(_message.Message):
+    __slots__ = ("progress", "study_json_chunk")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_JSON_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    study_json_chunk: bytes
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., study_json_chunk: _Optional[bytes] = ...) -> None: ...

@@ -459,6 +459,11 @@ class DeviceStub:
                 request_serializer=dnntune_dot_v1_dot_dnntune__pb2.SplitRequest.SerializeToString,
                 response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.SplitReply.FromString,
                 _registered_method=True)
+        self.StudyDeployment = channel.unary_stream(
+                '/dnntune.v1.Device/StudyDeployment',
+                request_serializer=dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyRequest.SerializeToString,
+                response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyEvent.FromString,
+                _registered_method=True)
 
 
 class DeviceServicer:
@@ -471,6 +476,13 @@ class DeviceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StudyDeployment(self, request, context):
+        """The mobile-only deployment study on this device (see DeploymentStudyRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -478,6 +490,11 @@ def add_DeviceServicer_to_server(servicer, server):
                     servicer.RunSplit,
                     request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.SplitRequest.FromString,
                     response_serializer=dnntune_dot_v1_dot_dnntune__pb2.SplitReply.SerializeToString,
+            ),
+            'StudyDeployment': grpc.unary_stream_rpc_method_handler(
+                    servicer.StudyDeployment,
+                    request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyRequest.FromString,
+                    response_serializer=dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -507,6 +524,33 @@ class Device:
             '/dnntune.v1.Device/RunSplit',
             dnntune_dot_v1_dot_dnntune__pb2.SplitRequest.SerializeToString,
             dnntune_dot_v1_dot_dnntune__pb2.SplitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StudyDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dnntune.v1.Device/StudyDeployment',
+            dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyRequest.SerializeToString,
+            dnntune_dot_v1_dot_dnntune__pb2.DeploymentStudyEvent.FromString,
             options,
             channel_credentials,
             insecure,
