@@ -134,8 +134,13 @@ def main() -> None:
                              "into a page: 0-16 (16 is where a plain bytearray of MBs "
                              "starts) makes the kernel's copies 2-4x slower here than 48 "
                              "or more (default 64: the raw socket at its best)")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep: the servers keep freed multi-MB buffers "
+                             "(ServerOptions.keep_transfer_buffers, the default); default: "
+                             "glibc's own thresholds (fresh pages every call)")
     args = parser.parse_args()
 
+    from dnntune.profiling.rss import peak_rss_bytes, rss_bytes
     from dnntune.rpc import tensors
 
     if args.chunk_kib:  # before the server and the client size their chunks
@@ -145,7 +150,8 @@ def main() -> None:
     from dnntune.rpc.serving import ServerOptions
     from dnntune.rpc.transfer import measure_loopback_rpc
 
-    running = create_server(ServerOptions(port=0))
+    keep = args.allocator == "keep"
+    running = create_server(ServerOptions(port=0, keep_transfer_buffers=keep))
     client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
     streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
     streams.unary = False
@@ -156,7 +162,8 @@ def main() -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     print(f"stream chunks of {streams.chunk_bytes >> 10} KiB; times are medians of "
           f"{args.repeats}, ms")
-    print(f"raw socket buffers {args.raw_offset} bytes into a page")
+    print(f"raw socket buffers {args.raw_offset} bytes into a page; allocator: "
+          f"{args.allocator}")
     print(f"{'payload':>8}{'dnntune':>9}{'raw':>7}{'dnntune MB/s':>14}{'raw MB/s':>10}"
           f"{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}{'b/raw':>7}{'faults':>8}"
           "  target")
@@ -187,6 +194,8 @@ def main() -> None:
     streams.close()
     running.stop(0)
     bare_server.stop(0)
+    print(f"this process: resident {rss_bytes() / 2**20:.0f} MiB, peak "
+          f"{peak_rss_bytes() / 2**20:.0f} MiB")
     rpc_ms, ms_per_mb = measure_loopback_rpc()
     print(f"cost model terms for this path (measure_loopback_rpc): rpc_ms {rpc_ms:.3g}, "
           f"rpc_ms_per_mb {ms_per_mb:.3g} (each way: {1e3 / ms_per_mb if ms_per_mb else 0:.0f}"

@@ -1,0 +1,58 @@
+"""glibc's allocator, told to keep multi-MB buffers that are freed and allocated again.
+
+A tensor crossing gRPC is several fresh multi-MB buffers per call (gRPC's slices, the
+Python ``bytes`` of each message). Above glibc's mmap threshold each is new pages from the
+kernel and each page faults on first touch; freed, it goes back at once (and buffers in
+the threads' arenas are trimmed back too). On loopback that was ~2,200 page faults per
+5 MB echo and a large part of its time (docs/transport.md).
+
+:func:`keep_transfer_buffers` raises the mmap threshold to glibc's maximum (32 MiB) and
+the trim threshold to :data:`TRIM_THRESHOLD_BYTES`: freed buffers stay in the heap and
+are reused by the next call, with no fault. The price is memory: up to that much free
+memory per arena stays resident. :func:`release_free_memory` hands it back
+(``malloc_trim``); the profiler calls it before measuring a model's memory, so the
+figure still starts from a heap with nothing free kept.
+
+On a libc without ``mallopt``/``malloc_trim`` (musl, macOS) both do nothing and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+
+M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD_BYTES = 128 << 20
+
+_lock = threading.Lock()
+_kept: list[bool] = []  # whether keep_transfer_buffers took effect, once called
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def keep_transfer_buffers() -> bool:
+    """Keep freed multi-MB buffers for reuse in this process (once); ``True`` if the
+    allocator took both settings."""
+    with _lock:
+        if not _kept:
+            libc = _libc()
+            _kept.append(libc is not None
+                         and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+                         and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)
+        return _kept[0]
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free memory to the kernel (``malloc_trim(0)``); ``True`` if
+    some was returned."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
