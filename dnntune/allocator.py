@@ -9,11 +9,12 @@ the threads' arenas are trimmed back too). On loopback that was ~2,200 page faul
 :func:`keep_transfer_buffers` raises the mmap threshold to glibc's maximum (32 MiB) and
 the trim threshold to :data:`TRIM_THRESHOLD_BYTES`: freed buffers stay in the heap and
 are reused by the next call, with no fault. The price is memory: up to that much free
-memory per arena stays resident. :func:`release_free_memory` hands it back
-(``malloc_trim``); the profiler calls it before measuring a model's memory, so the
-figure still starts from a heap with nothing free kept.
+memory per arena may stay resident (figures: docs/transport.md). Allocations over 32 MiB are still fresh pages, given back when freed. A
+profile's memory fields are measured as before (peak resident growth over what the
+process holds): a server that kept freed buffers may hold some of what an inference
+then reuses (docs/transport.md has the figures).
 
-On a libc without ``mallopt``/``malloc_trim`` (musl, macOS) both do nothing and say so.
+On a libc without ``mallopt`` (musl, macOS) this does nothing and says so.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    return libc if hasattr(libc, "mallopt") else None
 
 
 def keep_transfer_buffers() -> bool:
@@ -49,10 +50,3 @@ def keep_transfer_buffers() -> bool:
                          and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
                          and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)
         return _kept[0]
-
-
-def release_free_memory() -> bool:
-    """Return the heap's free memory to the kernel (``malloc_trim(0)``); ``True`` if
-    some was returned."""
-    libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
