@@ -27,8 +27,8 @@ round trip each in turn (each going first in turn), so a machine shared with oth
 slows all alike; medians are printed with dnntune's and the bare echo's share of the raw
 socket's throughput (issue 20's targets for dnntune: at least 50 % at 1 MB, 80 % at 5
 MB), and the median minor page faults of the process per dnntune round trip (fresh
-multi-MB buffers fault every call unless the allocator keeps them: docs/transport.md). Last, the fixed and per-MB
-cost of this path as the cost model takes them
+multi-MB buffers fault every call unless the allocator keeps them: docs/transport.md).
+Last, the fixed and per-MB cost of this path as the cost model takes them
 (:func:`dnntune.rpc.transfer.measure_loopback_rpc`).
 
     python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024] [--raw-offset 64]

@@ -3,16 +3,17 @@
 A tensor crossing gRPC is several fresh multi-MB buffers per call (gRPC's slices, the
 Python ``bytes`` of each message). Above glibc's mmap threshold each is new pages from the
 kernel and each page faults on first touch; freed, it goes back at once (and buffers in
-the threads' arenas are trimmed back too). On loopback that was ~2,200 page faults per
-5 MB echo and a large part of its time (docs/transport.md).
+the threads' arenas are trimmed back too). On loopback a 5 MB echo faulted 3,600-5,000
+pages a call, and took 2.3-4x as long as with the buffers kept (docs/transport.md).
 
 :func:`keep_transfer_buffers` raises the mmap threshold to glibc's maximum (32 MiB) and
 the trim threshold to :data:`TRIM_THRESHOLD_BYTES`: freed buffers stay in the heap and
 are reused by the next call, with no fault. The price is memory: up to that much free
-memory per arena may stay resident (figures: docs/transport.md). Allocations over 32 MiB are still fresh pages, given back when freed. A
-profile's memory fields are measured as before (peak resident growth over what the
-process holds): a server that kept freed buffers may hold some of what an inference
-then reuses (docs/transport.md has the figures).
+memory per arena may stay resident (figures: docs/transport.md). Allocations over
+32 MiB are still fresh pages, given back when freed. A profile's memory fields are
+measured as before (peak resident growth over what the process holds); a server that
+kept freed buffers may hold some of what an inference then reuses (measured on
+MobileNetV2: no change, docs/transport.md).
 
 On a libc without ``mallopt`` (musl, macOS) this does nothing and says so.
 """
