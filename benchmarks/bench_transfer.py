@@ -100,14 +100,16 @@ def raw_round_trip(conn: socket.socket, payload: Any, buffer: memoryview) -> flo
     return time.perf_counter() - t0
 
 
-def bare_grpc_echo() -> tuple[Any, Callable[[bytes], float]]:
-    """A plain gRPC unary echo of bytes (no protobuf, no dnntune): gRPC's floor."""
+def bare_grpc_echo(extra: tuple[tuple[str, Any], ...] = ()
+                   ) -> tuple[Any, Callable[[bytes], float]]:
+    """A plain gRPC unary echo of bytes (no protobuf, no dnntune): gRPC's floor; with
+    ``extra`` channel arguments on both the server and the channel."""
     from concurrent import futures
 
     import grpc
 
     limit = [("grpc.max_send_message_length", 64 << 20),
-             ("grpc.max_receive_message_length", 64 << 20)]
+             ("grpc.max_receive_message_length", 64 << 20), *extra]
     server = grpc.server(futures.ThreadPoolExecutor(4), options=limit, handlers=[
         grpc.method_handlers_generic_handler("bench.Bare", {
             "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})])
@@ -138,7 +140,13 @@ def main() -> None:
                         help="keep: the servers keep freed multi-MB buffers "
                              "(ServerOptions.keep_transfer_buffers, the default); default: "
                              "glibc's own thresholds (fresh pages every call)")
+    parser.add_argument("--bare-option", action="append", default=[], metavar="NAME=INT",
+                        help="also time a bare unary echo with this gRPC channel argument "
+                             "on its server and channel (repeatable; e.g. "
+                             "grpc.http2.max_frame_size=16777215): column tuned/raw")
     args = parser.parse_args()
+    tuned_options = tuple((name, int(value)) for name, _, value in
+                          (o.partition("=") for o in args.bare_option))
 
     from dnntune.profiling.rss import peak_rss_bytes, rss_bytes
     from dnntune.rpc import tensors
@@ -156,6 +164,7 @@ def main() -> None:
     streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
     streams.unary = False
     bare_server, bare_round_trip = bare_grpc_echo()
+    tuned_server, tuned_round_trip = bare_grpc_echo(tuned_options)
     listener, raw_port = raw_echo_server(MAX_PAYLOAD, args.raw_offset)
     buffer = placed(MAX_PAYLOAD, args.raw_offset)
     conn = socket.create_connection(("127.0.0.1", raw_port))
@@ -166,7 +175,9 @@ def main() -> None:
           f"{args.allocator}")
     print(f"{'payload':>8}{'dnntune':>9}{'raw':>7}{'dnntune MB/s':>14}{'raw MB/s':>10}"
           f"{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}{'b/raw':>7}{'faults':>8}"
-          "  target")
+          + (f"{'tuned/raw':>11}" if tuned_options else "") + "  target")
+    if tuned_options:
+        print(f"tuned: a bare unary echo with {dict(tuned_options)}")
     for mb in (0.1, 1.0, 5.0):
         size = int(mb * 1e6)
         tensor = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
@@ -178,6 +189,8 @@ def main() -> None:
             "raw": lambda p=payload: raw_round_trip(conn, p, buffer),
             "stream": lambda t=tensor: echo_round_trip(streams, t),
             "bare": lambda p=plain: bare_round_trip(p)}
+        if tuned_options:
+            runs["tuned"] = lambda p=plain: tuned_round_trip(p)
         times, faulted = interleaved(runs, args.repeats)
         g, r, st, b = (statistics.median(times[k]) for k in ("grpc", "raw", "stream", "bare"))
         share = r / g
@@ -186,7 +199,9 @@ def main() -> None:
                    else "")
         print(f"{mb:>6.1f}MB{g * 1e3:>9.2f}{r * 1e3:>7.2f}{2 * size / g / 1e6:>14.0f}"
               f"{2 * size / r / 1e6:>10.0f}{share:>13.0%}{st * 1e3:>8.2f}{b * 1e3:>12.2f}"
-              f"{r / b:>7.0%}{faulted:>8.0f}  {verdict}")
+              f"{r / b:>7.0%}{faulted:>8.0f}"
+              + (f"{r / statistics.median(times['tuned']):>11.0%}" if tuned_options else "")
+              + f"  {verdict}")
     assert client.unary, "the unary calls were refused: this measured the streams"
     conn.close()
     listener.close()
@@ -194,6 +209,7 @@ def main() -> None:
     streams.close()
     running.stop(0)
     bare_server.stop(0)
+    tuned_server.stop(0)
     print(f"this process: resident {rss_bytes() / 2**20:.0f} MiB, peak "
           f"{peak_rss_bytes() / 2**20:.0f} MiB")
     rpc_ms, ms_per_mb = measure_loopback_rpc()
