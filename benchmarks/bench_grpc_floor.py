@@ -4,10 +4,13 @@ No protobuf and no dnntune: a ``grpc.server`` (thread pool) and a ``grpc.aio`` s
 echoing the request's bytes, against the raw socket of ``bench_transfer.py`` (buffers in
 pages of their own, 64 bytes in), timed in the same rounds in turn, 1 and 5 MB. Shares
 are of the raw socket's throughput (medians). ``--loop N`` instead runs N sync 5 MB
-echoes and nothing else, for ``perf record -g`` (docs/transport.md).
+echoes and nothing else, for ``perf record -g``; ``--offsets`` times only the raw socket,
+its buffers and payload at each of these offsets into a page, in the same rounds
+(docs/transport.md).
 
     python benchmarks/bench_grpc_floor.py [--repeats 20]
     perf record -g python benchmarks/bench_grpc_floor.py --loop 150
+    python benchmarks/bench_grpc_floor.py --offsets 0,16,48,64,128,1024,2048
 """
 
 from __future__ import annotations
@@ -112,13 +115,41 @@ def loop(count: int) -> None:
     server.stop(0)
 
 
+def offsets(places: list[int], repeats: int) -> None:
+    """The raw socket's echo throughput with its buffers ``places`` bytes into a page."""
+    sockets = {}
+    for offset in places:
+        _, port = raw_echo_server(5_000_000, offset)
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets[offset] = (conn, placed(5_000_000, offset), placed(5_000_000, offset))
+    print("raw socket echo MB/s by buffer offset into a page: "
+          + " ".join(f"{o:>6}" for o in places))
+    for mb in (1, 5):
+        size = mb * 1_000_000
+        times: dict[int, list[float]] = {o: [] for o in places}
+        for i in range(5 + repeats):
+            k = i % len(places)
+            for offset in places[k:] + places[:k]:
+                conn, payload, buffer = sockets[offset]
+                elapsed = raw_round_trip(conn, payload[:size], buffer)
+                if i >= 5:
+                    times[offset].append(elapsed)
+        print(f"{mb} MB{'':>46}"
+              + " ".join(f"{2 * size / statistics.median(times[o]) / 1e6:>6.0f}"
+                         for o in places))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--loop", type=int, default=0, metavar="N")
+    parser.add_argument("--offsets", default="", metavar="BYTES,...")
     args = parser.parse_args()
     keep_transfer_buffers()  # as dnntune's servers do
-    if args.loop:
+    if args.offsets:
+        offsets([int(o) for o in args.offsets.split(",")], args.repeats)
+    elif args.loop:
         loop(args.loop)
     else:
         asyncio.run(compare(args.repeats))
