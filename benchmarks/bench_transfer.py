@@ -173,11 +173,11 @@ def main() -> None:
           f"{args.repeats}, ms")
     print(f"raw socket buffers {args.raw_offset} bytes into a page; allocator: "
           f"{args.allocator}")
+    if tuned_options:
+        print(f"tuned: a bare unary echo with {dict(tuned_options)}")
     print(f"{'payload':>8}{'dnntune':>9}{'raw':>7}{'dnntune MB/s':>14}{'raw MB/s':>10}"
           f"{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}{'b/raw':>7}{'faults':>8}"
           + (f"{'tuned/raw':>11}" if tuned_options else "") + "  target")
-    if tuned_options:
-        print(f"tuned: a bare unary echo with {dict(tuned_options)}")
     for mb in (0.1, 1.0, 5.0):
         size = int(mb * 1e6)
         tensor = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
