@@ -32,6 +32,7 @@ Last, the fixed and per-MB cost of this path as the cost model takes them
 (:func:`dnntune.rpc.transfer.measure_loopback_rpc`).
 
     python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024] [--raw-offset 64]
+        [--allocator keep|default] [--bare-option grpc.http2.max_frame_size=16777215]
 """
 
 from __future__ import annotations
