@@ -3,8 +3,8 @@
 A tensor crossing gRPC is several fresh multi-MB buffers per call (gRPC's slices, the
 Python ``bytes`` of each message). Above glibc's mmap threshold each is new pages from the
 kernel and each page faults on first touch; freed, it goes back at once (and buffers in
-the threads' arenas are trimmed back too). On loopback a 5 MB echo faulted 3,600-5,000
-pages a call, and took 2.3-4x as long as with the buffers kept (docs/transport.md).
+the threads' arenas are trimmed back too). On loopback a 5 MB echo faulted 1,751-4,194
+pages a call, and took 1.5-2.7x as long as with the buffers kept (docs/transport.md).
 
 :func:`keep_transfer_buffers` raises the mmap threshold to glibc's maximum (32 MiB) and
 the trim threshold to :data:`TRIM_THRESHOLD_BYTES`: freed buffers stay in the heap and

@@ -133,10 +133,10 @@ def test_run_tail_carries_a_5mb_tensor_bit_exactly(client, tmp_path_factory):
 
 def test_a_server_keeps_freed_transfer_buffers(server):
     """A 5 MB echo allocates several 5 MB buffers (1,221 pages each) on each side; with
-    glibc's default thresholds each was fresh pages, ~3,700 page faults a call. The
-    server had glibc keep them (ServerOptions.keep_transfer_buffers): once the threads'
-    arenas hold what a call needs (a dozen calls here), a call faults far fewer pages
-    than one buffer has."""
+    glibc's default thresholds each was fresh pages (1,751-4,194 faults a call in the
+    bench). The server had glibc keep them (ServerOptions.keep_transfer_buffers): once
+    the threads' arenas hold what a call needs (a dozen calls here), a call faults far
+    fewer pages than one buffer has."""
     import resource
     import statistics
 
