@@ -131,6 +131,32 @@ def test_run_tail_carries_a_5mb_tensor_bit_exactly(client, tmp_path_factory):
     assert same_bits(next(iter(outputs.values())), x)
 
 
+def test_a_server_keeps_freed_transfer_buffers(server):
+    """A 5 MB echo allocates several 5 MB buffers (1,221 pages each) on each side; with
+    glibc's default thresholds each was fresh pages (1,751-4,194 faults a call in the
+    bench). The server had glibc keep them (ServerOptions.keep_transfer_buffers): once
+    the threads' arenas hold what a call needs (a dozen calls here), a call faults far
+    fewer pages than one buffer has."""
+    import resource
+    import statistics
+
+    from dnntune.allocator import keep_transfer_buffers
+
+    assert keep_transfer_buffers()  # glibc took the settings (create_server asked first)
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{server.port}"))
+    big = awkward("uint8", (5_000_000,))
+    faults = []
+    try:
+        for _ in range(20):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            client.echo([("big", big)])
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        assert same_bits(client.echo([("big", big)])["big"], big)
+    finally:
+        client.close()
+    assert statistics.median(faults[-7:]) < 5_000_000 // 4096 // 2, faults
+
+
 @pytest.mark.parametrize("field", [None, 1, 2])
 def test_chunks_are_what_protobuf_itself_would_write(field):
     array = np.arange(10, dtype=np.float32)

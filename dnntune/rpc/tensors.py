@@ -45,7 +45,8 @@ GRPC_DEFAULT_MESSAGE_BYTES = 4 << 20  # what any gRPC peer accepts unless told o
 # allocation above its mmap threshold as fresh pages, and their page faults cost more
 # than gRPC's per-message work (a 5 MB Echo on loopback: 12.1 ms in 1 MiB chunks, 16.2
 # ms in 256 KiB, 35.9 ms in 4032 KiB; `benchmarks/bench_transfer.py --chunk-kib N`,
-# docs/servers.md).
+# docs/servers.md). With servers keeping freed buffers (dnntune.allocator) larger chunks
+# are still no faster: 17.0-20.9 ms in 4032 KiB against 15.1-15.3 (docs/transport.md).
 DEFAULT_CHUNK_BYTES = 1 << 20
 _DATA_TAG = b"\x2a"  # TensorChunk.data: field 5, length-delimited
 
