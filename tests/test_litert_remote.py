@@ -13,7 +13,7 @@ from device_agent import create_server as create_agent
 from dnntune.errors import DnntuneError
 from dnntune.rpc.client import Endpoint, ProfilerClient, model_spec
 from dnntune.rpc.serving import ServerOptions
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def servers(tmp_path_factory):
     cloud_client = ProfilerClient(Endpoint(f"127.0.0.1:{cloud.port}"))
     client.upload_file(path)
     cloud_client.upload_file(path)
+    client.model_path = str(path)  # for the command-line test
     yield client, cloud_client, model_spec(client.pb2, str(path)), loaded, layer_map_of(loaded)
     client.close()
     cloud_client.close()
@@ -124,3 +125,20 @@ def test_validate_litert_predicts_from_the_litert_profile(tmp_path):
     for c in cuts:
         assert c["predicted_tm_ms"] == pytest.approx(heads[c["index"]], rel=1e-9)
         assert c["max_abs_error"] < 1e-4  # LiteRT heads, TensorFlow tails
+
+
+def test_cli_profile_litert_on_a_device_agent(servers):
+    """`dnntune profile --framework litert --device HOST:PORT`: the agent's profile, the
+    local command's format; a fused-away cut is one line naming --cuts, exit 2."""
+    client, _, _, _, layer_map = servers
+    cut = layer_map.surviving[len(layer_map.surviving) // 2]
+    base = ["profile", "--model", client.model_path, "--framework", "litert", "--device",
+            client.endpoint.address, "--num_runs", "2", "--warmup_runs", "0",
+            "--energy", "none"]
+    result = run_cli([*base, "--cuts", str(cut), "--format", "json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    assert cut in [c["index"] for c in doc["measured_cuts"]["cuts"]]
+    assert doc["measured_cuts"]["framework"].startswith("ai-edge-litert")
+    assert_one_line_error(run_cli([*base, "--cuts", str(layer_map.fused_away[0].index)]),
+                          "--cuts", "does not exist in LiteRT")
