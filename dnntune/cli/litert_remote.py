@@ -26,13 +26,17 @@ def litert_cuts(config: RunConfig, spec: str, precision: str = "fp32",
     list names are checked here too, naming ``field``)."""
     if spec == DEFAULT_CUTS:
         return ()
+    from dnntune.cli.pipeline import model_file
     from dnntune.litert.convert import build_layer_map, convert_keras
     from dnntune.litert.profile import choose_cuts
     from dnntune.model.loading import load_model
 
-    shapes = [config.input_shape] if config.input_shape else None
-    loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed,
-                        calibrate=False)
+    # The bytes the agent loads (a zoo model's calibrated file): which cuts survive
+    # fusion depends on the weights (an uncalibrated MobileNetV2 kept cut 88, the
+    # agent's model fuses it into a CONV_2D).
+    path, name, shape = model_file(config)
+    loaded = load_model(path, [shape] if shape else None, batch_size=config.batch_size,
+                        seed=config.seed, name=name)
     tflite = convert_keras(loaded.model, loaded.input_shapes, loaded.input_dtypes, precision,
                            loaded.seed, loaded.name)
     return choose_cuts(spec, build_layer_map(tflite, loaded.graph, precision), loaded.graph,
