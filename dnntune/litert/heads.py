@@ -185,17 +185,7 @@ class LiteRTPhone:
         from dnntune.model.loading import load_model
 
         if self._reference is None:
-            # Calibrated, as the zoo model a split runs (the cached file): the converter
-            # folds BatchNorm into the convolutions of a calibrated MobileNetV2 but not of
-            # an uncalibrated one, whose extra ops ran the reference slower and held
-            # every LiteRT head 17 % short (mobile-only 115 ms against 138).
-            from dnntune.model.cache import zoo_model_file
-            from dnntune.model.loading import DEFAULT_SEED
-            from dnntune.model.zoo import ZOO
-
-            name = self.device.spec.reference.model
-            path = zoo_model_file(name, ZOO[name].input_shape, DEFAULT_SEED)
-            loaded = load_model(str(path), name=name)
+            loaded = load_model(self.device.spec.reference.model, calibrate=False)
             tflite = convert_keras(loaded.model, loaded.input_shapes, loaded.input_dtypes,
                                    "fp32", loaded.seed, loaded.name)
             self._reference = LiteRTHead(tflite, ["output"], self.threads)
