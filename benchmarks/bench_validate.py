@@ -13,7 +13,10 @@ Each of ``--starts`` runs is a fresh `dnntune validate` (a new agent, calibrated
 for each, it also prints mobile-only as measured against the device preset's reference.
 
     python benchmarks/bench_validate.py [--models mobilenet_v2,resnet50] [--num_runs 3]
-        [--links wifi,4g] [--cuts spread:12] [--starts 3]
+        [--links wifi,4g] [--cuts spread:12] [--starts 3] [--framework tf|litert]
+
+With ``--framework litert`` the heads run as LiteRT models of their cuts on the agent and
+the predictions come from the agent's LiteRT profile at those cuts (the report says so).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def main() -> None:
     parser.add_argument("--num_runs", type=int, default=3)
     parser.add_argument("--emulate", default=None, help="device preset, or none")
     parser.add_argument("--starts", type=int, default=1)
+    parser.add_argument("--framework", choices=("tf", "litert"), default="tf")
     args = parser.parse_args()
     extra = ["--emulate", args.emulate] if args.emulate else []
+    extra += ["--framework", args.framework]
     print(f"{'model':<14}{'link':<6}{'cuts':>5}{'predicted best':>26}{'measured best':>26}"
           f"{'median |err|':>14}{'max |err|':>11}{'regret':>9}{'fixed-baseline regret':>23}")
     for model in [m for m in args.models.split(",") for _ in range(args.starts)]:
@@ -50,6 +55,8 @@ def main() -> None:
             continue
         doc = json.loads(result.stdout)
         print(f"  device: {doc.get('device_label')}: {doc.get('device_note')}")
+        print(f"  predicted from ({doc.get('predicted_from', 'tf')}): "
+              f"{doc.get('predicted_note', '')}")
         reference = _reference_ms(doc.get("device_note", ""), model)
         for link in doc["links"]:
             cuts = link["cuts"]
@@ -65,7 +72,7 @@ def main() -> None:
             if reference and last["tail_ms"] == 0 and last["bytes_up"] == 0:
                 print(f"{'':<20}mobile-only measured {last['measured_ms']:.1f} ms, "
                       f"{last['measured_ms'] / reference - 1:+.1%} on the reference "
-                      f"{reference:g} ms")
+                      f"{reference:g} ms; predicted {last['predicted_ms']:.1f} ms")
         print(f"  (details: {out}/validation.json and validation-<link>.png)")
 
 

@@ -42,7 +42,10 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
     state.device = device
     if device is not None:
         state.emulation = device.emulation.to_dict()
-    state.litert_heads = litert_heads(device, device.threads if device else state.num_threads)
+    threads = device.threads if device else state.num_threads
+    phone = litert_phone(device, threads)
+    state.litert_heads = litert_heads(phone, threads)
+    state.litert_profile = litert_profile(phone, threads)
     from dnntune.study.agent import DeploymentStudyService
 
     state.deployment_study = DeploymentStudyService(state)
@@ -79,21 +82,54 @@ def create_server(options: ServerOptions, cloud: Endpoint | None,
     return running
 
 
-def litert_heads(device: Any, threads: int) -> Any:
+def litert_phone(device: Any, threads: int) -> Any:
+    """The emulated phone's LiteRT pace (:class:`dnntune.litert.heads.LiteRTPhone`),
+    shared by its LiteRT profiles and split runs; ``None`` without emulation."""
+    if device is None:
+        return None
+    from dnntune.litert.heads import LiteRTPhone
+
+    return LiteRTPhone(device, threads)
+
+
+def litert_profile(phone: Any, threads: int) -> Any:
+    """``(loaded, settings, ask, progress)`` -> the LiteRT per-cut profile a Profile
+    request with framework litert asks for: each head converted and timed here, on an
+    emulated phone dilated by ``phone`` as its split runs are held."""
+
+    def profile(loaded: Any, settings: Any, ask: Any, progress: Any) -> Any:
+        from dnntune.errors import DnntuneError
+        from dnntune.litert.profile import LiteRTSettings, profile_litert
+
+        last = len(loaded.graph.layers)
+        beyond = [c for c in ask.cuts if c > last]
+        if beyond:  # before any conversion
+            raise DnntuneError(f"ProfileRequest.cuts: cut {beyond[0]} out of range 0..{last}")
+        lite = LiteRTSettings(precision=ask.precision,
+                              cuts=",".join(map(str, ask.cuts)) or "spread:8",
+                              num_threads=threads, warmup_runs=settings.warmup_runs,
+                              num_runs=settings.num_runs, energy=settings.energy or "none",
+                              energy_seconds=settings.energy_seconds)
+        if phone is None:
+            return profile_litert(loaded, lite, progress, field="ProfileRequest.cuts")
+        return phone.profile(loaded, lite, progress, field="ProfileRequest.cuts")
+    return profile
+
+
+def litert_heads(phone: Any, threads: int) -> Any:
     """``(key, entry, split)`` -> the split with its head as a LiteRT model of the cut.
 
     The model's layer map (as ``dnntune convert`` builds it) and each head are converted
     once, on the first RunSplit that asks for them, before any of its runs; both are
     kept. On an emulated phone the head is paced and held by the reference model in
-    LiteRT (:class:`dnntune.litert.heads.LiteRTPhone`, its reference converted at the
-    first such call, refitted before each batch of runs).
+    LiteRT (``phone``, a :class:`dnntune.litert.heads.LiteRTPhone`, its reference
+    converted at the first such call, refitted before each batch of runs).
     """
     import dataclasses
 
-    from dnntune.litert.heads import HeadCache, LiteRTPhone, layer_map_of, prepare_litert_split
+    from dnntune.litert.heads import HeadCache, layer_map_of, prepare_litert_split
 
     maps, heads = HeadCache(4), HeadCache()
-    phone = LiteRTPhone(device, threads) if device is not None else None
 
     def prepare(key: Any, entry: Any, split: Any) -> Any:
         layer_map = maps.get(key, lambda: layer_map_of(entry.loaded))

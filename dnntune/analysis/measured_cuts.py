@@ -93,6 +93,15 @@ def segment_graph(graph: LayerGraph, indices: Sequence[int]) -> LayerGraph:
                       tuple(rename[t] for t in graph.model_outputs))
 
 
+def measured_cut_indices(device: Profile) -> tuple[int, ...]:
+    """The cut of each row :func:`measured_cut_inputs` evaluates: the measured cuts and
+    the cut after the inputs, in order (an analysis counts rows, not the model's cuts)."""
+    cuts = device.measured_cuts
+    if cuts is None:
+        raise DnntuneError("device profile has no measured_cuts")
+    return tuple(sorted({*cuts.indices, leading_inputs(device.graph)}))
+
+
 def measured_cut_inputs(device: Profile, cloud: Profile) -> CutInputs:
     """Cut inputs over exactly the device profile's measured cuts.
 
@@ -111,11 +120,10 @@ def measured_cut_inputs(device: Profile, cloud: Profile) -> CutInputs:
     graph = device.graph
     check_measured(graph, cuts)
     n_in = leading_inputs(graph)
-    indices = sorted({*cuts.indices, n_in})
+    kept = list(measured_cut_indices(device))
     head = {c.index: c.head.mean_ms for c in cuts.cuts}
     head[0] = 0.0
     head.setdefault(n_in, 0.0)  # after the inputs nothing has run
-    kept = indices
     merged = segment_graph(graph, kept)
     tm = np.array([head[i] for i in kept], dtype=np.float64)
     info = device.energy

@@ -229,7 +229,8 @@ def add_litert_profile_arguments(p: argparse.ArgumentParser) -> None:
                         "head latency of each chosen cut in LiteRT (device side only)")
     p.add_argument("--precision", default="fp32", help="with --framework litert: fp32|fp16|int8")
     p.add_argument("--cuts", default="spread:8", metavar="all|spread:K|N,M,...",
-                   help="with --framework litert: which cuts to time (default: spread:8)")
+                   help="with --framework litert: which cuts to time (default: spread:8); "
+                        "with --device, the agent converts and times them")
 
 
 def run_litert_profile(args: argparse.Namespace) -> int:
@@ -238,15 +239,23 @@ def run_litert_profile(args: argparse.Namespace) -> int:
     from dnntune.litert.convert import check_precision
     from dnntune.litert.profile import LiteRTSettings, profile_litert
 
-    if args.side != "device" or args.device or args.cloud:
-        raise DnntuneError("--framework litert profiles the device side on this machine; "
-                           "profile the cloud side with --framework tf")
+    if args.side != "device" or args.cloud:
+        raise DnntuneError("--framework litert profiles the device side (here, or on a "
+                           "device agent with --device); profile the cloud side with "
+                           "--framework tf")
     check_precision(args.precision)
     config, settings = resolve(args)
     if args.out:  # before minutes of measuring, not after
         from dnntune.cli.outputs import check_output_file
 
         check_output_file(args.out, "--out")
+    from dnntune.cli.profile import emit_profile
+
+    if args.device:  # the agent converts and times the heads (dilated if it emulates)
+        from dnntune.cli.litert_remote import run_remote_litert_profile
+
+        return emit_profile(args, run_remote_litert_profile(args, config, settings),
+                            print_measured_cuts)
     from dnntune.profiling.instrument import configure_runtime
 
     configure_runtime(settings.num_threads, settings.cpu_affinity)
@@ -261,8 +270,6 @@ def run_litert_profile(args: argparse.Namespace) -> int:
                           energy_seconds=settings.energy_seconds)
     with progress_bar(f"LiteRT heads of {loaded.name}") as update:
         profile = profile_litert(loaded, lite, progress=update)
-    from dnntune.cli.profile import emit_profile
-
     return emit_profile(args, profile, print_measured_cuts)
 
 

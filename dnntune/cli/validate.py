@@ -113,6 +113,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validation:
     """Profile through the agent and the cloud server, then run every cut on the agent."""
+    from dnntune.cli.litert_remote import litert_validation_profiles
     from dnntune.cli.pipeline import (
         Access,
         Source,
@@ -126,9 +127,10 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
     )
     from dnntune.netem.shaper import LinkShape, ShapingProxy
     from dnntune.profiling.devices import split_emulate
+    from dnntune.profiling.profile import save_profile
     from dnntune.report.tables import progress_bar
     from dnntune.rpc.client import ProfilerClient, parse_address
-    from dnntune.validation.validate import validate_on_agent
+    from dnntune.validation.validate import at_measured_cuts, validate_on_agent
 
     emulate = None if args.device else config.device.emulate
     problem = (cgroup_problem() if emulate and split_emulate(emulate)[1] == "quota"
@@ -162,23 +164,46 @@ def _run_on_agent(args: argparse.Namespace, config: Any, links: Any) -> Validati
                 agent_address = stack.enter_context(local_emulated_agent(
                     emulate, f"{listen[0]}:{listen[1]}", config.device.threads))[0]
         rpc: list[tuple[float, float]] = []
+        cut_spec = args.cuts
         try:
-            device, cloud_profile = collect_profiles(
-                config, Source("remote", agent_address), Source("remote", cloud), access,
-                Path(args.out or "."), progress_bar, lambda side, profile: None, rpc.append)
+            if args.framework == "litert":  # predicted from LiteRT heads at those cuts
+                device, cloud_profile, cut_spec = litert_validation_profiles(
+                    config, agent_address, cloud, access, args.cuts, progress_bar,
+                    rpc.append)
+            else:
+                device, cloud_profile = collect_profiles(
+                    config, Source("remote", agent_address), Source("remote", cloud),
+                    access, Path(args.out or "."), progress_bar, lambda side, profile: None,
+                    rpc.append)
         finally:
             relay.stop()
         wire = _measure_wire(args, device)
         analysis = _predict(device, cloud_profile, links, rpc[0], wire, args.min_agreement)
+        predicted = (at_measured_cuts(analysis.links, device) if device.measured_cuts
+                     else analysis.links)
         agent = stack.enter_context(contextlib.closing(
             ProfilerClient(access["device"].endpoint(agent_address, connect_timeout_s=10))))
         spec = upload_model(agent, config)  # the bytes both sides hold, by sha256
         with progress_bar(f"validating {device.meta.model_name} on the agent") as update:
-            results = validate_on_agent(agent, analysis.links, cloud_host, int(cloud_port),
-                                        listen, args.cuts, args.num_runs, spec, update,
+            results = validate_on_agent(agent, predicted, cloud_host, int(cloud_port),
+                                        listen, cut_spec, args.num_runs, spec, update,
                                         framework=args.framework)
+    if args.out and device.measured_cuts:
+        save_profile(device, Path(args.out) / "device-litert.json")
     return Validation(device.meta.model_name, args.num_runs, tuple(results),
-                      device.meta.device_label, device.device_note)
+                      device.meta.device_label, device.device_note,
+                      *_predicted_from(device))
+
+
+def _predicted_from(device: Any) -> tuple[str, str]:
+    """Which device profile the predictions came from, and what it was."""
+    measured = device.measured_cuts
+    if measured is None:
+        return "tf", (f"per-layer TensorFlow profile of the device "
+                      f"({device.meta.device_label})")
+    return "litert", (f"LiteRT profile of the device ({device.meta.device_label}): "
+                      f"{measured.framework}, head latency at cuts "
+                      f"{', '.join(map(str, measured.indices))} ({measured.source})")
 
 
 def _listen_address(text: str) -> tuple[str, int]:

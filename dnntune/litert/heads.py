@@ -23,6 +23,7 @@ preset at a load average of 4.)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict, deque
@@ -34,11 +35,18 @@ import numpy as np
 
 from dnntune.errors import DnntuneError
 from dnntune.litert.convert import LayerMap, build_layer_map, convert_keras, interpreter
-from dnntune.litert.profile import ordered_outputs
-from dnntune.profiling.dilation import REFRESH_RUNS, REFRESH_WARMUP, SPLIT_PACES
+from dnntune.litert.profile import (
+    LiteRTSettings,
+    Progress,
+    ordered_outputs,
+    profile_litert,
+    run_litert,
+)
+from dnntune.profiling.dilation import MIN_PACES, REFRESH_RUNS, REFRESH_WARMUP, SPLIT_PACES
 
 if TYPE_CHECKING:
     from dnntune.model.loading import LoadedModel
+    from dnntune.profiling.profile import Profile, Stats
 
 FRAMEWORKS = ("tf", "litert")
 CACHED_HEADS = 16
@@ -166,6 +174,7 @@ class LiteRTPhone:
         self._paces: deque[float] = deque(maxlen=SPLIT_PACES)
         self.factor = 0.0
         self.native_ms = 0.0
+        self._factors: list[float] = []
 
     @property
     def _budget_ms(self) -> float:
@@ -210,6 +219,57 @@ class LiteRTPhone:
         deadline = started + (self.factor * native_in_graph_s * 1e3 + call_ms) / 1e3
         while (left := deadline - time.perf_counter()) > 0:
             time.sleep(left)
+
+    def time_head(self, it: Any, inputs: Sequence[np.ndarray], warmup_runs: int,
+                  num_runs: int) -> Stats:
+        """A head's times on the phone, as :meth:`hold` makes a split run take them.
+
+        Native ``invoke()`` runs, the reference run in LiteRT after each (paced, as a
+        dilated TensorFlow profile is); the factor of this head is fitted on those
+        reference runs (at least :data:`MIN_PACES`), and each kept run reports ``factor x
+        native + call``. Runs the host disturbed (over 1.15 x the median) are dropped, as
+        a dilated profile drops them.
+        """
+        from dnntune.profiling.stats import summarize, undisturbed, undisturbed_mean
+
+        run_litert(it, inputs)
+        for _ in range(warmup_runs):
+            it.invoke()
+        samples, paces = np.empty(num_runs), []
+        for i in range(num_runs):
+            start = time.perf_counter()
+            it.invoke()
+            samples[i] = (time.perf_counter() - start) * 1e3
+            paces.append(self._run())
+        while len(paces) < MIN_PACES:
+            paces.append(self._run())
+        self.native_ms = undisturbed_mean(paces)
+        self.factor = self._budget_ms / self.native_ms
+        self._factors.append(self.factor)
+        kept = samples[undisturbed(samples)]
+        return summarize(self.factor * kept + float(self.device.spec.call_ms))
+
+    def profile(self, loaded: LoadedModel, settings: LiteRTSettings,
+                progress: Progress | None = None, field: str = "--cuts") -> Profile:
+        """The LiteRT per-cut profile of ``loaded`` on this phone: each head timed by
+        :meth:`time_head`; the profile records the emulation with the mean factor."""
+        self.refresh()
+        self._factors = []
+        profile = profile_litert(loaded, settings, progress, self.time_head, field)
+        factor = float(np.mean(self._factors)) if self._factors else self.factor
+        call = float(self.device.spec.call_ms)
+        emulation = dataclasses.replace(
+            self.device.emulation, factor=factor, native_ms=self._budget_ms / factor,
+            achieved_ms=self._budget_ms + call, checked_ms=0.0,
+            reference_source=f"{self.device.spec.reference.source}; run in LiteRT")
+        measured = profile.measured_cuts
+        assert measured is not None
+        note = (f"; on the emulated {emulation.preset}: each head's native runs x the "
+                f"factor fitted on {self.device.spec.reference.model} in LiteRT run after "
+                f"each of them (mean x{factor:.3g}) + the {call:g} ms call")
+        return dataclasses.replace(
+            profile, meta=dataclasses.replace(profile.meta, emulation=emulation.to_dict()),
+            measured_cuts=dataclasses.replace(measured, source=measured.source + note))
 
 
 class HeadCache:

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from dnntune.model.loading import LoadedModel
 
 Progress = Callable[[str, int, int], None]
+# (interpreter, inputs, warmup_runs, num_runs) -> the head's statistics, ms
+HeadTimer = Callable[[Any, Sequence[np.ndarray], int, int], Stats]
 NOTHING = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # no layer runs: no time
 
 
@@ -70,10 +72,12 @@ def litert_version() -> str:
     return f"ai-edge-litert {version('ai-edge-litert')}"
 
 
-def choose_cuts(spec: str, layer_map: LayerMap, graph: LayerGraph) -> tuple[int, ...]:
+def choose_cuts(spec: str, layer_map: LayerMap, graph: LayerGraph, field: str = "--cuts"
+                ) -> tuple[int, ...]:
     """Cut indices for ``all``, ``spread:K`` or ``N,M,...`` (only cuts LiteRT keeps).
 
-    Cut 0, the cut after the inputs and the last cut are always included.
+    Cut 0, the cut after the inputs and the last cut are always included. ``field``
+    names the flag or request field in a refusal.
 
     Example:
         >>> # choose_cuts("spread:4", layer_map, graph)  # e.g. (0, 1, 13, 40, 90, 156)
@@ -88,7 +92,7 @@ def choose_cuts(spec: str, layer_map: LayerMap, graph: LayerGraph) -> tuple[int,
         except ValueError:
             k = 0
         if k < 1:
-            raise DnntuneError(f"--cuts {spec!r}: expected spread:K with K >= 1")
+            raise DnntuneError(f"{field} {spec!r}: expected spread:K with K >= 1")
         inner = [i for i in surviving if i not in ends]
         picks = {inner[int(j)] for j in np.linspace(0, len(inner) - 1, min(k, len(inner)))
                  } if inner else set()
@@ -98,13 +102,14 @@ def choose_cuts(spec: str, layer_map: LayerMap, graph: LayerGraph) -> tuple[int,
     except ValueError:
         wanted = []
     if not wanted:
-        raise DnntuneError(f"--cuts {spec!r}: expected all, spread:K or cut indices N,M,...")
+        raise DnntuneError(f"{field} {spec!r}: expected all, spread:K or cut indices "
+                           "N,M,...")
     status = {c.index: c for c in layer_map.cuts}
     for index in wanted:
         if index not in status:
-            raise DnntuneError(f"--cuts: cut {index} out of range 0..{len(graph.layers)}")
+            raise DnntuneError(f"{field}: cut {index} out of range 0..{len(graph.layers)}")
         if not status[index].exists:
-            raise DnntuneError(f"--cuts: cut {index} (after {status[index].after}) does not "
+            raise DnntuneError(f"{field}: cut {index} (after {status[index].after}) does not "
                                f"exist in LiteRT: {status[index].reason}")
     return tuple(sorted(set(wanted) | ends))
 
@@ -173,9 +178,21 @@ def head_tflite(loaded: LoadedModel, splitter: Any, index: int, precision: str) 
                          loaded.seed, f"{loaded.name} head {index}")
 
 
+def native_timer(it: Any, inputs: Sequence[np.ndarray], warmup_runs: int,
+                 num_runs: int) -> Stats:
+    """This machine's ``invoke()`` times of a head, summarised (no emulation)."""
+    return summarize(time_litert(it, inputs, warmup_runs, num_runs))
+
+
 def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
-                   progress: Progress | None = None) -> Profile:
-    """Measure the head latency of each chosen cut in LiteRT (see module docstring)."""
+                   progress: Progress | None = None, timer: HeadTimer = native_timer,
+                   field: str = "--cuts") -> Profile:
+    """Measure the head latency of each chosen cut in LiteRT (see module docstring).
+
+    ``timer`` times one converted head (an emulated phone's
+    :meth:`dnntune.litert.heads.LiteRTPhone.time_head` dilates it); ``field`` names
+    ``settings.cuts`` in a refusal.
+    """
     import psutil
 
     from dnntune.model.split import Splitter
@@ -185,7 +202,7 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
         raise DnntuneError("--num_runs must be >= 1 and --warmup_runs >= 0")
     rss0 = psutil.Process().memory_info().rss
     full = convert_model(loaded, settings.precision)
-    indices = choose_cuts(settings.cuts, full.layer_map, loaded.graph)
+    indices = choose_cuts(settings.cuts, full.layer_map, loaded.graph, field)
     splitter = Splitter(loaded.model, loaded.graph)
     inputs = loaded.example_inputs()
     n_in, last = leading_inputs(loaded.graph), len(loaded.graph.layers)
@@ -201,8 +218,8 @@ def profile_litert(loaded: LoadedModel, settings: LiteRTSettings,
         data = full.tflite if index == last else head_tflite(loaded, splitter, index,
                                                              settings.precision)
         it = interpreter(data, settings.num_threads)
-        samples = time_litert(it, inputs, settings.warmup_runs, settings.num_runs)
-        cuts.append(CutLatency(index, loaded.graph.layers[index - 1].name, summarize(samples),
+        stats = timer(it, inputs, settings.warmup_runs, settings.num_runs)
+        cuts.append(CutLatency(index, loaded.graph.layers[index - 1].name, stats,
                                None if index == last else crossing_bytes(it)))
         full_it = it if index == last else full_it
     if progress:

@@ -42,6 +42,7 @@ DEFAULT_MAX_MESSAGE_MB = 16
 SHORT_CALL_S = 60.0            # HasModel, Describe, and the base of every deadline
 SLOWEST_LINK_BYTES_PER_S = 30_000  # 0.24 Mbit/s: the slowest link a deadline allows for
 PROFILE_S_PER_RUN = 10.0       # per warm-up or timed run, on the slowest device expected
+LITERT_HEAD_S = 120.0          # converting one LiteRT head (a profile with framework litert)
 ENERGY_S = 120.0               # an energy measurement on top of the runs
 SERVER_BUSY = ("profiling in progress", "server is shutting down",  # UNAVAILABLE, retry
                "a profile or deployment study is in progress",
@@ -241,12 +242,23 @@ class ProfilerClient:
 
     def profile(self, spec: Any, num_runs: int, warmup_runs: int, energy: str,
                 progress: Callable[[str, int, int], None] | None = None,
-                timeout_s: float | None = None) -> Profile:
-        """Profile ``spec`` on the server (deadline: :func:`profile_deadline_s` by default)."""
+                timeout_s: float | None = None, framework: str = "",
+                cuts: Sequence[int] = (), precision: str = "") -> Profile:
+        """Profile ``spec`` on the server (deadline: :func:`profile_deadline_s` by default).
+
+        ``framework`` ``litert`` (a device agent): the head latency at ``cuts`` (empty:
+        8 spread over the cuts LiteRT keeps) at ``precision``, each head converted first.
+        """
         request = self.pb2.ProfileRequest(model=spec, num_runs=num_runs,
-                                          warmup_runs=warmup_runs, energy=energy)
+                                          warmup_runs=warmup_runs, energy=energy,
+                                          framework=framework, cuts=list(cuts),
+                                          precision=precision)
         if timeout_s is None:
             timeout_s = profile_deadline_s(num_runs, warmup_runs, energy)
+            if framework == "litert":  # every head converted and timed on its own
+                heads = len(cuts) + 3 if cuts else 11
+                timeout_s += heads * (LITERT_HEAD_S + PROFILE_S_PER_RUN * (num_runs
+                                                                           + warmup_runs))
         parts: list[bytes] = []
         try:
             for event in self.profiler.Profile(request, metadata=self.endpoint.metadata,

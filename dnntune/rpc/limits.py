@@ -21,6 +21,8 @@ MAX_BATCH_SIZE = 1024
 MAX_RUNS = 10_000
 MAX_WARMUP_RUNS = 1_000
 MAX_NAME_CHARS = 256
+MAX_PROFILE_CUTS = 1024  # ProfileRequest.cuts entries
+LITERT_PRECISIONS = ("fp32", "fp16", "int8")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -142,3 +144,40 @@ def check_identity(identity: Any) -> None:
         raise DnntuneError("TailHeader.head (ModelIdentity) is required: set sha256 or "
                            "zoo_name (Describe returns it)")
     check_shape(identity.input_shape, "ModelIdentity.input_shape", min_dim=1)
+
+
+@dataclass(frozen=True)
+class LiteRTAsk:
+    """A Profile request's LiteRT fields, checked: the cuts to time (empty = the
+    default spread) and the precision."""
+
+    cuts: tuple[int, ...]
+    precision: str
+
+
+def litert_ask(request: Any, serves_litert: bool) -> LiteRTAsk | None:
+    """``ProfileRequest.framework``, ``cuts`` and ``precision`` checked at the edge;
+    ``None`` for a TensorFlow profile. Each refusal names its field and why."""
+    framework = request.framework or "tf"
+    if framework not in ("tf", "litert"):
+        raise DnntuneError(f"ProfileRequest.framework must be tf or litert (or empty), got "
+                           f"{quoted(framework)}")
+    if len(request.cuts) > MAX_PROFILE_CUTS:
+        raise DnntuneError(f"ProfileRequest.cuts has {len(request.cuts)} entries, at most "
+                           f"{MAX_PROFILE_CUTS}")
+    if framework == "tf":
+        if request.cuts or request.precision:
+            raise DnntuneError("ProfileRequest.cuts and ProfileRequest.precision go with "
+                               "framework litert (a TensorFlow profile times every layer)")
+        return None
+    if request.precision and request.precision not in LITERT_PRECISIONS:
+        raise DnntuneError(f"ProfileRequest.precision must be {', '.join(LITERT_PRECISIONS)} "
+                           f"(or empty), got {quoted(request.precision)}")
+    negative = [c for c in request.cuts if c < 0]
+    if negative:
+        raise DnntuneError(f"ProfileRequest.cuts: cut {negative[0]} is negative (a cut counts "
+                           "the layers on the device, 0..L)")
+    if not serves_litert:
+        raise DnntuneError("ProfileRequest.framework litert: this server profiles no LiteRT "
+                           "heads (a device agent does)")
+    return LiteRTAsk(tuple(sorted(set(request.cuts))), request.precision or "fp32")

@@ -31,11 +31,13 @@ from dnntune.rpc.gate import BusyError, ComputeGate
 from dnntune.rpc.limits import (
     MAX_NAME_CHARS,
     LimitError,
+    LiteRTAsk,
     RequestLimits,
     check_identity,
     check_runs,
     check_sha256,
     check_spec,
+    litert_ask,
     quoted,
 )
 from dnntune.rpc.modelstore import ModelEntry, ModelIdentity, ModelKey, ModelStore, NotFoundError
@@ -146,6 +148,9 @@ class ServerState:
     deployment_study: Callable[[Any, grpc.ServicerContext], Iterator[Any]] | None = None
     # Set while a deployment study holds profile_lock: a Profile is then refused at once.
     studying: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # (loaded model, ProfileSettings, LiteRTAsk, progress) -> its LiteRT per-cut profile,
+    # on an emulated phone dilated as its LiteRT split runs are held: set by the agent
+    litert_profile: Callable[[Any, Any, LiteRTAsk, Any], Any] | None = None
 
     @contextlib.contextmanager
     def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
@@ -249,16 +254,17 @@ class ProfilerServicer:
                                                   if self.s.device else self.s.emulation),
                                        shipped_power_profiles_only=energy != f"model:{own}")
             settings.validate()
+            ask = litert_ask(request, self.s.litert_profile is not None)
             key = key_from_spec(request.model, self.s.limits)
         gone = threading.Event()  # the caller cancelled or its deadline passed
         context.add_callback(gone.set)
-        for item in self._profile_events(key, settings, gone):
+        for item in self._profile_events(key, settings, gone, ask):
             if isinstance(item, DnntuneError):
                 context.abort(status_code(item), str(item))
             yield item
 
-    def _profile_events(self, key: ModelKey, settings: Any, gone: threading.Event
-                        ) -> Iterator[Any]:
+    def _profile_events(self, key: ModelKey, settings: Any, gone: threading.Event,
+                        ask: LiteRTAsk | None = None) -> Iterator[Any]:
         """Progress events then the profile's JSON chunks (or a DnntuneError)."""
         pb2 = self.s.pb2
         events: queue.Queue[Any] = queue.Queue()
@@ -278,7 +284,7 @@ class ProfilerServicer:
                 with self.s.profile_lock, self.s.gate.profiling(gone) as alone:
                     if alone:
                         with self.s.use_model(key, "Profile") as entry:
-                            events.put(self._profile(entry.loaded, settings, progress))
+                            events.put(self._profile(entry.loaded, settings, progress, ask))
             except DnntuneError as exc:
                 events.put(exc)
             except _Abandoned:
@@ -300,10 +306,14 @@ class ProfilerServicer:
                 yield item
 
 
-    def _profile(self, loaded: Any, settings: Any, progress: Any) -> Any:
-        """Profile here; on a dilated device natively, paced by its reference, dilated."""
+    def _profile(self, loaded: Any, settings: Any, progress: Any,
+                 ask: LiteRTAsk | None = None) -> Any:
+        """Profile here; on a dilated device natively, paced by its reference, dilated
+        (LiteRT heads: paced by the reference in LiteRT)."""
         from dnntune.profiling.profiler import profile_model
 
+        if ask is not None and self.s.litert_profile is not None:
+            return self.s.litert_profile(loaded, settings, ask, progress)
         device = self.s.device
         if device is None:
             return profile_model(loaded, settings, progress=progress)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nntune/v1/dnntune.proto\x12\ndnntune.v1\"\x80\x01\n\tModelSpec\x12\x12\n\x08zoo_name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0c\n\x04name\x18\x06 \x01(\tB\x08\n\x06source\"T\n\rModelIdentity\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x10\n\x08zoo_name\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\"O\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"B\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\"7\n\x0f\x44\x65scribeRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\"G\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\"\\\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"r\n\x03\x43ut\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12\x10\n\x08\x62ytes_up\x18\x04 \x01(\x03\x12\x12\n\nbytes_down\x18\x05 \x01(\x03\"\xde\x01\n\x10ModelDescription\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\x12!\n\x06layers\x18\x02 \x03(\x0b\x32\x11.dnntune.v1.Layer\x12\x1d\n\x04\x63uts\x18\x03 \x03(\x0b\x32\x0f.dnntune.v1.Cut\x12,\n\x0cmodel_inputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12-\n\rmodel_outputs\x18\x05 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"m\n\x0eProfileRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x10\n\x08num_runs\x18\x02 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x03 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\t\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"_\n\x0cProfileEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1c\n\x12profile_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\\\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"{\n\x0eTensorEncoding\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x05\x12\x12\n\ncompressor\x18\x03 \x01(\t\x12\r\n\x05scale\x18\x04 \x03(\x02\x12\x12\n\nzero_point\x18\x05 \x03(\x02\x12\x12\n\npreprocess\x18\x06 \x01(\t\"\x8b\x01\n\x0c\x45ncodedChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0b\x32\x1a.dnntune.v1.TensorEncoding\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"n\n\nTailHeader\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\'\n\x04head\x18\x03 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\"\x97\x01\n\x0bTailRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.dnntune.v1.TailHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12+\n\x07\x65ncoded\x18\x03 \x01(\x0b\x32\x18.dnntune.v1.EncodedChunkH\x00\x42\x06\n\x04part\"X\n\nTailTiming\x12\x12\n\nreceive_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\"h\n\tTailReply\x12)\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12(\n\x06timing\x18\x02 \x01(\x0b\x32\x16.dnntune.v1.TailTimingH\x00\x42\x06\n\x04part\"2\n\x08TailCall\x12&\n\x05parts\x18\x01 \x03(\x0b\x32\x17.dnntune.v1.TailRequest\"2\n\nTailResult\x12$\n\x05parts\x18\x01 \x03(\x0b\x32\x15.dnntune.v1.TailReply\"6\n\nTensorList\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.dnntune.v1.TensorChunk\"\x8f\x01\n\x0cSplitRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\x10\n\x08num_runs\x18\x03 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x04 \x01(\x05\x12\x11\n\tframework\x18\x05 \x01(\t\x12\x0c\n\x04wire\x18\x06 \x01(\t\"y\n\x08SplitRun\x12\x10\n\x08total_ms\x18\x01 \x01(\x01\x12\x0f\n\x07head_ms\x18\x02 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\x12\x11\n\tencode_ms\x18\x05 \x01(\x01\x12\x11\n\tdecode_ms\x18\x06 \x01(\x01\"{\n\nSplitReply\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.dnntune.v1.SplitRun\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x03 \x01(\x03\x12\x12\n\nbytes_down\x18\x04 \x01(\x03\x12\x0c\n\x04wire\x18\x05 \x01(\t\"\xd2\x01\n\x16\x44\x65ploymentStudyRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x12\n\nframeworks\x18\x02 \x03(\t\x12\x12\n\nprecisions\x18\x03 \x03(\t\x12\x0f\n\x07threads\x18\x04 \x03(\x05\x12\x12\n\naffinities\x18\x05 \x03(\t\x12\x10\n\x08num_runs\x18\x06 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x07 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x08 \x01(\t\x12\x0e\n\x06rounds\x18\t \x01(\x05\"e\n\x14\x44\x65ploymentStudyEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1a\n\x10study_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent2\x91\x02\n\x08Profiler\x12\x39\n\x08HasModel\x12\x14.dnntune.v1.ModelRef\x1a\x17.dnntune.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.dnntune.v1.ModelChunk\x1a\x17.dnntune.v1.ModelStatus(\x01\x12\x45\n\x08\x44\x65scribe\x12\x1b.dnntune.v1.DescribeRequest\x1a\x1c.dnntune.v1.ModelDescription\x12\x41\n\x07Profile\x12\x1a.dnntune.v1.ProfileRequest\x1a\x18.dnntune.v1.ProfileEvent0\x01\x32\xff\x01\n\x05\x43loud\x12=\n\x07RunTail\x12\x17.dnntune.v1.TailRequest\x1a\x15.dnntune.v1.TailReply(\x01\x30\x01\x12<\n\x04\x45\x63ho\x12\x17.dnntune.v1.TensorChunk\x1a\x17.dnntune.v1.TensorChunk(\x01\x30\x01\x12<\n\x0cRunTailUnary\x12\x14.dnntune.v1.TailCall\x1a\x16.dnntune.v1.TailResult\x12;\n\tEchoUnary\x12\x16.dnntune.v1.TensorList\x1a\x16.dnntune.v1.TensorList2\xa1\x01\n\x06\x44\x65vice\x12<\n\x08RunSplit\x12\x18.dnntune.v1.SplitRequest\x1a\x16.dnntune.v1.SplitReply\x12Y\n\x0fStudyDeployment\x12\".dnntune.v1.DeploymentStudyRequest\x1a .dnntune.v1.DeploymentStudyEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64nntune/v1/dnntune.proto\x12\ndnntune.v1\"\x80\x01\n\tModelSpec\x12\x12\n\x08zoo_name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0c\n\x04name\x18\x06 \x01(\tB\x08\n\x06source\"T\n\rModelIdentity\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x10\n\x08zoo_name\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\"O\n\nModelChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06suffix\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1a\n\x08ModelRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"B\n\x0bModelStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\"7\n\x0f\x44\x65scribeRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\"G\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\"\\\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\'\n\x07outputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"r\n\x03\x43ut\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12\x10\n\x08\x62ytes_up\x18\x04 \x01(\x03\x12\x12\n\nbytes_down\x18\x05 \x01(\x03\"\xde\x01\n\x10ModelDescription\x12+\n\x08identity\x18\x01 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\x12!\n\x06layers\x18\x02 \x03(\x0b\x32\x11.dnntune.v1.Layer\x12\x1d\n\x04\x63uts\x18\x03 \x03(\x0b\x32\x0f.dnntune.v1.Cut\x12,\n\x0cmodel_inputs\x18\x04 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\x12-\n\rmodel_outputs\x18\x05 \x03(\x0b\x32\x16.dnntune.v1.TensorSpec\"\xa1\x01\n\x0eProfileRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x10\n\x08num_runs\x18\x02 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x03 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x04 \x01(\t\x12\x11\n\tframework\x18\x05 \x01(\t\x12\x0c\n\x04\x63uts\x18\x06 \x03(\x05\x12\x11\n\tprecision\x18\x07 \x01(\t\"6\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\"_\n\x0cProfileEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1c\n\x12profile_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\\\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"{\n\x0eTensorEncoding\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x05\x12\x12\n\ncompressor\x18\x03 \x01(\t\x12\r\n\x05scale\x18\x04 \x03(\x02\x12\x12\n\nzero_point\x18\x05 \x03(\x02\x12\x12\n\npreprocess\x18\x06 \x01(\t\"\x8b\x01\n\x0c\x45ncodedChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0b\x32\x1a.dnntune.v1.TensorEncoding\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"n\n\nTailHeader\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\'\n\x04head\x18\x03 \x01(\x0b\x32\x19.dnntune.v1.ModelIdentity\"\x97\x01\n\x0bTailRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.dnntune.v1.TailHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12+\n\x07\x65ncoded\x18\x03 \x01(\x0b\x32\x18.dnntune.v1.EncodedChunkH\x00\x42\x06\n\x04part\"X\n\nTailTiming\x12\x12\n\nreceive_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\"h\n\tTailReply\x12)\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.dnntune.v1.TensorChunkH\x00\x12(\n\x06timing\x18\x02 \x01(\x0b\x32\x16.dnntune.v1.TailTimingH\x00\x42\x06\n\x04part\"2\n\x08TailCall\x12&\n\x05parts\x18\x01 \x03(\x0b\x32\x17.dnntune.v1.TailRequest\"2\n\nTailResult\x12$\n\x05parts\x18\x01 \x03(\x0b\x32\x15.dnntune.v1.TailReply\"6\n\nTensorList\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.dnntune.v1.TensorChunk\"\x8f\x01\n\x0cSplitRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x11\n\tcut_index\x18\x02 \x01(\x05\x12\x10\n\x08num_runs\x18\x03 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x04 \x01(\x05\x12\x11\n\tframework\x18\x05 \x01(\t\x12\x0c\n\x04wire\x18\x06 \x01(\t\"y\n\x08SplitRun\x12\x10\n\x08total_ms\x18\x01 \x01(\x01\x12\x0f\n\x07head_ms\x18\x02 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tail_ms\x18\x04 \x01(\x01\x12\x11\n\tencode_ms\x18\x05 \x01(\x01\x12\x11\n\tdecode_ms\x18\x06 \x01(\x01\"{\n\nSplitReply\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.dnntune.v1.SplitRun\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x03 \x01(\x03\x12\x12\n\nbytes_down\x18\x04 \x01(\x03\x12\x0c\n\x04wire\x18\x05 \x01(\t\"\xd2\x01\n\x16\x44\x65ploymentStudyRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.dnntune.v1.ModelSpec\x12\x12\n\nframeworks\x18\x02 \x03(\t\x12\x12\n\nprecisions\x18\x03 \x03(\t\x12\x0f\n\x07threads\x18\x04 \x03(\x05\x12\x12\n\naffinities\x18\x05 \x03(\t\x12\x10\n\x08num_runs\x18\x06 \x01(\x05\x12\x13\n\x0bwarmup_runs\x18\x07 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x08 \x01(\t\x12\x0e\n\x06rounds\x18\t \x01(\x05\"e\n\x14\x44\x65ploymentStudyEvent\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.dnntune.v1.ProgressH\x00\x12\x1a\n\x10study_json_chunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x65vent2\x91\x02\n\x08Profiler\x12\x39\n\x08HasModel\x12\x14.dnntune.v1.ModelRef\x1a\x17.dnntune.v1.ModelStatus\x12@\n\x0bUploadModel\x12\x16.dnntune.v1.ModelChunk\x1a\x17.dnntune.v1.ModelStatus(\x01\x12\x45\n\x08\x44\x65scribe\x12\x1b.dnntune.v1.DescribeRequest\x1a\x1c.dnntune.v1.ModelDescription\x12\x41\n\x07Profile\x12\x1a.dnntune.v1.ProfileRequest\x1a\x18.dnntune.v1.ProfileEvent0\x01\x32\xff\x01\n\x05\x43loud\x12=\n\x07RunTail\x12\x17.dnntune.v1.TailRequest\x1a\x15.dnntune.v1.TailReply(\x01\x30\x01\x12<\n\x04\x45\x63ho\x12\x17.dnntune.v1.TensorChunk\x1a\x17.dnntune.v1.TensorChunk(\x01\x30\x01\x12<\n\x0cRunTailUnary\x12\x14.dnntune.v1.TailCall\x1a\x16.dnntune.v1.TailResult\x12;\n\tEchoUnary\x12\x16.dnntune.v1.TensorList\x1a\x16.dnntune.v1.TensorList2\xa1\x01\n\x06\x44\x65vice\x12<\n\x08RunSplit\x12\x18.dnntune.v1.SplitRequest\x1a\x16.dnntune.v1.SplitReply\x12Y\n\x0fStudyDeployment\x12\".dnntune.v1.DeploymentStudyRequest\x1a .dnntune.v1.DeploymentStudyEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,46 +51,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUT']._serialized_end=772
   _globals['_MODELDESCRIPTION']._serialized_start=775
   _globals['_MODELDESCRIPTION']._serialized_end=997
-  _globals['_PROFILEREQUEST']._serialized_start=999
-  _globals['_PROFILEREQUEST']._serialized_end=1108
-  _globals['_PROGRESS']._serialized_start=1110
-  _globals['_PROGRESS']._serialized_end=1164
-  _globals['_PROFILEEVENT']._serialized_start=1166
-  _globals['_PROFILEEVENT']._serialized_end=1261
-  _globals['_TENSORCHUNK']._serialized_start=1263
-  _globals['_TENSORCHUNK']._serialized_end=1355
-  _globals['_TENSORENCODING']._serialized_start=1357
-  _globals['_TENSORENCODING']._serialized_end=1480
-  _globals['_ENCODEDCHUNK']._serialized_start=1483
-  _globals['_ENCODEDCHUNK']._serialized_end=1622
-  _globals['_TAILHEADER']._serialized_start=1624
-  _globals['_TAILHEADER']._serialized_end=1734
-  _globals['_TAILREQUEST']._serialized_start=1737
-  _globals['_TAILREQUEST']._serialized_end=1888
-  _globals['_TAILTIMING']._serialized_start=1890
-  _globals['_TAILTIMING']._serialized_end=1978
-  _globals['_TAILREPLY']._serialized_start=1980
-  _globals['_TAILREPLY']._serialized_end=2084
-  _globals['_TAILCALL']._serialized_start=2086
-  _globals['_TAILCALL']._serialized_end=2136
-  _globals['_TAILRESULT']._serialized_start=2138
-  _globals['_TAILRESULT']._serialized_end=2188
-  _globals['_TENSORLIST']._serialized_start=2190
-  _globals['_TENSORLIST']._serialized_end=2244
-  _globals['_SPLITREQUEST']._serialized_start=2247
-  _globals['_SPLITREQUEST']._serialized_end=2390
-  _globals['_SPLITRUN']._serialized_start=2392
-  _globals['_SPLITRUN']._serialized_end=2513
-  _globals['_SPLITREPLY']._serialized_start=2515
-  _globals['_SPLITREPLY']._serialized_end=2638
-  _globals['_DEPLOYMENTSTUDYREQUEST']._serialized_start=2641
-  _globals['_DEPLOYMENTSTUDYREQUEST']._serialized_end=2851
-  _globals['_DEPLOYMENTSTUDYEVENT']._serialized_start=2853
-  _globals['_DEPLOYMENTSTUDYEVENT']._serialized_end=2954
-  _globals['_PROFILER']._serialized_start=2957
-  _globals['_PROFILER']._serialized_end=3230
-  _globals['_CLOUD']._serialized_start=3233
-  _globals['_CLOUD']._serialized_end=3488
-  _globals['_DEVICE']._serialized_start=3491
-  _globals['_DEVICE']._serialized_end=3652
+  _globals['_PROFILEREQUEST']._serialized_start=1000
+  _globals['_PROFILEREQUEST']._serialized_end=1161
+  _globals['_PROGRESS']._serialized_start=1163
+  _globals['_PROGRESS']._serialized_end=1217
+  _globals['_PROFILEEVENT']._serialized_start=1219
+  _globals['_PROFILEEVENT']._serialized_end=1314
+  _globals['_TENSORCHUNK']._serialized_start=1316
+  _globals['_TENSORCHUNK']._serialized_end=1408
+  _globals['_TENSORENCODING']._serialized_start=1410
+  _globals['_TENSORENCODING']._serialized_end=1533
+  _globals['_ENCODEDCHUNK']._serialized_start=1536
+  _globals['_ENCODEDCHUNK']._serialized_end=1675
+  _globals['_TAILHEADER']._serialized_start=1677
+  _globals['_TAILHEADER']._serialized_end=1787
+  _globals['_TAILREQUEST']._serialized_start=1790
+  _globals['_TAILREQUEST']._serialized_end=1941
+  _globals['_TAILTIMING']._serialized_start=1943
+  _globals['_TAILTIMING']._serialized_end=2031
+  _globals['_TAILREPLY']._serialized_start=2033
+  _globals['_TAILREPLY']._serialized_end=2137
+  _globals['_TAILCALL']._serialized_start=2139
+  _globals['_TAILCALL']._serialized_end=2189
+  _globals['_TAILRESULT']._serialized_start=2191
+  _globals['_TAILRESULT']._serialized_end=2241
+  _globals['_TENSORLIST']._serialized_start=2243
+  _globals['_TENSORLIST']._serialized_end=2297
+  _globals['_SPLITREQUEST']._serialized_start=2300
+  _globals['_SPLITREQUEST']._serialized_end=2443
+  _globals['_SPLITRUN']._serialized_start=2445
+  _globals['_SPLITRUN']._serialized_end=2566
+  _globals['_SPLITREPLY']._serialized_start=2568
+  _globals['_SPLITREPLY']._serialized_end=2691
+  _globals['_DEPLOYMENTSTUDYREQUEST']._serialized_start=2694
+  _globals['_DEPLOYMENTSTUDYREQUEST']._serialized_end=2904
+  _globals['_DEPLOYMENTSTUDYEVENT']._serialized_start=2906
+  _globals['_DEPLOYMENTSTUDYEVENT']._serialized_end=3007
+  _globals['_PROFILER']._serialized_start=3010
+  _globals['_PROFILER']._serialized_end=3283
+  _globals['_CLOUD']._serialized_start=3286
+  _globals['_CLOUD']._serialized_end=3541
+  _globals['_DEVICE']._serialized_start=3544
+  _globals['_DEVICE']._serialized_end=3705
 # @@protoc_insertion_point(module_scope)

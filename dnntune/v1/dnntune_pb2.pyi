@@ -121,16 +121,22 @@ class ModelDescription(_message.Message):
     def __init__(self, identity: _Optional[_Union[ModelIdentity, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., cuts: _Optional[_Iterable[_Union[Cut, _Mapping]]] = ..., model_inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "num_runs", "warmup_runs", "energy")
+    __slots__ = ("model", "num_runs", "warmup_runs", "energy", "framework", "cuts", "precision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    CUTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     model: ModelSpec
     num_runs: int
     warmup_runs: int
     energy: str
-    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., energy: _Optional[str] = ...) -> None: ...
+    framework: str
+    cuts: _containers.RepeatedScalarFieldContainer[int]
+    precision: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., num_runs: _Optional[int] = ..., warmup_runs: _Optional[int] = ..., energy: _Optional[str] = ..., framework: _Optional[str] = ..., cuts: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total")

@@ -14,6 +14,8 @@ from dnntune.validation.validate import LinkValidation, Validation
 
 def print_validation(validation: Validation, console: Console | None = None) -> None:
     console = console or Console()
+    if validation.predicted_note:
+        console.print(f"predicted from the {validation.predicted_note}")
     for link in validation.links:
         s = link.shaping
         device = ("" if validation.device_label == "measured"

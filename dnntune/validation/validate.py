@@ -111,11 +111,29 @@ class Validation:
     links: tuple[LinkValidation, ...]
     device_label: str = "measured"  # emulated:<preset> when heads ran on an emulated agent
     device_note: str = ""
+    # The device profile the predictions come from: "tf" (per-layer TensorFlow) or
+    # "litert" (LiteRT head latencies at the validated cuts), and what it was.
+    predicted_from: str = "tf"
+    predicted_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "num_runs": self.num_runs,
                 "device_label": self.device_label, "device_note": self.device_note,
+                "predicted_from": self.predicted_from, "predicted_note": self.predicted_note,
                 "links": [link.to_dict() for link in self.links]}
+
+
+def at_measured_cuts(analyses: Sequence[LinkAnalysis], device: Any) -> list[LinkAnalysis]:
+    """``analyses`` of a device profile measured at chosen cuts (LiteRT heads), each row
+    labelled with the model's cut it stands for, so the cuts run are the cuts predicted
+    (such an analysis counts its rows, not the model's cuts)."""
+    import dataclasses
+
+    from dnntune.analysis.measured_cuts import measured_cut_indices
+
+    indices = np.asarray(measured_cut_indices(device), dtype=np.int64)
+    return [dataclasses.replace(la, inputs=dataclasses.replace(la.inputs, cut_index=indices))
+            for la in analyses]
 
 
 def parse_cut_spec(spec: str) -> tuple[str, int, tuple[int, ...]]:
@@ -189,7 +207,7 @@ def validate_cut(la: LinkAnalysis, index: int, result: Any) -> CutValidation:
     totals = np.array([r.total_ms for r in result.runs])
     predicted = float(la.table.latency_ms[index])
     measured = float(totals.mean())
-    wired = la.inputs.cut_index is not None
+    wired = la.inputs.row_fields is not None
     return CutValidation(
         encoding=row_encoding(la, index), row=index if wired else None,
         measured_bytes_up=int(result.bytes_up) if wired else None,
