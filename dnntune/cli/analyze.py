@@ -303,7 +303,10 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     device_src = Source.parse(args.device, "--device")
     cloud_src = Source.parse(args.cloud, "--cloud")
     access = side_access(args)
-    name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
+    model_path = Path(config.model.split("?", 1)[0])  # a graph: FILE.pb?input=..
+    name = (model_path.resolve().name if model_path.is_dir()  # a SavedModel folder
+            else model_path.stem if model_path.suffix in (*MODEL_SUFFIXES, ".pb")
+            else config.model)
     out = check_output_dir(args.out, "--out") if args.out else default_run_dir(name)
     check_run_target(out, "--out")
     # The run is written into a staging folder beside --out and moved in place whole at
