@@ -160,16 +160,16 @@ def test_graph_bad_input_is_one_line_before_any_server(graphs, tmp_path):  # noq
                                    "--links", "wifi"]), "input=nope", "no op 'nope'")
     assert_one_line_error(run_cli(["profile", "--model", f"{pb}?output=gone", "--side",
                                    "cloud", "--cloud", "127.0.0.1:9"]), "output=gone")
-    corrupt = tmp_path / "corrupt.pb"
-    corrupt.write_bytes(b"\xff" * 64)
-    assert_one_line_error(run_cli(["profile", "--model", str(corrupt),
-                                   "--device", "127.0.0.1:9"]), "GraphDef")
 
 
-def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs):  # noqa: F811
+def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs, tmp_path):  # noqa: F811
     from dnntune.model.graph_files import upload_spec
 
     _, pb, _ = graphs
+    corrupt = tmp_path / "corrupt.pb"
+    corrupt.write_bytes(b"\xff" * 64)
+    with pytest.raises(DnntuneError, match="not a TensorFlow GraphDef"):
+        upload_spec(str(corrupt))
     with pytest.raises(DnntuneError, match="is float32, not dtype=int32"):
         upload_spec(f"{pb}?dtype=int32")
     text, name = upload_spec(f"{pb}?input=image&dtype=float32&depth=3&fold=1")

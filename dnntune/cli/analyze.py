@@ -302,6 +302,10 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     config_links(config, args.links)  # a bad link fails now, before minutes of profiling
     device_src = Source.parse(args.device, "--device")
     cloud_src = Source.parse(args.cloud, "--cloud")
+    if not device_src.kind == cloud_src.kind == "file":  # a side profiles the model
+        from dnntune.cli.pipeline import check_model_file
+
+        check_model_file(config.model)  # a missing file, a graph's bad name: said first
     access = side_access(args)
     model_path = Path(config.model.split("?", 1)[0])  # a graph: FILE.pb?input=..
     name = (model_path.resolve().name if model_path.is_dir()  # a SavedModel folder
