@@ -154,12 +154,22 @@ def test_validate_a_frozen_graph_at_three_cuts(graphs, tmp_path):  # noqa: F811
     assert all(c["measured_ms"] > 0 for c in cuts)
 
 
-def test_graph_bad_input_is_one_line_before_any_server(graphs, tmp_path):  # noqa: F811
-    _, pb, _ = graphs
+def test_cli_profiles_a_saved_model_on_a_server_and_refuses_bad_names_first(
+        server, graphs):  # noqa: F811
+    from dnntune.model.loading import load_model
+
+    running, _ = server
+    _, pb, saved = graphs
+    result = run_cli(["profile", "--model", str(saved), "--side", "cloud", "--cloud",
+                      f"127.0.0.1:{running.port}", "--num_runs", "2", "--energy", "none",
+                      "--no-store", "--format", "json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    local = load_model(str(saved))
+    assert [layer["name"] for layer in doc["layers"]] == list(local.graph.layer_names)
+    assert doc["meta"]["model_hash"] == local.model.fingerprint()
     assert_one_line_error(run_cli(["validate", "--model", f"{pb}?input=nope",
                                    "--links", "wifi"]), "input=nope", "no op 'nope'")
-    assert_one_line_error(run_cli(["profile", "--model", f"{pb}?output=gone", "--side",
-                                   "cloud", "--cloud", "127.0.0.1:9"]), "output=gone")
 
 
 def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs, tmp_path):  # noqa: F811
