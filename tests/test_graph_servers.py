@@ -175,12 +175,14 @@ def test_cli_profiles_a_saved_model_on_a_server_and_refuses_bad_names_first(
 def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs, tmp_path):  # noqa: F811
     from dnntune.model.graph_files import upload_spec
 
-    _, pb, _ = graphs
+    _, pb, saved = graphs
     corrupt = tmp_path / "corrupt.pb"
     corrupt.write_bytes(b"\xff" * 64)
     with pytest.raises(DnntuneError, match="not a TensorFlow GraphDef"):
         upload_spec(str(corrupt))
     with pytest.raises(DnntuneError, match="is float32, not dtype=int32"):
         upload_spec(f"{pb}?dtype=int32")
+    with pytest.raises(DnntuneError, match="is float32, not dtype=int8"):
+        upload_spec(f"{saved}?dtype=int8")  # a SavedModel: checked on its frozen graph
     text, name = upload_spec(f"{pb}?input=image&dtype=float32&depth=3&fold=1")
     assert text == f"{pb}?input=image&depth=3&fold=1" and name == "tiny_block"

@@ -47,28 +47,32 @@ def upload_spec(spec: str) -> tuple[str, str]:
     else:
         graph_file, inputs, outputs = parsed.path, parsed.inputs, parsed.outputs
         name = parsed.path.stem
-        _check_names(parsed)
+    _check_names(graph_file, inputs, outputs, parsed.dtype, parsed.path)
     text = format_graph_spec(graph_file, inputs, outputs, None, parsed.depth, parsed.fold)
     return text, name
 
 
-def _check_names(parsed: GraphSpec) -> None:
-    """The named inputs and outputs are in the graph; the inputs have ``dtype``."""
+def _check_names(graph_file: Path, inputs: tuple[str, ...], outputs: tuple[str, ...],
+                 dtype: str | None, where: Path) -> None:
+    """The named inputs and outputs are ops of the graph; the inputs are of ``dtype``."""
     from dnntune.model.tf_graph import read_graph_file
 
-    nodes = {node.name: node for node in read_graph_file(parsed.path).node}
-    for key, names in (("input", parsed.inputs), ("output", parsed.outputs)):
+    nodes = {node.name: node for node in read_graph_file(graph_file).node}
+    for key, names in (("input", inputs), ("output", outputs)):
         for name in names:
-            op = name.rsplit(":", 1)[0] if ":" in name else name
-            if op not in nodes:
-                raise DnntuneError(f"{parsed.path}: {key}={name}: no op {op!r} in the graph")
-    inputs = [nodes[n.rsplit(":", 1)[0] if ":" in n else n] for n in parsed.inputs] or [
-        n for n in nodes.values() if n.op == "Placeholder"]
-    for node in inputs:
-        dtype = _DTYPES.get(node.attr["dtype"].type, str(node.attr["dtype"].type))
-        if parsed.dtype and node.op == "Placeholder" and dtype != parsed.dtype:
-            raise DnntuneError(f"{parsed.path}: input {node.name!r} is {dtype}, not "
-                               f"dtype={parsed.dtype}")
+            if _op(name) not in nodes:
+                raise DnntuneError(f"{where}: {key}={name}: no op {_op(name)!r} in the graph")
+    fed = [nodes[_op(n)] for n in inputs] or [n for n in nodes.values()
+                                              if n.op == "Placeholder"]
+    for node in fed:
+        found = _DTYPES.get(node.attr["dtype"].type, str(node.attr["dtype"].type))
+        if dtype and node.op == "Placeholder" and found != dtype:
+            raise DnntuneError(f"{where}: input {node.name!r} is {found}, not dtype={dtype}")
+
+
+def _op(name: str) -> str:
+    """The op of a tensor or op name (``x:0`` -> ``x``)."""
+    return name.rsplit(":", 1)[0] if ":" in name else name
 
 
 def _frozen_saved_model(parsed: GraphSpec) -> tuple[Path, tuple[str, ...], tuple[str, ...]]:
