@@ -186,3 +186,25 @@ def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs, tm
         upload_spec(f"{saved}?dtype=int8")  # a SavedModel: checked on its frozen graph
     text, name = upload_spec(f"{pb}?input=image&dtype=float32&depth=3&fold=1")
     assert text == f"{pb}?input=image&depth=3&fold=1" and name == "tiny_block"
+
+
+def test_analyze_profiles_a_graph_on_the_servers_it_starts(graphs, tmp_path):  # noqa: F811
+    """Both sides profiled through servers (the default config's wire encodings fall
+    back to float32 for a graph, with a note); fold=1 travels in ModelSpec.graph_fold."""
+    from dnntune.model.loading import load_model
+    from dnntune.profiling.profile import load_profile
+
+    _, pb, _ = graphs
+    out = tmp_path / "run"
+    result = run_cli(["analyze", "--model", f"{pb}?input=image&fold=1", "--links", "wifi",
+                      "--emulate", "none", "--num_runs", "3", "--no-store", "--no-plots",
+                      "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Keras models only" in result.stderr  # the wire note
+    folded = load_model(f"{pb}?input=image&fold=1")
+    for side in ("device", "cloud"):
+        profile = load_profile(out / f"{side}.json")
+        assert list(profile.layer_names) == list(folded.graph.layer_names)
+        assert profile.meta.model_name == "tiny_block"
+    assert len(folded.graph.layer_names) < 9  # folded: fewer layers than the 9 scopes
+    assert (out / "analysis.json").is_file()

@@ -194,11 +194,13 @@ def _measure_wire(args: argparse.Namespace, device: Any, names: tuple[str, ...],
     if (names == ("fp32",) and not args.samples) or (
             device.measured_cuts is not None and not args.wire):
         return None  # float32 as profiled (a LiteRT per-cut profile: sizes as profiled)
+    from dnntune.cli.pipeline import graph_wire_problem
     from dnntune.report.tables import progress_bar
     from dnntune.wire.codecs import parse_encodings
     from dnntune.wire.measure import measure_for_profiles, unmeasurable
 
-    problem = unmeasurable(device.graph, args.samples)
+    problem = (graph_wire_problem(model) if model else None) or unmeasurable(device.graph,
+                                                                             args.samples)
     if problem and args.wire:
         raise DnntuneError(f"--wire: {problem}")
     if problem:

@@ -192,6 +192,17 @@ def check_model_file(model: str) -> None:
         raise DnntuneError(f"--model {model}: no such model file (and not a zoo model)")
 
 
+def graph_wire_problem(model: str) -> str | None:
+    """Why wire encodings cannot be measured on ``model`` (a TensorFlow graph), or None."""
+    from dnntune.model.tf_graph import is_graph_spec
+    from dnntune.model.zoo import ZOO
+
+    if model not in ZOO and is_graph_spec(model):
+        return ("wire encodings are measured on Keras models only, not yet on a "
+                "TensorFlow graph (.pb/SavedModel)")
+    return None
+
+
 def upload_model(client: ProfilerClient, config: RunConfig) -> Any:
     """Send the model's defining file to ``client``'s server; returns its ``ModelSpec``.
 

@@ -87,10 +87,12 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.out:
         check_output_dir(args.out, "--out")
     parse_cut_spec(args.cuts)
-    from dnntune.cli.pipeline import check_model_file
+    from dnntune.cli.pipeline import check_model_file, graph_wire_problem
 
     check_model_file(config.model)  # a missing file or a graph's bad name: before any server
     args.wire_names = _wire_names(args, config)
+    if args.wire_names and graph_wire_problem(config.model):
+        raise DnntuneError(f"--wire: {graph_wire_problem(config.model)}")
     if args.wire_names and args.framework == "litert":
         raise DnntuneError("--wire with --framework litert is not supported yet: LiteRT "
                            "heads send their own tensors (measured in their profiles)")
