@@ -188,17 +188,20 @@ def test_upload_spec_checks_the_dtype_and_keeps_how_to_read_the_graph(graphs, tm
     assert text == f"{pb}?input=image&depth=3&fold=1" and name == "tiny_block"
 
 
-def test_analyze_profiles_a_graph_on_the_servers_it_starts(graphs, tmp_path):  # noqa: F811
-    """Both sides profiled through servers (the default config's wire encodings fall
+def test_analyze_profiles_a_graph_on_servers(server, graphs, tmp_path):  # noqa: F811
+    """Both sides profiled through a server (the default config's wire encodings fall
     back to float32 for a graph, with a note); fold=1 travels in ModelSpec.graph_fold."""
     from dnntune.model.loading import load_model
     from dnntune.profiling.profile import load_profile
 
+    running, _ = server
     _, pb, _ = graphs
     out = tmp_path / "run"
+    address = f"127.0.0.1:{running.port}"  # the cloud server profiles for either side
     result = run_cli(["analyze", "--model", f"{pb}?input=image&fold=1", "--links", "wifi",
-                      "--emulate", "none", "--num_runs", "3", "--no-store", "--no-plots",
-                      "--out", str(out)])
+                      "--device", address, "--cloud", address, "--num_runs", "3",
+                      "--allow-side-mismatch", "--no-store", "--no-plots", "--out",
+                      str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Keras models only" in result.stderr  # the wire note
     folded = load_model(f"{pb}?input=image&fold=1")
