@@ -98,6 +98,9 @@ def test_a_saved_model_is_frozen_once_and_is_the_same_model_on_both_sides(
     again, _ = upload_spec(str(saved))  # the cached file: not frozen (or written) again
     assert text == again and name == "tiny_block_saved" and ".pb?input=" in text
     assert (frozen.read_bytes(), frozen.stat().st_mtime_ns) == first
+    # Names the spec gives win over the signature's, from the cache as when frozen.
+    named, _ = upload_spec(f"{saved}?output=Identity")
+    assert named.startswith(f"{frozen}?input=") and named.endswith("&output=Identity")
     local = load_model(str(saved))  # read from the folder itself, frozen in memory
     client.upload_file(text)
     spec = model_spec(client.pb2, text, name=name)

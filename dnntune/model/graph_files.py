@@ -6,7 +6,8 @@ frozen here first (its serving signature, by TensorFlow's
 ``convert_variables_to_constants_v2``, exactly as :func:`~dnntune.model.tf_graph.load_graph_model`
 reads it) into a ``.pb`` in the model cache, named by a hash of the folder's files, so
 every later run sends the same bytes and both sides hold the same model by sha256.
-This side then loads that ``.pb`` too (:func:`upload_spec`), not the folder.
+``validate``'s own heads and the wire measurement load that ``.pb`` too (the spec
+:func:`upload_spec` returns), not the folder.
 
 The names a spec gives are checked against the GraphDef here, before any server is
 contacted, so a typo is one line naming the spec, not a server's refusal.
@@ -14,6 +15,7 @@ contacted, so a typo is one line naming the spec, not a server's refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -76,20 +78,35 @@ def _op(name: str) -> str:
 
 
 def _frozen_saved_model(parsed: GraphSpec) -> tuple[Path, tuple[str, ...], tuple[str, ...]]:
-    """The cached frozen ``.pb`` of a SavedModel folder and its input and output names."""
+    """The cached frozen ``.pb`` of a SavedModel folder and its input and output names
+    (the spec's, else the signature's)."""
     from dnntune.model.cache import cache_dir
-    from dnntune.model.tf_graph import freeze_saved_model
 
     folder = cache_dir() / "graphs"
     target = folder / f"{parsed.path.resolve().name}-{_folder_digest(parsed.path)[:16]}.pb"
     names = target.with_suffix(".json")  # the frozen signature's input and output names
-    if target.is_file() and names.is_file():  # frozen before: the same bytes every time
-        try:
-            known = json.loads(names.read_text())
-            return target, tuple(known["inputs"]), tuple(known["outputs"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # damaged: freeze again
-    graph_def, inputs, outputs = freeze_saved_model(parsed.path, parsed)
+    cached = _cached_names(names) if target.is_file() else None
+    # Not frozen before (or the names are damaged): freeze now, once.
+    inputs, outputs = cached if cached is not None else _freeze(parsed, target, names)
+    return target, parsed.inputs or inputs, parsed.outputs or outputs
+
+
+def _cached_names(names: Path) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    try:
+        known = json.loads(names.read_text())
+        return tuple(known["inputs"]), tuple(known["outputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _freeze(parsed: GraphSpec, target: Path, names: Path
+            ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Write the frozen serving signature to ``target`` and its own names to ``names``."""
+    from dnntune.model.tf_graph import freeze_saved_model
+
+    folder = target.parent
+    own = dataclasses.replace(parsed, inputs=(), outputs=())  # the signature's names
+    graph_def, inputs, outputs = freeze_saved_model(parsed.path, own)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(target, graph_def.SerializeToString(deterministic=True))
@@ -98,7 +115,7 @@ def _frozen_saved_model(parsed: GraphSpec) -> tuple[Path, tuple[str, ...], tuple
         raise DnntuneError(f"model cache {folder}: cannot write the frozen graph of "
                            f"{parsed.path} ({exc.strerror}); set DNNTUNE_CACHE_DIR to a "
                            "writable folder") from None
-    return target, inputs, outputs
+    return inputs, outputs
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
