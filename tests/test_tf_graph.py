@@ -185,9 +185,10 @@ def test_cli_graph_lists_scopes_and_bad_graphs_are_one_line(graphs, tmp_path):
     config.write_text(f"file: {pb}\ninput_name: pixels\noutput_name: Identity\n")
     assert_one_line_error(run_cli(["profile", "--config", str(config), "--no-store"]),
                           "no input named 'pixels'")
-    # Not yet sent to servers: said in one line before anything connects.
-    assert_one_line_error(run_cli(["analyze", "--model", str(pb), "--links", "wifi",
-                                   "--no-store"]), "cannot be sent to a server")
+    # A name the graph lacks, before any server starts (graphs are sent to servers since
+    # issue 24: tests/test_graph_servers.py).
+    assert_one_line_error(run_cli(["analyze", "--model", f"{pb}?output=probs", "--links",
+                                   "wifi", "--no-store"]), "output=probs", "no op 'probs'")
     assert_one_line_error(run_cli(["convert", "--model", str(pb), "--out", str(tmp_path / "c")]),
                           "LiteRT conversion takes Keras models only")
 

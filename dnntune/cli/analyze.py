@@ -194,11 +194,13 @@ def _measure_wire(args: argparse.Namespace, device: Any, names: tuple[str, ...],
     if (names == ("fp32",) and not args.samples) or (
             device.measured_cuts is not None and not args.wire):
         return None  # float32 as profiled (a LiteRT per-cut profile: sizes as profiled)
+    from dnntune.cli.pipeline import graph_wire_problem
     from dnntune.report.tables import progress_bar
     from dnntune.wire.codecs import parse_encodings
     from dnntune.wire.measure import measure_for_profiles, unmeasurable
 
-    problem = unmeasurable(device.graph, args.samples)
+    problem = (graph_wire_problem(model) if model else None) or unmeasurable(device.graph,
+                                                                             args.samples)
     if problem and args.wire:
         raise DnntuneError(f"--wire: {problem}")
     if problem:
@@ -302,8 +304,15 @@ def _run_whole_job(args: argparse.Namespace) -> int:
     config_links(config, args.links)  # a bad link fails now, before minutes of profiling
     device_src = Source.parse(args.device, "--device")
     cloud_src = Source.parse(args.cloud, "--cloud")
+    if not device_src.kind == cloud_src.kind == "file":  # a side profiles the model
+        from dnntune.cli.pipeline import check_model_file
+
+        check_model_file(config.model)  # a missing file, a graph's bad name: said first
     access = side_access(args)
-    name = Path(config.model).stem if config.model.endswith(MODEL_SUFFIXES) else config.model
+    model_path = Path(config.model.split("?", 1)[0])  # a graph: FILE.pb?input=..
+    name = (model_path.resolve().name if model_path.is_dir()  # a SavedModel folder
+            else model_path.stem if model_path.suffix in (*MODEL_SUFFIXES, ".pb")
+            else config.model)
     out = check_output_dir(args.out, "--out") if args.out else default_run_dir(name)
     check_run_target(out, "--out")
     # The run is written into a staging folder beside --out and moved in place whole at

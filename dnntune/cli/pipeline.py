@@ -155,11 +155,19 @@ def model_file(config: RunConfig) -> tuple[str, str | None, tuple[int, ...] | No
     A zoo model is built and calibrated once, here, and cached
     (:mod:`dnntune.model.cache`); the cached file already has the requested input shape.
     A user's file is itself, rebuilt by each side at ``input_shape`` (a deterministic
-    clone with the same weights).
+    clone with the same weights). A TensorFlow graph is its frozen ``.pb`` (a SavedModel
+    folder frozen once, :mod:`dnntune.model.graph_files`) with how to read it:
+    ``FILE.pb?input=..&output=..``, which ``load_model`` and ``model_spec`` both take.
     """
+    from dnntune.model.tf_graph import is_graph_spec
     from dnntune.model.zoo import ZOO
 
     entry = ZOO.get(config.model)
+    if entry is None and is_graph_spec(config.model):
+        from dnntune.model.graph_files import upload_spec
+
+        spec, name = upload_spec(config.model)
+        return spec, name, config.input_shape
     if entry is None:
         check_model_file(config.model)
         return config.model, None, config.input_shape
@@ -170,17 +178,29 @@ def model_file(config: RunConfig) -> tuple[str, str | None, tuple[int, ...] | No
 
 
 def check_model_file(model: str) -> None:
-    """A model that is not a zoo name must be a file here (said before connecting)."""
+    """A model that is not a zoo name must be a file here (said before connecting); a
+    TensorFlow graph must have the inputs and outputs its spec names."""
     from dnntune.model.tf_graph import is_graph_spec
     from dnntune.model.zoo import ZOO
 
     if model not in ZOO and is_graph_spec(model):
-        raise DnntuneError(
-            f"--model {model}: a TensorFlow graph cannot be sent to a server or device agent "
-            "yet; profile each side here (dnntune profile --model ... --side device|cloud "
-            "--out F.json) and run dnntune analyze --device D.json --cloud C.json")
+        from dnntune.model.graph_files import upload_spec
+
+        upload_spec(model)
+        return
     if model not in ZOO and not Path(model).is_file():
         raise DnntuneError(f"--model {model}: no such model file (and not a zoo model)")
+
+
+def graph_wire_problem(model: str) -> str | None:
+    """Why wire encodings cannot be measured on ``model`` (a TensorFlow graph), or None."""
+    from dnntune.model.tf_graph import is_graph_spec
+    from dnntune.model.zoo import ZOO
+
+    if model not in ZOO and is_graph_spec(model):
+        return ("wire encodings are measured on Keras models only, not yet on a "
+                "TensorFlow graph (.pb/SavedModel)")
+    return None
 
 
 def upload_model(client: ProfilerClient, config: RunConfig) -> Any:

@@ -87,7 +87,12 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.out:
         check_output_dir(args.out, "--out")
     parse_cut_spec(args.cuts)
+    from dnntune.cli.pipeline import check_model_file, graph_wire_problem
+
+    check_model_file(config.model)  # a missing file or a graph's bad name: before any server
     args.wire_names = _wire_names(args, config)
+    if args.wire_names and graph_wire_problem(config.model):
+        raise DnntuneError(f"--wire: {graph_wire_problem(config.model)}")
     if args.wire_names and args.framework == "litert":
         raise DnntuneError("--wire with --framework litert is not supported yet: LiteRT "
                            "heads send their own tensors (measured in their profiles)")
@@ -284,11 +289,16 @@ def _run(config: Any, analysis: Any, address: str, access: Any, args: argparse.N
          client_cls: Any) -> Validation:
     from dnntune.cli.pipeline import model_file, upload_model
     from dnntune.model.loading import load_model
+    from dnntune.model.tf_graph import is_graph_spec
     from dnntune.report.tables import progress_bar
     from dnntune.validation.validate import validate_links
 
     shapes = [config.input_shape] if config.input_shape else None
-    loaded = load_model(config.model, shapes, batch_size=config.batch_size, seed=config.seed)
+    source, name = config.model, None
+    if is_graph_spec(config.model):  # the very .pb the server is sent (a SavedModel frozen)
+        source, name, _ = model_file(config)
+    loaded = load_model(source, shapes, batch_size=config.batch_size, seed=config.seed,
+                        name=name)
     host, _, port = address.rpartition(":")
     first = client_cls(access.endpoint(address))
     try:

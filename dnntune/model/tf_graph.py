@@ -462,15 +462,15 @@ def load_graph_model(spec: str, input_shapes: Sequence[tuple[int, ...]] | None,
     parsed = parse_graph_spec(spec)
     path = parsed.path
     if path.is_dir():
-        graph_def, inputs, outputs = _read_saved_model(path, parsed)
+        graph_def, inputs, outputs = freeze_saved_model(path, parsed)
     else:
-        graph_def = _read_graph_def(path)
+        graph_def = read_graph_file(path)
         inputs, outputs = parsed.inputs, parsed.outputs
     model_name = name or (path.stem if path.suffix else path.name)
     return _build(graph_def, parsed, inputs, outputs, input_shapes, batch_size, model_name)
 
 
-def _read_graph_def(path: Path) -> Any:
+def read_graph_file(path: Path) -> Any:
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
@@ -492,7 +492,7 @@ def _read_graph_def(path: Path) -> Any:
     return graph_def
 
 
-def _read_saved_model(path: Path, parsed: GraphSpec) -> tuple[Any, tuple[str, ...],
+def freeze_saved_model(path: Path, parsed: GraphSpec) -> tuple[Any, tuple[str, ...],
                                                               tuple[str, ...]]:
     """Freeze a SavedModel's serving signature: its GraphDef, input and output names."""
     import tensorflow as tf

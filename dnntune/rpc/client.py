@@ -144,9 +144,22 @@ def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
                batch_size: int = 1, seed: int = 0, name: str | None = None) -> Any:
     """A ``ModelSpec`` for a zoo name or a local model file (by its sha256).
 
-    ``name`` is the display name recorded for a file (default: its stem).
+    ``name`` is the display name recorded for a file (default: its stem). A frozen
+    graph is ``FILE.pb?input=..&output=..&depth=..&fold=..``
+    (:mod:`dnntune.model.tf_graph`): how to read it goes into ``ModelSpec.graph_*``.
     """
     shape = list(input_shape or ())
+    if model.split("?", 1)[0].endswith(".pb"):
+        from dnntune.model.tf_graph import DEFAULT_DEPTH, parse_graph_spec
+
+        parsed = parse_graph_spec(model)
+        digest = hashlib.sha256(parsed.path.read_bytes()).hexdigest()
+        return pb2.ModelSpec(sha256=digest, input_shape=shape, batch_size=batch_size,
+                             seed=seed, name=name or parsed.path.stem,
+                             graph_inputs=list(parsed.inputs),
+                             graph_outputs=list(parsed.outputs),
+                             graph_depth=0 if parsed.depth == DEFAULT_DEPTH else parsed.depth,
+                             graph_fold=parsed.fold)
     if model.endswith(MODEL_SUFFIXES):
         digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
         return pb2.ModelSpec(sha256=digest, input_shape=shape, batch_size=batch_size,
@@ -157,7 +170,9 @@ def model_spec(pb2: Any, model: str, input_shape: tuple[int, ...] | None = None,
 def head_identity(pb2: Any, spec: Any) -> Any:
     """The ``ModelIdentity`` of the model a ``ModelSpec`` names (for ``TailHeader.head``)."""
     if spec.WhichOneof("source") == "sha256":
-        return pb2.ModelIdentity(sha256=spec.sha256)
+        return pb2.ModelIdentity(sha256=spec.sha256, graph_inputs=list(spec.graph_inputs),
+                                 graph_outputs=list(spec.graph_outputs),
+                                 graph_depth=spec.graph_depth, graph_fold=spec.graph_fold)
     return pb2.ModelIdentity(zoo_name=spec.zoo_name, seed=spec.seed,
                              input_shape=list(spec.input_shape))
 
@@ -208,7 +223,10 @@ class ProfilerClient:
         return self.call(self.profiler.Describe, self.pb2.DescribeRequest(model=spec))
 
     def upload_file(self, path: str | Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
-        """Send a model file unless the server has it already; returns its sha256."""
+        """Send a model file unless the server has it already; returns its sha256.
+
+        A graph's spec (``FILE.pb?input=..``) sends ``FILE.pb``."""
+        path = str(path).split("?", 1)[0]
         data = Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if self.call(self.profiler.HasModel, self.pb2.ModelRef(sha256=digest)).cached:

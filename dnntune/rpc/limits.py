@@ -124,6 +124,16 @@ def check_spec(spec: Any, limits: RequestLimits) -> None:
                            f"{spec.batch_size}")
     if shape:
         check_input_elements(shape, spec.batch_size or 1, limits)
+    _check_graph_fields(spec, source, "ModelSpec")
+
+
+def _check_graph_fields(message: Any, source: str | None, where: str) -> None:
+    """``graph_*`` fields are well formed, and set only for an uploaded file."""
+    from dnntune.rpc.graphs import GraphReading
+
+    if not GraphReading.of(message, where).is_default and source != "sha256":
+        raise DnntuneError(f"{where}.graph_inputs/graph_outputs/graph_depth/graph_fold are "
+                           "for an uploaded .pb graph, not a zoo model")
 
 
 def check_input_elements(shape: tuple[int, ...], batch_size: int, limits: RequestLimits
@@ -144,6 +154,8 @@ def check_identity(identity: Any) -> None:
         raise DnntuneError("TailHeader.head (ModelIdentity) is required: set sha256 or "
                            "zoo_name (Describe returns it)")
     check_shape(identity.input_shape, "ModelIdentity.input_shape", min_dim=1)
+    _check_graph_fields(identity, "sha256" if identity.sha256 else "zoo_name",
+                        "ModelIdentity")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Models a server holds: uploaded files by sha256 and loaded models, both bounded.
 
 Uploaded files are kept on disk under their sha256 (checked on arrival: size, digest,
-and that the bytes are a Keras archive) and loaded in Keras safe mode; loaded models
-are kept in a small LRU cache together with their splitter and the splits built so far.
+and that the bytes are a Keras archive or a TensorFlow GraphDef) and loaded in Keras
+safe mode, a graph as its ``ModelSpec.graph_*`` fields say (:mod:`dnntune.rpc.graphs`);
+loaded models are kept in a small LRU cache together with their splitter and the
+splits built so far.
 Only a well-formed sha256 ever becomes a file name, so no request can reach outside the
 store, and no error message names a server path. One model is built at a time, so
 concurrent requests for new models cannot multiply the memory a build takes.
@@ -29,6 +31,7 @@ from dnntune.errors import DnntuneError
 from dnntune.model.graph import LayerGraph
 from dnntune.model.loading import DEFAULT_SEED, MODEL_SUFFIXES, LoadedModel, load_model
 from dnntune.model.memory import MemoryEstimate
+from dnntune.rpc.graphs import GRAPH_SUFFIX, GraphReading, graph_source, read_graph_def
 from dnntune.rpc.limits import (
     LimitError,
     RequestLimits,
@@ -39,6 +42,8 @@ from dnntune.rpc.limits import (
 )
 
 log = logging.getLogger("dnntune.server")
+STORED_SUFFIXES = (*MODEL_SUFFIXES, GRAPH_SUFFIX)  # what an upload may be
+NOT_A_GRAPH = GraphReading()  # the graph fields' defaults: all a Keras or zoo model has
 
 
 class NotFoundError(DnntuneError):
@@ -53,20 +58,23 @@ class TooLargeError(LimitError):
 class ModelIdentity:
     """What a head and a tail must share to run as one model (see ``TailHeader.head``).
 
-    An uploaded file is its sha256; a zoo model is its name, seed and input shape
-    (without batch), with the defaults filled in.
+    An uploaded file is its sha256 (and, for a graph, how it is read: its layers and
+    cuts depend on that); a zoo model is its name, seed and input shape (without batch),
+    with the defaults filled in.
     """
 
     sha256: str = ""
     zoo_name: str = ""
     seed: int = 0
     input_shape: tuple[int, ...] = ()
+    graph: GraphReading = NOT_A_GRAPH
 
     @classmethod
-    def of(cls, sha256: str, zoo_name: str, seed: int, input_shape: Any) -> ModelIdentity:
+    def of(cls, sha256: str, zoo_name: str, seed: int, input_shape: Any,
+           graph: GraphReading = NOT_A_GRAPH) -> ModelIdentity:
         """The canonical identity of these ``ModelSpec``/``ModelIdentity`` field values."""
         if sha256:
-            return cls(sha256=sha256)
+            return cls(sha256=sha256, graph=graph)
         from dnntune.model.zoo import ZOO
 
         shape = tuple(int(d) for d in input_shape)
@@ -76,6 +84,10 @@ class ModelIdentity:
 
     def describe(self) -> str:
         if self.sha256:
+            if not self.graph.is_default:
+                return (f"uploaded graph {self.sha256[:12]}… read as {self.graph.inputs or ''}"
+                        f" -> {self.graph.outputs or ''}, depth {self.graph.depth}"
+                        + (", folded" if self.graph.fold else ""))
             return f"uploaded model {self.sha256[:12]}…"
         return f"zoo model {self.zoo_name} (seed {self.seed}, input {list(self.input_shape)})"
 
@@ -90,6 +102,7 @@ class ModelKey:
     batch_size: int = 1
     seed: int = DEFAULT_SEED
     name: str = ""
+    graph: GraphReading = NOT_A_GRAPH  # an uploaded .pb graph: how to read it
 
 
 @dataclass
@@ -163,7 +176,7 @@ class ModelStore:
     def file_for(self, sha256: str) -> Path | None:
         """The stored file of ``sha256`` (checked to be 64 hex digits), or ``None``."""
         check_sha256(sha256, "sha256")
-        for suffix in MODEL_SUFFIXES:
+        for suffix in STORED_SUFFIXES:
             path = self.upload_dir / f"{sha256}{suffix}"
             if _is_plain_file(path):
                 return path
@@ -184,8 +197,8 @@ class ModelStore:
                     parts: Iterable[bytes]) -> Path:
         """Store an uploaded model file; checks its size, suffix, sha256 and format."""
         check_sha256(sha256, "ModelChunk.sha256")
-        if suffix not in MODEL_SUFFIXES:
-            raise DnntuneError(f"model suffix must be one of {', '.join(MODEL_SUFFIXES)}, "
+        if suffix not in STORED_SUFFIXES:
+            raise DnntuneError(f"model suffix must be one of {', '.join(STORED_SUFFIXES)}, "
                                f"got {quoted(suffix)}")
         if total_bytes < 1:
             raise DnntuneError(f"ModelChunk.total_bytes must be at least 1, got {total_bytes}")
@@ -251,7 +264,7 @@ class ModelStore:
 
     def _evict_files(self) -> None:
         files = sorted((p for p in self.upload_dir.iterdir()
-                        if p.suffix in MODEL_SUFFIXES and _is_plain_file(p)
+                        if p.suffix in STORED_SUFFIXES and _is_plain_file(p)
                         and p.stem not in self._pinned),
                        key=lambda p: p.lstat().st_mtime)
         for old in files[:max(len(files) - self.max_files, 0)]:
@@ -288,7 +301,8 @@ class ModelStore:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
         if key.sha256:
-            source = str(self.uploaded_file(key.sha256))
+            source = graph_source(self.uploaded_file(key.sha256), key.graph,
+                                  f"uploaded model {key.sha256[:12]}…")
         elif key.zoo_name:
             from dnntune.model.zoo import ZOO
 
@@ -318,10 +332,12 @@ class ModelStore:
                                 name=key.name or key.sha256 or None)
         except DnntuneError as exc:
             what = f"uploaded model {key.sha256}" if key.sha256 else key.zoo_name
-            raise DnntuneError(redact(str(exc), source, what)) from None
+            path = source.split("?", 1)[0]  # a graph's spec: the path, then how to read it
+            raise DnntuneError(redact(str(exc), path, what)) from None
         for shape in loaded.input_shapes:  # a file fixes its own input size
             check_input_elements(shape[1:], shape[0], self.limits)
-        identity = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
+        identity = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape,
+                                    key.graph)
         return ModelEntry(loaded, identity, (time.perf_counter() - t0) * 1e3)
 
 
@@ -343,9 +359,13 @@ def redact(message: str, path: str, name: str) -> str:
 
 
 def check_model_archive(path: Path, suffix: str) -> None:
-    """Refuse bytes that cannot be a saved Keras model, naming what is wrong with them."""
+    """Refuse bytes that cannot be a saved Keras model or a GraphDef, naming what is
+    wrong with them."""
     import zipfile
 
+    if suffix == GRAPH_SUFFIX:
+        read_graph_def(path)
+        return
     if suffix == ".keras":
         if not zipfile.is_zipfile(path):
             raise DnntuneError("model upload: a .keras file must be a zip archive (Keras 3 "

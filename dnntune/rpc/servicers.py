@@ -28,6 +28,7 @@ from dnntune.errors import ConfigError, DnntuneError
 from dnntune.model.loading import DEFAULT_SEED
 from dnntune.rpc.budget import MemoryBudget
 from dnntune.rpc.gate import BusyError, ComputeGate
+from dnntune.rpc.graphs import GraphReading
 from dnntune.rpc.limits import (
     MAX_NAME_CHARS,
     LimitError,
@@ -114,12 +115,13 @@ def key_from_spec(spec: Any, limits: RequestLimits) -> ModelKey:
     return ModelKey(zoo_name=spec.zoo_name, sha256=spec.sha256,
                     input_shape=tuple(int(d) for d in spec.input_shape),
                     batch_size=spec.batch_size or 1, seed=spec.seed or DEFAULT_SEED,
-                    name=spec.name)
+                    name=spec.name, graph=GraphReading.of(spec, "ModelSpec"))
 
 
 def identity_message(pb2: Any, identity: ModelIdentity) -> Any:
     return pb2.ModelIdentity(sha256=identity.sha256, zoo_name=identity.zoo_name,
-                             seed=identity.seed, input_shape=list(identity.input_shape))
+                             seed=identity.seed, input_shape=list(identity.input_shape),
+                             **identity.graph.fields())
 
 
 @dataclass
@@ -386,13 +388,15 @@ class CloudServicer:
     def _tail_key(self, header: Any) -> ModelKey:
         """The store key a TailHeader names, every field and the head identity checked."""
         key = key_from_spec(header.model, self.s.limits)
-        tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape)
+        tail = ModelIdentity.of(key.sha256, key.zoo_name, key.seed, key.input_shape,
+                                key.graph)
         # A header without `head` is what every client before the field sent: it means the
         # tail's own model (the compatibility rule in the .proto's header comment).
         if header.HasField("head"):
             check_identity(header.head)
             head = ModelIdentity.of(header.head.sha256, header.head.zoo_name,
-                                    header.head.seed, header.head.input_shape)
+                                    header.head.seed, header.head.input_shape,
+                                    GraphReading.of(header.head, "ModelIdentity"))
         else:
             head = tail
         if head != tail:

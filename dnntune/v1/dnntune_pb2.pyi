@@ -7,32 +7,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelSpec(_message.Message):
-    __slots__ = ("zoo_name", "sha256", "input_shape", "batch_size", "seed", "name")
+    __slots__ = ("zoo_name", "sha256", "input_shape", "batch_size", "seed", "name", "graph_inputs", "graph_outputs", "graph_depth", "graph_fold")
     ZOO_NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FOLD_FIELD_NUMBER: _ClassVar[int]
     zoo_name: str
     sha256: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     batch_size: int
     seed: int
     name: str
-    def __init__(self, zoo_name: _Optional[str] = ..., sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+    graph_inputs: _containers.RepeatedScalarFieldContainer[str]
+    graph_outputs: _containers.RepeatedScalarFieldContainer[str]
+    graph_depth: int
+    graph_fold: bool
+    def __init__(self, zoo_name: _Optional[str] = ..., sha256: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., name: _Optional[str] = ..., graph_inputs: _Optional[_Iterable[str]] = ..., graph_outputs: _Optional[_Iterable[str]] = ..., graph_depth: _Optional[int] = ..., graph_fold: _Optional[bool] = ...) -> None: ...
 
 class ModelIdentity(_message.Message):
-    __slots__ = ("sha256", "zoo_name", "seed", "input_shape")
+    __slots__ = ("sha256", "zoo_name", "seed", "input_shape", "graph_inputs", "graph_outputs", "graph_depth", "graph_fold")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ZOO_NAME_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FOLD_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     zoo_name: str
     seed: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sha256: _Optional[str] = ..., zoo_name: _Optional[str] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    graph_inputs: _containers.RepeatedScalarFieldContainer[str]
+    graph_outputs: _containers.RepeatedScalarFieldContainer[str]
+    graph_depth: int
+    graph_fold: bool
+    def __init__(self, sha256: _Optional[str] = ..., zoo_name: _Optional[str] = ..., seed: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., graph_inputs: _Optional[_Iterable[str]] = ..., graph_outputs: _Optional[_Iterable[str]] = ..., graph_depth: _Optional[int] = ..., graph_fold: _Optional[bool] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("sha256", "suffix", "total_bytes", "data")

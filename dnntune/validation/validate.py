@@ -433,7 +433,7 @@ def _seed(spec: Any, model_file: str | Path | None) -> tuple[str, Path] | None:
     """``(sha256, file)`` when ``spec`` names an uploaded model held in ``model_file``."""
     if model_file is None or spec.WhichOneof("source") != "sha256":
         return None
-    return spec.sha256, Path(model_file)
+    return spec.sha256, Path(str(model_file).split("?", 1)[0])  # a graph: FILE.pb?input=..
 
 
 def _probe_bytes(mbps: float) -> int:
