@@ -80,16 +80,23 @@ class NodeProgram:
             from dnntune.model.loading import import_keras
 
             import_keras()
-            import tensorflow as tf
-
-            def bracketed(*args: Any) -> Any:
-                start = tf.timestamp()
-                with tf.control_dependencies([start]):
-                    guarded = [tf.identity(a) for a in args]
-                outs = self.run_symbolic(*guarded)
-                with tf.control_dependencies(outs):
-                    end = tf.timestamp()
-                return outs, end - start
-            self._timed_fn = tf.function(bracketed, autograph=False)
+            self._timed_fn = timed_function(self.run_symbolic)
         outs, seconds = self._timed_fn(*inputs)
         return [np.asarray(o) for o in outs], float(seconds)
+
+
+def timed_function(run_symbolic: Callable[..., Any]) -> Callable[..., Any]:
+    """``run_symbolic`` compiled with two ``tf.timestamp`` stamps around it, as in
+    :func:`dnntune.profiling.instrument.compile_plain`: the compiled function returns
+    ``(outputs, seconds)``, the in-graph time with no Python dispatch."""
+    import tensorflow as tf
+
+    def bracketed(*args: Any) -> Any:
+        start = tf.timestamp()
+        with tf.control_dependencies([start]):
+            guarded = [tf.identity(a) for a in args]
+        outs = run_symbolic(*guarded)
+        with tf.control_dependencies(outs):
+            end = tf.timestamp()
+        return outs, end - start
+    return tf.function(bracketed, autograph=False)

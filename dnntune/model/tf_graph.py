@@ -266,19 +266,10 @@ class GraphProgram:
     def timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
         """Like calling it, plus its in-graph seconds between two stamps."""
         if self._timed_fn is None:
-            import tensorflow as tf
+            from dnntune.model.replay import timed_function
 
             self._pruned()
-
-            def bracketed(*args: Any) -> Any:
-                start = tf.timestamp()
-                with tf.control_dependencies([start]):
-                    guarded = [tf.identity(a) for a in args]
-                outs = self.run_symbolic(*guarded)
-                with tf.control_dependencies(outs):
-                    end = tf.timestamp()
-                return outs, end - start
-            self._timed_fn = tf.function(bracketed, autograph=False)
+            self._timed_fn = timed_function(self.run_symbolic)
         outs, seconds = self._timed_fn(*inputs)
         return [np.asarray(o) for o in outs], float(seconds)
 
