@@ -82,7 +82,6 @@ from dnntune.profiling.instrument import configure_runtime
 configure_runtime(1)
 from dnntune.litert.heads import LiteRTPhone, layer_map_of, prepare_litert_split
 from dnntune.litert.profile import time_litert
-from dnntune.profiling.stats import undisturbed_mean
 from dnntune.model.loading import load_model
 from dnntune.model.split import Splitter
 from dnntune.rpc.splitrun import run_split
@@ -95,16 +94,17 @@ lite = prepare_litert_split(loaded, Splitter(loaded.model, loaded.graph).split(c
                             layer_map, threads=1)
 phone.prepare()
 phone.refresh()  # as the agent does before a batch of split runs
-# the head's profile on the phone, as `dnntune profile --framework litert` times a head
-# (warm-up, then invoke() runs; runs a neighbour slowed dropped, as a dilated profile
-# drops them), dilated by the reference's LiteRT time
-native = time_litert(lite.head.it, loaded.example_inputs(), 5, 30)
-predicted = phone.factor * undisturbed_mean(native) + phone.device.spec.call_ms
+# the head's profile on the phone, as `dnntune profile --framework litert --device` times
+# a head on an emulated agent (warm-up, then invoke() runs, the reference after each;
+# runs a neighbour slowed dropped), dilated by the reference's LiteRT time
+stats = phone.time_head(lite.head.it, loaded.example_inputs(), 5, 30)
+predicted = stats.mean_ms
 held = run_split(loaded, lite, None, None, num_runs=15, warmup_runs=2, hold=phone.hold,
                  pace=phone.pace)
 print(json.dumps({"cut": cut, "factor": phone.factor, "predicted": predicted,
                   "held": sorted(r.head_ms for r in held.runs),
-                  "native": undisturbed_mean(native)}))
+                  "native": float(np.median(time_litert(lite.head.it, loaded.example_inputs(),
+                                                        2, 10)))}))
 """
 
 
