@@ -3,10 +3,15 @@
 For 0.1, 1 and 5 MB payloads (a uint8 tensor), all in this one process, each server on
 its own thread(s), client and servers talking over 127.0.0.1:
 
-- **dnntune gRPC**: ``ProfilerClient.echo`` against the cloud server, the path RunTail
-  takes (the agent's and validate's): a call that fits the message limit (16 MiB) goes
-  as one message each way (EchoUnary/RunTailUnary), the same encoder, reader and
-  assembler as RunTail's crossing tensors and outputs.
+- **bulk**: ``ProfilerClient.echo`` against a cloud server with a bulk channel
+  (``serve --bulk-port``, :mod:`dnntune.rpc.bulk`): the call goes by gRPC
+  (EchoUnary/RunTailUnary with tensor headers only), the tensor bytes in one frame each
+  way on the bulk connection, read straight into page-placed buffers. The same encoder
+  and assembler as RunTail's crossing tensors and outputs.
+- **dnntune gRPC**: the same client and server with the bulk channel off
+  (``Endpoint(bulk=False)``): the path RunTail takes through gRPC alone (the agent's and
+  validate's): a call that fits the message limit (16 MiB) goes as one message each way
+  (EchoUnary/RunTailUnary).
 - **stream**: the same client with the unary calls off: the Echo stream of 1 MiB
   TensorChunks (the path before RunTailUnary, and the one old servers get).
 - **raw socket**: a Python echo server on a TCP socket (TCP_NODELAY both ends): the
@@ -22,17 +27,19 @@ its own thread(s), client and servers talking over 127.0.0.1:
 - **bare unary**: a plain gRPC unary echo of the payload's bytes (no protobuf, no
   dnntune; gRPC's default options but the message limits): Python gRPC's floor.
 
-Throughput counts the payload once each way. The four are measured in alternation, one
+Throughput counts the payload once each way. The five are measured in alternation, one
 round trip each in turn (each going first in turn), so a machine shared with other work
-slows all alike; medians are printed with dnntune's and the bare echo's share of the raw
-socket's throughput (issue 20's targets for dnntune: at least 50 % at 1 MB, 80 % at 5
-MB), and the median minor page faults of the process per dnntune round trip (fresh
-multi-MB buffers fault every call unless the allocator keeps them: docs/transport.md).
+slows all alike; medians are printed with the bulk path's, dnntune gRPC's and the bare
+echo's share of the raw socket's throughput (issue 20's targets for the project's tensor
+path: at least 50 % at 1 MB, 80 % at 5 MB), and the median minor page faults of the
+process per bulk round trip (fresh multi-MB buffers fault every call unless the
+allocator keeps them: docs/transport.md).
 Last, the fixed and per-MB cost of this path as the cost model takes them
 (:func:`dnntune.rpc.transfer.measure_loopback_rpc`).
 
     python benchmarks/bench_transfer.py [--repeats 30] [--chunk-kib 1024] [--raw-offset 64]
-        [--allocator keep|default] [--bare-option grpc.http2.max_frame_size=16777215]
+        [--bulk-offset 1024] [--allocator keep|default]
+        [--bare-option grpc.http2.max_frame_size=16777215]
 """
 
 from __future__ import annotations
@@ -137,6 +144,9 @@ def main() -> None:
                              "into a page: 0-16 (16 is where a plain bytearray of MBs "
                              "starts) makes the kernel's copies 2-4x slower here than 48 "
                              "or more (default 64: the raw socket at its best)")
+    parser.add_argument("--bulk-offset", type=int, default=0, metavar="BYTES",
+                        help="start the bulk channel's receive buffers this many bytes into "
+                             "a page (default: dnntune's own, dnntune.rpc.bulk.FAST_OFFSET)")
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
                         help="keep: the servers keep freed multi-MB buffers "
                              "(ServerOptions.keep_transfer_buffers, the default); default: "
@@ -154,15 +164,20 @@ def main() -> None:
 
     if args.chunk_kib:  # before the server and the client size their chunks
         tensors.DEFAULT_CHUNK_BYTES = args.chunk_kib << 10
+    from dnntune.rpc import bulk as bulk_channel
+
+    if args.bulk_offset:
+        bulk_channel.FAST_OFFSET = args.bulk_offset
     from cloud_server import create_server
     from dnntune.rpc.client import Endpoint, ProfilerClient
     from dnntune.rpc.serving import ServerOptions
     from dnntune.rpc.transfer import measure_loopback_rpc
 
     keep = args.allocator == "keep"
-    running = create_server(ServerOptions(port=0, keep_transfer_buffers=keep))
-    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
-    streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    running = create_server(ServerOptions(port=0, keep_transfer_buffers=keep, bulk_port=0))
+    bulk = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}"))
+    client = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}", bulk=False))
+    streams = ProfilerClient(Endpoint(f"127.0.0.1:{running.port}", bulk=False))
     streams.unary = False
     bare_server, bare_round_trip = bare_grpc_echo()
     tuned_server, tuned_round_trip = bare_grpc_echo(tuned_options)
@@ -172,13 +187,14 @@ def main() -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     print(f"stream chunks of {streams.chunk_bytes >> 10} KiB; times are medians of "
           f"{args.repeats}, ms")
-    print(f"raw socket buffers {args.raw_offset} bytes into a page; allocator: "
-          f"{args.allocator}")
+    print(f"raw socket buffers {args.raw_offset} bytes into a page; bulk receive buffers "
+          f"{bulk_channel.FAST_OFFSET}; allocator: {args.allocator}")
     if tuned_options:
         print(f"tuned: a bare unary echo with {dict(tuned_options)}")
-    print(f"{'payload':>8}{'dnntune':>9}{'raw':>7}{'dnntune MB/s':>14}{'raw MB/s':>10}"
-          f"{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}{'b/raw':>7}{'faults':>8}"
-          + (f"{'tuned/raw':>11}" if tuned_options else "") + "  target")
+    print(f"{'payload':>8}{'bulk':>7}{'dnntune':>9}{'raw':>7}{'bulk MB/s':>11}{'raw MB/s':>10}"
+          f"{'bulk/raw':>10}{'dnntune/raw':>13}{'stream':>8}{'bare unary':>12}{'b/raw':>7}"
+          f"{'faults':>8}" + (f"{'tuned/raw':>11}" if tuned_options else "")
+          + "  target (bulk)")
     for mb in (0.1, 1.0, 5.0):
         size = int(mb * 1e6)
         tensor = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
@@ -186,6 +202,7 @@ def main() -> None:
         payload = placed(size, args.raw_offset)
         payload[:] = plain
         runs: dict[str, Callable[[], float]] = {
+            "bulk": lambda t=tensor: echo_round_trip(bulk, t),
             "grpc": lambda t=tensor: echo_round_trip(client, t),
             "raw": lambda p=payload: raw_round_trip(conn, p, buffer),
             "stream": lambda t=tensor: echo_round_trip(streams, t),
@@ -193,18 +210,21 @@ def main() -> None:
         if tuned_options:
             runs["tuned"] = lambda p=plain: tuned_round_trip(p)
         times, faulted = interleaved(runs, args.repeats)
-        g, r, st, b = (statistics.median(times[k]) for k in ("grpc", "raw", "stream", "bare"))
-        share = r / g
+        u, g, r, st, b = (statistics.median(times[k])
+                          for k in ("bulk", "grpc", "raw", "stream", "bare"))
+        share = r / u
         target = TARGETS.get(mb)
         verdict = (f">= {target:.0%}: {'met' if share >= target else 'NOT met'}" if target
                    else "")
-        print(f"{mb:>6.1f}MB{g * 1e3:>9.2f}{r * 1e3:>7.2f}{2 * size / g / 1e6:>14.0f}"
-              f"{2 * size / r / 1e6:>10.0f}{share:>13.0%}{st * 1e3:>8.2f}{b * 1e3:>12.2f}"
-              f"{r / b:>7.0%}{faulted:>8.0f}"
+        print(f"{mb:>6.1f}MB{u * 1e3:>7.2f}{g * 1e3:>9.2f}{r * 1e3:>7.2f}"
+              f"{2 * size / u / 1e6:>11.0f}{2 * size / r / 1e6:>10.0f}{share:>10.0%}"
+              f"{r / g:>13.0%}{st * 1e3:>8.2f}{b * 1e3:>12.2f}{r / b:>7.0%}{faulted:>8.0f}"
               + (f"{r / statistics.median(times['tuned']):>11.0%}" if tuned_options else "")
               + f"  {verdict}")
     assert client.unary, "the unary calls were refused: this measured the streams"
+    assert bulk.bulk, f"the bulk channel was not used: {bulk.bulk_problem}"
     conn.close()
+    bulk.close()
     listener.close()
     client.close()
     streams.close()
@@ -223,7 +243,7 @@ def interleaved(runs: dict[str, Callable[[], float]], repeats: int
                 ) -> tuple[dict[str, list[float]], float]:
     """Seconds of each run, one of each in turn (each going first in turn), after 5
     warm-up rounds (flow-control windows grow); and the median page faults per
-    dnntune round trip (``runs["grpc"]``)."""
+    bulk round trip (``runs["bulk"]``)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     faulted: list[int] = []
     order = list(runs)
@@ -234,7 +254,7 @@ def interleaved(runs: dict[str, Callable[[], float]], repeats: int
             elapsed = runs[name]()
             if i >= 5:
                 times[name].append(elapsed)
-                if name == "grpc":
+                if name == "bulk":
                     faulted.append(faults() - before)
     return times, statistics.median(faulted)
 

@@ -1,6 +1,7 @@
 """The tensor path: every dtype and a 5 MB tensor, bit-exact through a real loopback
-server, in one message each way (RunTailUnary, EchoUnary) and as a stream (RunTail,
-Echo: calls over the message limit, old servers); what the encoder writes is what
+server, in one message each way (RunTailUnary, EchoUnary), as a stream (RunTail,
+Echo: calls over the message limit, old servers) and with the bytes on the bulk channel
+(serve --bulk-port); what the encoder writes is what
 protobuf would; the loopback calibration."""
 
 from __future__ import annotations
@@ -37,20 +38,43 @@ def server():
     running.stop(0)
 
 
-@pytest.fixture(scope="module", params=["unary", "stream"])
-def client(server, request):
+@pytest.fixture(scope="module")
+def bulk_server():
+    running = create_server(ServerOptions(port=0, max_tensor_mb=8, bulk_port=0))
+    yield running
+    running.stop(0)
+
+
+class Recorded:
+    """A client's call method that notes each use in ``calls``."""
+
+    def __init__(self, method, name, calls):
+        self.method, self.name, self.calls = method, name, calls
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(self.name)
+        return self.method(*args, **kwargs)
+
+
+@pytest.fixture(scope="module", params=["unary", "stream", "bulk"])
+def client(server, bulk_server, request):
     """The real client: with the default 16 MiB message limit a 5 MB call is one message
-    each way; as against an old server (``unary`` off), RunTail/Echo streams of chunks."""
-    unary = request.param == "unary"
-    c = ProfilerClient(Endpoint(f"127.0.0.1:{server.port}"))
+    each way; as against an old server (``unary`` off), RunTail/Echo streams of chunks;
+    against a server with a bulk channel, unary calls with the bytes on the channel."""
+    unary = request.param != "stream"
+    port = bulk_server.port if request.param == "bulk" else server.port
+    c = ProfilerClient(Endpoint(f"127.0.0.1:{port}"))
     c.unary = unary
     calls = []
-    for name in ("_run_tail_unary", "_echo_unary", "_run_tail", "_echo"):
-        method = getattr(c, name)
-        setattr(c, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    for name in ("_run_tail_unary", "_echo_unary", "_run_tail", "_echo", "_bulk_call"):
+        setattr(c, name, Recorded(getattr(c, name), name, calls))
     c.calls = calls
-    c.unary_expected = unary
+    c.path = {"unary": ("_echo_unary", "_run_tail_unary"), "stream": ("_echo", "_run_tail"),
+              "bulk": ("_bulk_call", "_bulk_call")}[request.param]
     yield c
+    assert c.bulk == (request.param == "bulk"), c.bulk_problem  # the channel was used
+    if request.param == "bulk":
+        assert c._bulk_connection is not None and not c._bulk_connection.broken
     c.close()
 
 
@@ -79,7 +103,7 @@ def test_every_allowed_dtype_round_trips_bit_exactly(client):
                 ("transposed", awkward("float64").transpose(2, 0, 1)),
                 ("big_endian", np.arange(12, dtype=">i4").reshape(3, 4))]
     echoed = client.echo(tensors)
-    assert client.calls[-1] == ("_echo_unary" if client.unary_expected else "_echo")
+    assert client.calls[-1] == client.path[0]
     assert list(echoed) == [name for name, _ in tensors]
     for name, sent in tensors:
         want = sent.astype(sent.dtype.newbyteorder("=")) if name == "big_endian" else sent
@@ -91,7 +115,7 @@ def test_a_5mb_tensor_round_trips_bit_exactly(client):
     assert client.chunk_bytes == DEFAULT_CHUNK_BYTES
     assert same_bits(client.echo([("big", big)])["big"], big)
     assert same_bits(client.echo([("big", big), ("also", big[::2])])["also"], big[::2])
-    assert client.calls[-1] == ("_echo_unary" if client.unary_expected else "_echo")
+    assert client.calls[-1] == client.path[0]
 
 
 def test_run_tail_sends_its_tensors_through_the_same_path(client, zoo_model):
@@ -106,7 +130,7 @@ def test_run_tail_sends_its_tensors_through_the_same_path(client, zoo_model):
     held = split.run_head(x)
     outputs, _ = client.run_tail(model_spec(client.pb2, "tiny_mlp"), cut.index,
                                  [(n, held[n]) for n in split.tail_inputs])
-    assert client.calls[-1] == ("_run_tail_unary" if client.unary_expected else "_run_tail")
+    assert client.calls[-1] == client.path[1]
     expected = call_model(loaded.model, x)[0]
     np.testing.assert_allclose(outputs[split.tail_outputs[0]], expected, rtol=1e-6)
 
@@ -126,7 +150,7 @@ def test_run_tail_carries_a_5mb_tensor_bit_exactly(client, tmp_path_factory):
     crossing = client.describe(spec).cuts[1].tensors[0]
     x = awkward("float32", tuple(crossing.shape))  # 5 MB
     outputs, timing = client.run_tail(spec, 1, [(crossing.name, x)])
-    assert client.calls[-1] == ("_run_tail_unary" if client.unary_expected else "_run_tail")
+    assert client.calls[-1] == client.path[1]
     assert timing is not None and timing.compute_ms >= 0
     assert same_bits(next(iter(outputs.values())), x)
 

@@ -62,6 +62,11 @@ def add_server_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     serve = sub.add_parser("serve", help="run the cloud server (gRPC)",
                            description="Profile layers and run model tails for clients.")
     _server_flags(serve, 50051)
+    serve.add_argument("--bulk-port", type=int, metavar="PORT",
+                       help="also carry tensor bytes on this TCP port beside gRPC (0: any "
+                            "free port; same host, token and TLS; clients use it when "
+                            "offered): several times gRPC's throughput for multi-MB "
+                            "tensors (docs/transport.md)")
     serve.add_argument("--bundle", action="append", default=[], metavar="DIR",
                        help="serve the tails of a bundle from 'dnntune export' (checked "
                             "against its manifest; repeatable)")
@@ -92,7 +97,8 @@ def _options(args: argparse.Namespace) -> object:
                          max_input_elements=args.max_input_elements,
                          max_model_mb=args.max_model_mb, max_models=args.max_models,
                          max_request_memory_mb=args.max_request_memory_mb,
-                         reflection=args.reflection, grace_s=args.grace_s)
+                         reflection=args.reflection, grace_s=args.grace_s,
+                         bulk_port=getattr(args, "bulk_port", None))
 
 
 def _check_early(args: argparse.Namespace, options: object) -> None:
@@ -114,7 +120,10 @@ def _check_early(args: argparse.Namespace, options: object) -> None:
 
 
 def _announce(kind: str, running: object) -> None:
-    print(f"dnntune {kind} listening on {running.address}", flush=True)  # type: ignore[attr-defined]
+    bulk = getattr(running, "bulk_port", None)
+    extra = f" (bulk channel on port {bulk})" if bulk is not None else ""
+    print(f"dnntune {kind} listening on {running.address}{extra}",  # type: ignore[attr-defined]
+          flush=True)
 
 
 def _serve_until_signal(kind: str, running: object) -> int:
@@ -162,8 +171,11 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.cloud:
         if args.cloud_tls_cert:
             read_certificate(args.cloud_tls_cert, "--cloud-tls-cert")  # now, not at first use
+        # Split runs go through gRPC, the path a link emulation in front of --cloud
+        # shapes (validate's proxy): the bulk channel would go around it.
         cloud = Endpoint(parse_address(args.cloud, "--cloud"),
-                         token=read_token(args.cloud_token_file), tls_cert=args.cloud_tls_cert)
+                         token=read_token(args.cloud_token_file), tls_cert=args.cloud_tls_cert,
+                         bulk=False)
     elif args.cloud_tls_cert or args.cloud_token_file:
         raise DnntuneError("--cloud-tls-cert and --cloud-token-file go with --cloud HOST:PORT")
     if args.emulate and args.emulate != "none":

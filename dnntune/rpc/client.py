@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +25,24 @@ import numpy as np
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import MODEL_SUFFIXES
 from dnntune.profiling.profile import Profile
+from dnntune.rpc.bulk import ECHO, RUN_TAIL, BulkConnection, FrameError, bulk_status_name
 from dnntune.rpc.protocol import load_protocol
 from dnntune.rpc.tensors import (
     DEFAULT_CHUNK_BYTES,
     MESSAGE_OVERHEAD_BYTES,
+    ChunkView,
     TensorAssembler,
+    TensorPart,
     WireError,
     chunk_bytes_for,
+    encode_bulk,
     encode_tensors,
+    read_parsed,
     read_unary,
     unary_serializer,
     unary_wire,
     wire_serializer,
+    with_bulk_data,
 )
 from dnntune.rpc.tls_probe import diagnose_unreachable, read_certificate
 
@@ -78,6 +86,10 @@ class Endpoint:
     keepalive_s: float = 10.0  # ping after this long without data; dead after 2× this
     # The name the server's certificate carries, when ``address`` is not it (a proxy).
     tls_server_name: str | None = None
+    # Carry tensor bytes on the server's bulk channel when it offers one (serve
+    # --bulk-port; dnntune.rpc.bulk). It is a second TCP connection to the same host:
+    # turn it off when only the gRPC port is reachable or must carry all traffic.
+    bulk: bool = True
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -206,8 +218,17 @@ class ProfilerClient:
             _registered_method=True)
         self.unary = True  # False once the server answered UNIMPLEMENTED (before v1.x)
         self.chunk_bytes = chunk_bytes_for(endpoint.max_message_mb << 20)
+        self._open_bulk = self.channel.unary_unary(
+            "/dnntune.v1.Cloud/OpenBulk", request_serializer=pb2.BulkRequest.SerializeToString,
+            response_deserializer=pb2.BulkTicket.FromString, _registered_method=True)
+        self.bulk = endpoint.bulk  # False once the server has no bulk channel for us
+        self.bulk_problem = ""  # why this client stopped trying the bulk channel
+        self._bulk_connection: BulkConnection | None = None
+        self._bulk_lock = threading.Lock()  # one thread opens the connection
 
     def close(self) -> None:
+        if self._bulk_connection is not None:
+            self._bulk_connection.close()
         self.channel.close()
 
     def call(self, fn: Callable[..., Any], request: Any, timeout_s: float = SHORT_CALL_S,
@@ -313,6 +334,17 @@ class ProfilerClient:
         if timeout_s is None:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors)
                                             + sum(m.ByteSize() for m in encoded))
+        if not encoded and self.bulk:
+            result = self._bulk_call(RUN_TAIL, [header], tensors, TAIL_REQUEST_TENSOR,
+                                     pb2.TailResult, timeout_s)
+            if result is not None:
+                assembler, timing = TensorAssembler(), None
+                for part in result:
+                    if isinstance(part, TensorPart):
+                        assembler.add(part.tensor)
+                    else:
+                        timing = part.timing
+                return self._finish(assembler), timing
         if not encoded and self._fits_one_message(tensors):  # encoded parts: the stream
             message = unary_wire([header, *encode_tensors(pb2, tensors, UNARY_CHUNK,
                                                           field=TAIL_REQUEST_TENSOR)])
@@ -342,6 +374,13 @@ class ProfilerClient:
              ) -> dict[str, np.ndarray]:
         if timeout_s is None:
             timeout_s = transfer_deadline_s(2 * sum(np.asarray(t).nbytes for _, t in tensors))
+        if self.bulk:
+            result = self._bulk_call(ECHO, [], tensors, None, self.pb2.TensorList, timeout_s)
+            if result is not None:
+                assembler = TensorAssembler()
+                for chunk in result:
+                    assembler.add(chunk)
+                return self._finish(assembler)
         if self._fits_one_message(tensors):
             reply = self._unary(self._echo_unary,
                                 unary_wire(encode_tensors(self.pb2, tensors, UNARY_CHUNK)),
@@ -360,6 +399,101 @@ class ProfilerClient:
             raise describe_rpc_error(exc, self.endpoint.address) from None
         return assembler.finish()
 
+
+    def _bulk_call(self, method: int, head: list[Any], tensors: list[tuple[str, np.ndarray]],
+                   tensor_field: int | None, reply: Any, timeout_s: float
+                   ) -> list[Any] | None:
+        """A unary call on the bulk channel (:mod:`dnntune.rpc.bulk`): the parts of its
+        ``reply`` message type (``TailResult``: TailReply parts, tensors as
+        :class:`TensorPart`; ``TensorList``: :class:`ChunkView` chunks) with every bulk
+        tensor's data a view of the received bytes; ``None`` when this server offers no bulk
+        channel (then the call goes by gRPC). ``head``: parts sent before the tensors
+        (RunTail's header). A connection found closed before the call (the server closes
+        idle ones) is reopened once."""
+        headers, raws = encode_bulk(self.pb2, tensors, tensor_field)
+        message = unary_wire([*head, *headers])
+        for attempt in (0, 1):
+            connection = self._bulk_open(timeout_s)
+            if connection is None:
+                return None
+            try:
+                with connection.lock:
+                    status, answer, data = connection.call(method, message, raws, timeout_s)
+                break
+            except (OSError, FrameError) as exc:
+                self._bulk_connection = None
+                if attempt == 0 and isinstance(exc, ConnectionError):
+                    continue  # closed while idle: once more on a new connection
+                raise DnntuneError(f"{self.endpoint.address}: the bulk connection failed "
+                                   f"({exc})") from None
+        if status != 0:
+            self._bulk_connection = None  # closed by the server after a refusal
+            text = answer.decode("utf-8", "replace")
+            raise DnntuneError(f"{self.endpoint.address}: {bulk_status_name(status)}: {text}")
+        try:
+            parts = read_parsed(self.pb2, answer, reply,
+                                None if reply is self.pb2.TensorList else "tensor")
+        except WireError as exc:
+            raise DnntuneError(f"{self.endpoint.address}: a malformed reply ({exc})") from None
+        return self._fill_bulk(parts, data)
+
+    def _fill_bulk(self, parts: list[Any], data: np.ndarray) -> list[Any]:
+        """``parts`` with each bulk tensor's data a view of ``data``, in order."""
+        views, start = [], 0
+        raw = memoryview(data.data)
+        chunks = [p.tensor if isinstance(p, TensorPart) else p for p in parts
+                  if isinstance(p, (TensorPart, ChunkView))]
+        for chunk in chunks:
+            if chunk.bulk:
+                views.append(raw[start:start + max(int(chunk.total_bytes), 0)])
+                start += max(int(chunk.total_bytes), 0)
+        if start != len(raw):
+            raise DnntuneError(f"{self.endpoint.address}: a malformed reply (its bulk frame "
+                               f"holds {len(raw)} bytes, its tensors declare {start})")
+        try:
+            filled = iter(with_bulk_data(chunks, views))
+        except WireError as exc:
+            raise DnntuneError(f"{self.endpoint.address}: a malformed reply ({exc})") from None
+        return [TensorPart(next(filled)) if isinstance(p, TensorPart)
+                else next(filled) if isinstance(p, ChunkView) else p for p in parts]
+
+    def _bulk_open(self, timeout_s: float) -> BulkConnection | None:
+        """This client's bulk connection, opened on first use; ``None`` if the server
+        offers none (or it cannot be reached: then the reason is in ``bulk_problem``)."""
+        with self._bulk_lock:
+            return self._bulk_open_locked(timeout_s)
+
+    def _bulk_open_locked(self, timeout_s: float) -> BulkConnection | None:
+        if self._bulk_connection is not None and not self._bulk_connection.broken:
+            return self._bulk_connection
+        try:
+            ticket = self._open_bulk(self.pb2.BulkRequest(), metadata=self.endpoint.metadata,
+                                     timeout=min(SHORT_CALL_S, timeout_s))
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return None  # the server's connections are all taken: this call goes by gRPC
+            if code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION):
+                raise describe_rpc_error(exc, self.endpoint.address) from None
+            self.bulk, self.bulk_problem = False, "the server offers no bulk channel"
+            return None
+        host = self.endpoint.address.rpartition(":")[0]
+        tls_cert = self.endpoint.tls_cert
+        pem = read_certificate(tls_cert) if ticket.tls and tls_cert else None
+        if ticket.tls and pem is None:
+            self.bulk = False
+            self.bulk_problem = "the bulk channel is TLS, and this client has no certificate"
+            return None
+        try:
+            self._bulk_connection = BulkConnection.open(
+                host, ticket.port, ticket.ticket, self.endpoint.connect_timeout_s, pem,
+                self.endpoint.tls_server_name)
+        except (OSError, ConnectionError) as exc:
+            self.bulk = False  # e.g. only the gRPC port is reachable: gRPC from now on
+            self.bulk_problem = (f"cannot reach the bulk channel at {host}:{ticket.port} "
+                                 f"({exc})")
+            return None
+        return self._bulk_connection
 
     def _fits_one_message(self, tensors: list[tuple[str, np.ndarray]]) -> bool:
         """Whether a call with ``tensors`` fits this client's message limit (and the
@@ -403,7 +537,6 @@ def calibrate_rpc(client: ProfilerClient, small_bytes: int = 1_000,
     analyzer adds it to the link's transfer time (``CostOptions.rpc_ms``, ``rpc_ms_per_mb``).
     """
     import statistics
-    import time
 
     def median_ms(nbytes: int) -> float:
         payload = [("calibration", np.zeros(nbytes, np.uint8))]

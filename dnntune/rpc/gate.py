@@ -122,6 +122,18 @@ class CallSlots(grpc.ServerInterceptor):
             return handler
         return wrap_handler(handler, lambda behavior: self._counted(method, behavior))
 
+    @contextlib.contextmanager
+    def held(self, method: str) -> Iterator[tuple[grpc.StatusCode, str] | None]:
+        """A call slot for a call that does not come through gRPC (the bulk channel,
+        :mod:`dnntune.rpc.bulk`): yields ``None`` while it holds one, or the refusal
+        (status, message) a gRPC call would get."""
+        refusal = self._enter(method)
+        try:
+            yield refusal
+        finally:
+            if refusal is None:
+                self._leave(method)
+
     def _counted(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             refusal = self._enter(method)

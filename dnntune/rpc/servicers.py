@@ -45,13 +45,18 @@ from dnntune.rpc.modelstore import ModelEntry, ModelIdentity, ModelKey, ModelSto
 from dnntune.rpc.tensors import (
     GRPC_DEFAULT_MESSAGE_BYTES,
     TensorAssembler,
+    TensorPart,
     WireError,
+    bulk_sizes,
     chunk_bytes_for,
+    encode_bulk,
     encode_tensors,
+    read_parsed,
     read_unary,
     unary_serializer,
     unary_wire,
     wire_serializer,
+    with_bulk_data,
 )
 
 PROFILE_CHUNK_BYTES = 1 << 20
@@ -153,6 +158,8 @@ class ServerState:
     # (loaded model, ProfileSettings, LiteRTAsk, progress) -> its LiteRT per-cut profile,
     # on an emulated phone dilated as its LiteRT split runs are held: set by the agent
     litert_profile: Callable[[Any, Any, LiteRTAsk, Any], Any] | None = None
+    bulk: Any = None  # a dnntune.rpc.bulk.BulkListener: the server's --bulk-port
+    slots: Any = None  # the server's CallSlots, for calls on the bulk channel
 
     @contextlib.contextmanager
     def use_model(self, key: ModelKey, method: str) -> Iterator[ModelEntry]:
@@ -347,7 +354,8 @@ class CloudServicer:
 
     def RunTail(self, request_iterator: Iterator[Any],  # noqa: N802
                 context: grpc.ServicerContext, reply_chunk_bytes: int | None = None,
-                method: str = "RunTail") -> Iterator[Any]:
+                method: str = "RunTail", reply_bulk: list[memoryview] | None = None
+                ) -> Iterator[Any]:
         pb2 = self.s.pb2
         with rpc_errors(context, method), self.s.gate.compute(), \
                 contextlib.ExitStack() as held:
@@ -377,9 +385,16 @@ class CloudServicer:
             t1 = time.perf_counter()
             outputs = split.run_tail([tensors[n] for n in split.tail_inputs])
             t2 = time.perf_counter()
-        yield from encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True),
-                                  reply_chunk_bytes or self.s.reply_chunk_bytes,
-                                  field=TAIL_REPLY_TENSOR)
+            if reply_bulk is not None:  # the outputs' bytes go after the reply message
+                headers, raws = encode_bulk(pb2, zip(split.tail_outputs, outputs, strict=True),
+                                            field=TAIL_REPLY_TENSOR)
+                reply_bulk.extend(raws)
+        if reply_bulk is None:
+            yield from encode_tensors(pb2, zip(split.tail_outputs, outputs, strict=True),
+                                      reply_chunk_bytes or self.s.reply_chunk_bytes,
+                                      field=TAIL_REPLY_TENSOR)
+        else:
+            yield from headers
         yield pb2.TailReply(timing=pb2.TailTiming(receive_ms=(t1 - t0) * 1e3,
                                                   compute_ms=(t2 - t1) * 1e3,
                                                   load_ms=(t0 - t_load) * 1e3,
@@ -433,6 +448,95 @@ class CloudServicer:
             tensors = assembler.finish()
         return unary_wire(encode_tensors(self.s.pb2, tensors.items(), UNARY_CHUNK))
 
+    def OpenBulk(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with rpc_errors(context, "OpenBulk"):
+            if self.s.bulk is None:
+                raise WireError("OpenBulk: this server has no bulk channel (start it with "
+                                "--bulk-port)", code="FAILED_PRECONDITION")
+            try:
+                ticket, expires_s = self.s.bulk.issue()
+            except DnntuneError as exc:
+                raise WireError(str(exc), code="RESOURCE_EXHAUSTED") from None
+            return self.s.pb2.BulkTicket(port=self.s.bulk.port, ticket=ticket,
+                                         expires_s=expires_s, tls=self.s.bulk.tls)
+        raise AssertionError("unreachable")  # rpc_errors aborts the call
+
+    def bulk_call(self, frame: Any) -> tuple[int, bytes, list[memoryview]]:
+        """One EchoUnary or RunTailUnary that came on the bulk channel
+        (:class:`dnntune.rpc.bulk.BulkRequestFrame`): the same checks, code and statuses
+        as over gRPC, a call slot held as a gRPC call holds one. Returns the status
+        number, the reply message (or the status's message) and the reply's tensor bytes.
+        """
+        from dnntune.rpc import bulk
+
+        context = _BulkContext(frame.peer, frame.timeout_s)
+        method = bulk.METHOD_NAMES[frame.method]
+        held: Any = (self.s.slots.held(method) if self.s.slots is not None
+                     else contextlib.nullcontext(None))
+        try:
+            with held as refusal:
+                if refusal is not None:
+                    return bulk.grpc_status_number(refusal[0]), refusal[1].encode(), []
+                raws: list[memoryview] = []
+                run = self._bulk_echo if frame.method == bulk.ECHO else self._bulk_run_tail
+                return 0, run(frame, context, raws), raws
+        except _BulkAbort as exc:
+            return bulk.grpc_status_number(exc.code), exc.details.encode(), []
+
+    def _bulk_echo(self, frame: Any, context: Any, raws: list[memoryview]) -> bytes:
+        with rpc_errors(context, "EchoUnary (bulk)"), self.s.gate.compute():
+            chunks = read_parsed(self.s.pb2, frame.message, self.s.pb2.TensorList, None)
+            chunks = with_bulk_data(chunks, frame.data(bulk_sizes(chunks, self.s.limits)))
+            assembler = TensorAssembler(self.s.limits)
+            for chunk in chunks:
+                assembler.add(chunk)
+            headers, out = encode_bulk(self.s.pb2, assembler.finish().items())
+            raws.extend(out)
+            return unary_wire(headers)
+        raise AssertionError("unreachable")  # rpc_errors aborts the call
+
+    def _bulk_run_tail(self, frame: Any, context: Any, raws: list[memoryview]) -> bytes:
+        pb2 = self.s.pb2
+        with rpc_errors(context, "RunTailUnary (bulk)"):
+            parts = read_parsed(pb2, frame.message, pb2.TailCall, "tensor")
+            chunks = [p.tensor for p in parts if isinstance(p, TensorPart)]
+            filled = iter(with_bulk_data(chunks, frame.data(bulk_sizes(chunks,
+                                                                       self.s.limits))))
+            parts = [TensorPart(next(filled)) if isinstance(p, TensorPart) else p
+                     for p in parts]
+        # RunTail answers for itself (its own rpc_errors, which raise _BulkAbort here)
+        return unary_wire(self.RunTail(iter(parts), context, reply_chunk_bytes=UNARY_CHUNK,
+                                       method="RunTailUnary (bulk)", reply_bulk=raws))
+
+
+class _BulkAbort(Exception):  # noqa: N818 - a status, as context.abort raises one
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _BulkContext:
+    """What the servicers use of a ``grpc.ServicerContext``, for a bulk channel call."""
+
+    def __init__(self, peer: str, timeout_s: float) -> None:
+        self._peer = peer
+        self._until = time.monotonic() + timeout_s
+
+    def peer(self) -> str:
+        return self._peer
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _BulkAbort(code, details)
+
+    def is_active(self) -> bool:
+        return time.monotonic() < self._until
+
+    def time_remaining(self) -> float:
+        return max(self._until - time.monotonic(), 0.0)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
 
 def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
     """Register the Cloud service (as ``add_CloudServicer_to_server`` does) with reply
@@ -450,6 +554,9 @@ def add_cloud_servicer(pb2: Any, servicer: CloudServicer, server: Any) -> None:
             servicer.RunTailUnary, response_serializer=unary_serializer),
         "EchoUnary": grpc.unary_unary_rpc_method_handler(
             servicer.EchoUnary, response_serializer=unary_serializer),
+        "OpenBulk": grpc.unary_unary_rpc_method_handler(
+            servicer.OpenBulk, request_deserializer=pb2.BulkRequest.FromString,
+            response_serializer=pb2.BulkTicket.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(CLOUD_SERVICE,
                                                                           handlers),))

@@ -61,6 +61,8 @@ class ServerOptions:
         keep_transfer_buffers: Have glibc keep freed multi-MB buffers for the next call
             (:func:`dnntune.allocator.keep_transfer_buffers`: no page faults per tensor
             transfer, for up to 128 MiB of free memory kept resident per arena).
+        bulk_port: The bulk channel's TCP port (:mod:`dnntune.rpc.bulk`; 0 = any free
+            port), on ``host``; ``None``: no bulk channel. Cloud servers only.
     """
 
     host: str = "127.0.0.1"
@@ -80,6 +82,7 @@ class ServerOptions:
     reflection: bool = False
     grace_s: float = 30.0
     keep_transfer_buffers: bool = True
+    bulk_port: int | None = None
 
     def validate(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -97,6 +100,8 @@ class ServerOptions:
                 raise DnntuneError(f"{name} must be at least 1, got {value}")
         if not 0 <= self.port < 65536:
             raise DnntuneError(f"--port must be 0 to 65535, got {self.port}")
+        if self.bulk_port is not None and not 0 <= self.bulk_port < 65536:
+            raise DnntuneError(f"--bulk-port must be 0 to 65535, got {self.bulk_port}")
         if not 0 <= self.grace_s <= 3600:
             raise DnntuneError(f"--grace-s must be 0 to 3600 seconds, got {self.grace_s:g}")
 
@@ -172,6 +177,7 @@ class RunningServer:
     slots: CallSlots
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     stop_problem: str = ""  # why stop() returned False, for the exit line
+    bulk_port: int | None = None  # the bulk channel's port, if the server has one
 
     @property
     def address(self) -> str:

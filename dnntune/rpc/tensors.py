@@ -24,6 +24,7 @@ protobuf copying the data (:func:`read_unary`: each tensor a view of the receive
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from math import prod
@@ -128,17 +129,54 @@ def encode_tensor(pb2: Any, name: str, array: np.ndarray,
         field: When given, each chunk is wrapped as this field of an enclosing message
             (``TailRequest.tensor`` is 2, ``TailReply.tensor`` is 1).
     """
-    array = np.asarray(array)
-    dtype = array.dtype.name
-    if dtype not in ALLOWED_DTYPES:
-        raise WireError(f"tensor {name!r}: dtype {dtype} is not one of {', '.join(ALLOWED_DTYPES)}")
-    data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
-    raw = memoryview(data.reshape(-1).view(np.uint8).data)
-    header = pb2.TensorChunk(name=name, dtype=dtype, shape=list(array.shape),
-                             total_bytes=len(raw)).SerializeToString()
+    header, raw = _header_and_bytes(pb2, name, array, bulk=False)
     yield _chunk(header, raw[:chunk_bytes], field)
     for start in range(chunk_bytes, len(raw), chunk_bytes):
         yield _chunk(b"", raw[start:start + chunk_bytes], field)
+
+
+def _header_and_bytes(pb2: Any, name: str, array: np.ndarray, bulk: bool
+                      ) -> tuple[bytes, memoryview]:
+    """A tensor's ``TensorChunk`` header fields (wire bytes) and its raw bytes (a view of
+    the array's memory, copied only if not C-ordered little-endian)."""
+    array = np.asarray(array)
+    dtype = _dtype_name(array.dtype)
+    if dtype not in ALLOWED_DTYPES:
+        raise WireError(f"tensor {name!r}: dtype {dtype} is not one of {', '.join(ALLOWED_DTYPES)}")
+    data = array
+    if not (array.flags.c_contiguous and array.dtype.byteorder in _LITTLE):
+        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    raw = memoryview(data.reshape(-1).view(np.uint8).data)
+    header = pb2.TensorChunk(name=name, dtype=dtype, shape=array.shape,
+                             total_bytes=len(raw), bulk=bulk).SerializeToString()
+    return header, raw
+
+
+# Byte orders that are little-endian as they are: "<", "|" (one byte), and "=" (native)
+# on a little-endian machine.
+_LITTLE = ("<", "|", "=") if sys.byteorder == "little" else ("<", "|")
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered (numpy computes it in Python each time)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
+def encode_bulk(pb2: Any, named: Iterable[tuple[str, np.ndarray]], field: int | None = None
+                ) -> tuple[list[WireMessage], list[memoryview]]:
+    """Tensors for a call over the bulk channel (:mod:`dnntune.rpc.bulk`): their
+    ``TensorChunk`` headers marked ``bulk`` (wrapped as ``field``, as
+    :func:`encode_tensor` does), and their bytes for the bulk frame, in the same order."""
+    headers, raws = [], []
+    for name, array in named:
+        header, raw = _header_and_bytes(pb2, name, array, bulk=True)
+        headers.append(WireMessage(tuple(_wrapped([header], field))))
+        raws.append(raw)
+    return headers, raws
 
 
 def encode_tensors(pb2: Any, named: Iterable[tuple[str, np.ndarray]],
@@ -178,6 +216,7 @@ class ChunkView:
     shape: tuple[int, ...]
     total_bytes: int
     data: memoryview
+    bulk: bool = False  # the data travels on the bulk channel (empty here)
 
 
 @dataclass(frozen=True)
@@ -246,7 +285,74 @@ def read_chunk(pb2: Any, buf: memoryview) -> ChunkView:
         chunk = pb2.TensorChunk.FromString(bytes(header))
     except DecodeError as exc:
         raise WireError(f"a tensor chunk's header does not parse ({exc})") from None
-    return ChunkView(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes, data)
+    return ChunkView(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes, data,
+                     chunk.bulk)
+
+
+def read_parsed(pb2: Any, message: bytes, container: Any, tensor_part: str | None
+                ) -> list[Any]:
+    """The parts of a message whose tensors carry no data (a bulk channel call's:
+    :mod:`dnntune.rpc.bulk`), parsed by protobuf in one go: the chunks of a
+    ``TensorList`` as :class:`ChunkView` (``tensor_part`` None), or the parts of a
+    ``TailCall``/``TailResult`` with each tensor a :class:`TensorPart`. A tensor that
+    does carry data in the message is copied once, by protobuf.
+    """
+    try:
+        parsed = container.FromString(message)
+    except DecodeError as exc:
+        raise WireError(f"a {container.DESCRIPTOR.name} does not parse ({exc})") from None
+    if tensor_part is None:
+        return [_view(c) for c in parsed.tensors]
+    return [TensorPart(_view(p.tensor)) if p.WhichOneof("part") == tensor_part else p
+            for p in parsed.parts]
+
+
+def _view(chunk: Any) -> ChunkView:
+    return ChunkView(chunk.name, chunk.dtype, tuple(chunk.shape), chunk.total_bytes,
+                     memoryview(chunk.data), chunk.bulk)
+
+
+def bulk_sizes(chunks: Iterable[Any], limits: RequestLimits) -> list[int]:
+    """The byte counts of the ``bulk`` chunks among ``chunks``, checked against
+    ``limits`` before a byte of them is read."""
+    sizes: list[int] = []
+    for chunk in chunks:
+        if not chunk.bulk:
+            continue
+        if len(chunk.data):
+            raise WireError(f"tensor {quoted(chunk.name)}: a bulk chunk carries no data")
+        if not chunk.dtype:
+            raise WireError(f"tensor {quoted(chunk.name)}: a bulk chunk is a whole tensor "
+                            "(name, dtype, shape, total_bytes)")
+        size = int(chunk.total_bytes)
+        if size < 0 or size > limits.max_tensor_bytes:
+            raise WireError(f"tensor {quoted(chunk.name)}: {size} bytes is over the limit of "
+                            f"{limits.max_tensor_bytes}", code="RESOURCE_EXHAUSTED")
+        sizes.append(size)
+        if len(sizes) > limits.max_tensors:
+            raise WireError(f"more than {limits.max_tensors} tensors in one call",
+                            code="RESOURCE_EXHAUSTED")
+    if sum(sizes) > limits.max_call_bytes:
+        raise WireError(f"tensors of this call add up to over the limit of "
+                        f"{limits.max_call_bytes} bytes", code="RESOURCE_EXHAUSTED")
+    return sizes
+
+
+def with_bulk_data(chunks: Iterable[ChunkView], data: Iterable[memoryview]
+                   ) -> list[ChunkView]:
+    """``chunks`` with each ``bulk`` one's data taken, in order, from ``data``."""
+    pieces = iter(data)
+    out = []
+    for chunk in chunks:
+        if chunk.bulk:
+            piece = next(pieces, None)
+            if piece is None:
+                raise WireError("fewer bulk tensors in the frame than the message marks")
+            chunk = ChunkView(chunk.name, chunk.dtype, chunk.shape, chunk.total_bytes, piece)
+        out.append(chunk)
+    if next(pieces, None) is not None:
+        raise WireError("more bulk tensors in the frame than the message marks")
+    return out
 
 
 def read_unary(pb2: Any, message: bytes, part_type: Any | None, tensor_field: int
@@ -297,6 +403,9 @@ class TensorAssembler:
         self._declared = 0  # bytes of all tensors announced so far
 
     def add(self, chunk: Any) -> None:
+        if getattr(chunk, "bulk", False):
+            raise WireError(f"tensor {quoted(chunk.name)} is marked bulk, which only an "
+                            "EchoUnary or RunTailUnary call with a bulk_ticket may send")
         if chunk.dtype:  # a header: a new tensor starts
             self._finish()
             self._start(chunk)

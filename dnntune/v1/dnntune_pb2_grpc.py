@@ -267,6 +267,11 @@ class CloudStub:
                 request_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
                 response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
                 _registered_method=True)
+        self.OpenBulk = channel.unary_unary(
+                '/dnntune.v1.Cloud/OpenBulk',
+                request_serializer=dnntune_dot_v1_dot_dnntune__pb2.BulkRequest.SerializeToString,
+                response_deserializer=dnntune_dot_v1_dot_dnntune__pb2.BulkTicket.FromString,
+                _registered_method=True)
 
 
 class CloudServicer:
@@ -302,6 +307,15 @@ class CloudServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenBulk(self, request, context):
+        """A ticket for a bulk connection (see BulkTicket). A server started without
+        --bulk-port answers FAILED_PRECONDITION, one from before it UNIMPLEMENTED; more than
+        --max-concurrent-rpcs connections open is RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +338,11 @@ def add_CloudServicer_to_server(servicer, server):
                     servicer.EchoUnary,
                     request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
                     response_serializer=dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
+            ),
+            'OpenBulk': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBulk,
+                    request_deserializer=dnntune_dot_v1_dot_dnntune__pb2.BulkRequest.FromString,
+                    response_serializer=dnntune_dot_v1_dot_dnntune__pb2.BulkTicket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +453,33 @@ class Cloud:
             '/dnntune.v1.Cloud/EchoUnary',
             dnntune_dot_v1_dot_dnntune__pb2.TensorList.SerializeToString,
             dnntune_dot_v1_dot_dnntune__pb2.TensorList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBulk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dnntune.v1.Cloud/OpenBulk',
+            dnntune_dot_v1_dot_dnntune__pb2.BulkRequest.SerializeToString,
+            dnntune_dot_v1_dot_dnntune__pb2.BulkTicket.FromString,
             options,
             channel_credentials,
             insecure,
