@@ -78,6 +78,7 @@ def page_buffer(nbytes: int) -> np.ndarray:
 
 SLICE_S = 1.0  # the longest one system call blocks: deadlines are checked between them
 SCRATCH_BYTES = 64 << 10  # headers, messages and small data are read in one go
+LINGER_S = 5.0  # after refusing a call, how long the server reads what its client still sends
 
 
 class FrameSocket:
@@ -168,6 +169,17 @@ class FrameSocket:
             out.append(view[start:start + size])
             start += size
         return out
+
+    def linger(self, limit_s: float = LINGER_S) -> None:
+        """Close our side for writing and read what the client still sends (until it
+        closes, or ``limit_s``): closed at once with unread data, the connection would be
+        reset, and a reply not yet read would be lost with it."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        until = time.monotonic() + limit_s
+        with contextlib.suppress(OSError):
+            while True:
+                self._recv_into(self._view, until)
 
     def send_frame(self, first: int, second: int, message: bytes,
                    parts: Sequence[memoryview], until: float) -> None:
@@ -317,6 +329,7 @@ class BulkListener:
         try:
             while not self._closed.is_set() and self._serve_one(frames, peer):
                 pass
+            frames.linger()  # a refused call: let its client read why
         except (OSError, ValueError):
             pass  # FrameError, a timeout, a closed connection: it ends here
         except Exception:  # a bug of ours: logged, and the connection closed
