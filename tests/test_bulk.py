@@ -178,19 +178,74 @@ def test_open_bulk_needs_the_token(server, stub):
 def test_a_frame_it_cannot_read_closes_the_connection_and_the_server_serves_on(server,
                                                                                stub):
     for bad in (b"XXXX" + bytes(24),                                # not a frame
-                FRAME.pack(b"DTB1", 9, 0, 0, 0),                     # no such method
-                FRAME.pack(b"DTB1", ECHO, 0, 64 << 20, 0),           # M over the limit
-                FRAME.pack(b"DTB1", ECHO, 0, 10, 2 << 30)):          # D over the limit
+                FRAME.pack(b"DTB1", 9, 0, 0, 0)):                    # no such method
         sock, _ = open_connection(stub, server)
         try:
             sock.sendall(bad)
             assert closed(sock)
         finally:
             sock.close()
+    for m, d, words in ((64 << 20, 0, "--max-message-mb"), (10, 2 << 30, "--max-call-mb")):
+        sock, _ = open_connection(stub, server)  # sizes over the limits: refused unread
+        try:
+            sock.sendall(FRAME.pack(b"DTB1", ECHO, 1000, m, d))
+            status, text, body = read_reply(sock)
+            assert status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert words in text.decode() and body == b""
+            assert closed(sock)  # after the call's deadline (1 s), nothing more coming
+        finally:
+            sock.close()
     sock, _ = open_connection(stub, server)  # still serving
     try:
         status, _, body = raw_echo(sock, {"a": np.ones(2, np.int8)})
         assert status == 0 and body == b"\x01\x01"
+    finally:
+        sock.close()
+
+
+def test_tickets_are_good_once_and_must_come_quickly(server, stub):
+    sock, ticket = open_connection(stub, server)
+    again = socket.create_connection(("127.0.0.1", server.bulk_port), timeout=10)
+    try:
+        again.sendall(ticket)  # a used ticket
+        assert closed(again)
+    finally:
+        again.close()
+        sock.close()
+    ticket = stub.OpenBulk(pb2.BulkRequest(), metadata=AUTH, timeout=10).ticket
+    slow = socket.create_connection(("127.0.0.1", server.bulk_port), timeout=20)
+    try:  # one byte a second: the handshake's 5 s are for all of it
+        t0 = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for byte in ticket:
+                slow.sendall(bytes([byte]))
+                time.sleep(1.0)
+        assert time.monotonic() - t0 < bulk_module.HANDSHAKE_S + 3
+    finally:
+        slow.close()
+
+
+def test_bulk_and_plain_tensors_mix_in_one_call(server, stub):
+    sock, _ = open_connection(stub, server)
+    try:
+        a, b = np.arange(6, dtype=np.int16), np.array([1.5, -2.0], np.float64)
+        message = pb2.TensorList(tensors=[
+            pb2.TensorChunk(name="a", dtype="int16", shape=[6], total_bytes=12, bulk=True),
+            pb2.TensorChunk(name="b", dtype="float64", shape=[2], total_bytes=16,
+                            data=b.tobytes())]).SerializeToString()
+        send_request(sock, ECHO, message, a.tobytes())
+        status, text, body = read_reply(sock)
+        assert status == 0, text
+        reply = pb2.TensorList.FromString(text)
+        assert [(c.name, c.bulk) for c in reply.tensors] == [("a", True), ("b", True)]
+        assert body == a.tobytes() + b.tobytes()  # the reply's tensors, in order
+        # data bytes that no bulk tensor declares: refused
+        send_request(sock, ECHO, pb2.TensorList(tensors=[
+            pb2.TensorChunk(name="b", dtype="float64", shape=[2], total_bytes=16,
+                            data=b.tobytes())]).SerializeToString(), bytes(8))
+        status, text, _ = read_reply(sock)
+        assert status == grpc.StatusCode.INVALID_ARGUMENT.value[0], text
+        assert closed(sock)
     finally:
         sock.close()
 

@@ -78,7 +78,8 @@ def page_buffer(nbytes: int) -> np.ndarray:
 
 SLICE_S = 1.0  # the longest one system call blocks: deadlines are checked between them
 SCRATCH_BYTES = 64 << 10  # headers, messages and small data are read in one go
-LINGER_S = 5.0  # after refusing a call, how long the server reads what its client still sends
+MAX_TIMEOUT_MS = 600_000  # the longest deadline a request frame may give the server
+MAX_REPLY_DATA = 1 << 31  # the most tensor bytes a client reads from one reply
 
 
 class FrameSocket:
@@ -107,12 +108,14 @@ class FrameSocket:
         self._start = self._end = 0  # bytes received, not yet read: scratch[start:end]
 
     def _recv_into(self, out: memoryview, until: float) -> int:
+        """Some bytes into ``out``; ``TimeoutError`` once ``until`` has passed, however
+        the bytes trickle in."""
         while True:
+            if time.monotonic() > until:
+                raise TimeoutError("the bulk connection did not deliver in time")
             try:
                 n = self.sock.recv_into(out, len(out))
             except (BlockingIOError, TimeoutError):  # nothing for SLICE_S
-                if time.monotonic() > until:
-                    raise TimeoutError("the bulk connection sent nothing in time") from None
                 continue
             if n == 0:
                 raise ConnectionError("the bulk connection was closed by the other end")
@@ -170,16 +173,15 @@ class FrameSocket:
             start += size
         return out
 
-    def linger(self, limit_s: float = LINGER_S) -> None:
-        """Close our side for writing and read what the client still sends (until it
-        closes, or ``limit_s``): closed at once with unread data, the connection would be
-        reset, and a reply not yet read would be lost with it."""
+    def drain(self, nbytes: int, until: float) -> None:
+        """Read and drop the next ``nbytes`` (the rest of a refused call's frame, which
+        its client is still sending), until ``until`` at the latest: closed at once with
+        unread data, the connection would be reset, and the reply with it."""
+        left = nbytes - min(self._end - self._start, nbytes)
+        self._start = self._end = 0
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-        until = time.monotonic() + limit_s
-        with contextlib.suppress(OSError):
-            while True:
-                self._recv_into(self._view, until)
+            while left > 0:
+                left -= self._recv_into(self._view[:min(left, len(self._view))], until)
 
     def send_frame(self, first: int, second: int, message: bytes,
                    parts: Sequence[memoryview], until: float) -> None:
@@ -194,6 +196,8 @@ class FrameSocket:
                 if time.monotonic() > until:
                     raise TimeoutError("the bulk connection took nothing in time") from None
                 continue
+            if time.monotonic() > until:
+                raise TimeoutError("the bulk connection took nothing in time")
             while pending and sent >= len(pending[0]):
                 sent -= len(pending[0])
                 pending.pop(0)
@@ -316,60 +320,83 @@ class BulkListener:
         """Take the ticket, then serve the connection's calls until it closes."""
         try:
             accepted = self._handshake(conn)
-        except (OSError, ValueError):
-            _shut(conn)
-            return
         finally:
             self._handshakes.release()
         if accepted is None:
             return
-        conn = accepted
-        peer = _peer(conn)
-        frames = FrameSocket(conn)
+        peer = _peer(accepted)
+        frames = FrameSocket(accepted)
         try:
-            while not self._closed.is_set() and self._serve_one(frames, peer):
-                pass
-            frames.linger()  # a refused call: let its client read why
+            while not self._closed.is_set():
+                refused = self._serve_one(frames, peer)
+                if refused is not None:
+                    frames.drain(*refused)  # let its client read why, then close
+                    break
         except (OSError, ValueError):
             pass  # FrameError, a timeout, a closed connection: it ends here
         except Exception:  # a bug of ours: logged, and the connection closed
             log.exception("internal error on a bulk connection from %s", peer)
         finally:
             with self._lock:
-                self._connections.discard(conn)
-            _shut(conn)
+                self._connections.discard(accepted)
+            _shut(accepted)
 
     def _handshake(self, conn: socket.socket) -> socket.socket | None:
-        conn.settimeout(HANDSHAKE_S)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._context is not None:
-            conn = self._context.wrap_socket(conn, server_side=True)
-        ticket = bytearray(TICKET_BYTES)
-        view, got = memoryview(ticket), 0
-        while got < TICKET_BYTES:
-            n = conn.recv_into(view[got:])
-            if n == 0:
-                raise ConnectionError("closed before its ticket")
-            got += n
-        with self._lock:
-            issued = self._tickets.pop(bytes(ticket), None)
-            if issued is None or time.monotonic() - issued > TICKET_TTL_S \
-                    or self._closed.is_set():
+        """The connection, TLS and ticket checked, counted among the server's
+        connections; ``None`` (and closed) otherwise. The whole handshake has
+        :data:`HANDSHAKE_S`, however slowly its bytes come."""
+        until = time.monotonic() + HANDSHAKE_S
+        sock = conn
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(HANDSHAKE_S)
+            if self._context is not None:
+                sock = self._context.wrap_socket(conn, server_side=True)
+            ticket = bytearray(TICKET_BYTES)
+            view, got = memoryview(ticket), 0
+            while got < TICKET_BYTES:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                n = sock.recv_into(view[got:])
+                if n == 0:
+                    raise ConnectionError
+                got += n
+            with self._lock:
+                issued = self._tickets.pop(bytes(ticket), None)
+                if issued is None or time.monotonic() - issued > TICKET_TTL_S \
+                        or self._closed.is_set():
+                    raise ConnectionError  # not a live ticket: closed, nothing said
+                self._connections.add(sock)  # its place is taken from here on
+            try:
+                sock.sendall(ACCEPTED)
+            except BaseException:
+                with self._lock:
+                    self._connections.discard(sock)
+                raise
+        except (OSError, ValueError):
+            _shut(sock)
+            if sock is not conn:
                 _shut(conn)
-                return None
-            self._connections.add(conn)
-        conn.sendall(ACCEPTED)
-        return conn
+            return None
+        return sock
 
-    def _serve_one(self, conn: FrameSocket, peer: str) -> bool:
-        """Serve one call; ``False`` when the connection is to be closed."""
+    def _serve_one(self, conn: FrameSocket, peer: str) -> tuple[int, float] | None:
+        """Serve one call. ``None`` when it succeeded; after a refusal, what is left of
+        its frame to drain and by when (then the connection is closed)."""
         method, timeout_ms, m, d = conn.read_header(time.monotonic() + IDLE_S)
         if method not in METHOD_NAMES:
             raise FrameError(f"method {method} is not one of {sorted(METHOD_NAMES)}")
-        if m > self.max_message_bytes or d > self.max_data_bytes:
-            raise FrameError("a frame over the message or call limit")
-        timeout_s = (timeout_ms or DEFAULT_TIMEOUT_MS) / 1e3
+        timeout_s = min(timeout_ms or DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS) / 1e3
         until = time.monotonic() + timeout_s
+        if m > self.max_message_bytes or d > self.max_data_bytes:
+            what = (f"a message of {m} bytes is over the limit of {self.max_message_bytes} "
+                    "(--max-message-mb)" if m > self.max_message_bytes else
+                    f"tensors of {d} bytes are over the limit of {self.max_data_bytes} "
+                    "(--max-call-mb)")
+            conn.send_frame(_RESOURCE_EXHAUSTED, 0, f"bulk frame: {what}".encode(), [], until)
+            return m + d, until
         message = conn.read_message(m, until)
         read: list[bool] = []
 
@@ -392,11 +419,16 @@ class BulkListener:
         assert self.handler is not None
         status, reply, parts = self.handler(BulkRequestFrame(method, message, timeout_s, data,
                                                              peer))
-        if not read and status == 0:
-            data([d])  # a call with no bulk tensor: its (empty) data
+        if status == 0 and not read:
+            raise FrameError("internal: a call answered without reading its data")
         conn.send_frame(status, 0, reply, parts if status == 0 else [],
                         max(until, time.monotonic() + 1.0))
-        return status == 0
+        if status == 0:
+            return None
+        return (0 if read else d), until
+
+
+_RESOURCE_EXHAUSTED = 8  # grpc.StatusCode.RESOURCE_EXHAUSTED's number (no grpc import here)
 
 
 def _peer(sock: socket.socket) -> str:
@@ -448,16 +480,21 @@ class BulkConnection:
         _shut(self.sock)
 
     def call(self, method: int, message: bytes, parts: Sequence[memoryview],
-             timeout_s: float) -> tuple[int, bytes, np.ndarray]:
-        """One call: ``(status, reply message or error text, reply data bytes)``.
+             timeout_s: float, max_message: int, max_data: int = MAX_REPLY_DATA
+             ) -> tuple[int, bytes, np.ndarray]:
+        """One call: ``(status, reply message or error text, reply data bytes)``; a
+        reply whose message or data is over ``max_message`` or ``max_data`` is not read.
 
         Any failure on the connection marks it broken and raises ``OSError`` (or
         :class:`FrameError`)."""
         until = time.monotonic() + timeout_s
         try:
-            self.frames.send_frame(method, min(int(timeout_s * 1e3), 2**32 - 1) or 1,
+            self.frames.send_frame(method, min(int(timeout_s * 1e3), MAX_TIMEOUT_MS) or 1,
                                    message, parts, until)
             status, _, m, d = self.frames.read_header(until)
+            if m > max_message or d > max_data:
+                raise FrameError(f"the server's reply frame declares {m} message and {d} data "
+                                 f"bytes, over this client's {max_message} and {max_data}")
             reply = self.frames.read_message(m, until)
             data = page_buffer(d)
             self.frames.read_into(memoryview(data.data), until)

@@ -60,6 +60,7 @@ TAIL_REPLY_TENSOR = 1  # and of TailReply.tensor
 UNARY_CHUNK = 1 << 62  # in a unary call each tensor is one chunk
 # Answers to a unary call after which the same call goes as a stream: a server before
 # RunTailUnary/EchoUnary, or a call (or its reply) over a message limit.
+BULK_RETRY_S = 30.0  # after the bulk channel could not be reached, gRPC this long
 STREAM_INSTEAD = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -225,6 +226,7 @@ class ProfilerClient:
         self.bulk_problem = ""  # why this client stopped trying the bulk channel
         self._bulk_connection: BulkConnection | None = None
         self._bulk_lock = threading.Lock()  # one thread opens the connection
+        self._bulk_retry_at = 0.0  # after failing to reach the channel: not before this
 
     def close(self) -> None:
         if self._bulk_connection is not None:
@@ -412,22 +414,33 @@ class ProfilerClient:
         idle ones) is reopened once."""
         headers, raws = encode_bulk(self.pb2, tensors, tensor_field)
         message = unary_wire([*head, *headers])
+        until = time.monotonic() + timeout_s
         for attempt in (0, 1):
-            connection = self._bulk_open(timeout_s)
+            connection = self._bulk_open(max(until - time.monotonic(), 0.001))
             if connection is None:
                 return None
+            if not connection.lock.acquire(timeout=max(until - time.monotonic(), 0.001)):
+                return None  # other calls hold it past this call's deadline: go by gRPC
             try:
-                with connection.lock:
-                    status, answer, data = connection.call(method, message, raws, timeout_s)
+                if connection.broken:  # failed in another thread's call meanwhile
+                    self._drop_bulk(connection)
+                    continue
+                status, answer, data = connection.call(
+                    method, message, raws, max(until - time.monotonic(), 0.001),
+                    max_message=self.endpoint.max_message_mb << 20)
                 break
             except (OSError, FrameError) as exc:
-                self._bulk_connection = None
+                self._drop_bulk(connection)
                 if attempt == 0 and isinstance(exc, ConnectionError):
                     continue  # closed while idle: once more on a new connection
                 raise DnntuneError(f"{self.endpoint.address}: the bulk connection failed "
                                    f"({exc})") from None
+            finally:
+                connection.lock.release()
+        else:
+            return None
         if status != 0:
-            self._bulk_connection = None  # closed by the server after a refusal
+            self._drop_bulk(connection)  # closed by the server after a refusal
             text = answer.decode("utf-8", "replace")
             raise DnntuneError(f"{self.endpoint.address}: {bulk_status_name(status)}: {text}")
         try:
@@ -457,15 +470,25 @@ class ProfilerClient:
         return [TensorPart(next(filled)) if isinstance(p, TensorPart)
                 else next(filled) if isinstance(p, ChunkView) else p for p in parts]
 
+    def _drop_bulk(self, connection: BulkConnection) -> None:
+        """Forget ``connection`` (closed) unless another thread has replaced it."""
+        connection.close()
+        with self._bulk_lock:
+            if self._bulk_connection is connection:
+                self._bulk_connection = None
+
     def _bulk_open(self, timeout_s: float) -> BulkConnection | None:
         """This client's bulk connection, opened on first use; ``None`` if the server
-        offers none (or it cannot be reached: then the reason is in ``bulk_problem``)."""
+        offers none, or when it could not be reached lately (then the reason is in
+        ``bulk_problem``, and it is tried again after :data:`BULK_RETRY_S`)."""
         with self._bulk_lock:
+            if self._bulk_connection is not None and not self._bulk_connection.broken:
+                return self._bulk_connection
+            if time.monotonic() < self._bulk_retry_at:
+                return None
             return self._bulk_open_locked(timeout_s)
 
     def _bulk_open_locked(self, timeout_s: float) -> BulkConnection | None:
-        if self._bulk_connection is not None and not self._bulk_connection.broken:
-            return self._bulk_connection
         try:
             ticket = self._open_bulk(self.pb2.BulkRequest(), metadata=self.endpoint.metadata,
                                      timeout=min(SHORT_CALL_S, timeout_s))
@@ -477,7 +500,7 @@ class ProfilerClient:
                 raise describe_rpc_error(exc, self.endpoint.address) from None
             self.bulk, self.bulk_problem = False, "the server offers no bulk channel"
             return None
-        host = self.endpoint.address.rpartition(":")[0]
+        host = self.endpoint.address.rpartition(":")[0].strip("[]")
         tls_cert = self.endpoint.tls_cert
         pem = read_certificate(tls_cert) if ticket.tls and tls_cert else None
         if ticket.tls and pem is None:
@@ -486,13 +509,17 @@ class ProfilerClient:
             return None
         try:
             self._bulk_connection = BulkConnection.open(
-                host, ticket.port, ticket.ticket, self.endpoint.connect_timeout_s, pem,
-                self.endpoint.tls_server_name)
+                host, ticket.port, ticket.ticket, min(self.endpoint.connect_timeout_s,
+                                                      timeout_s),
+                pem, self.endpoint.tls_server_name)
         except (OSError, ConnectionError) as exc:
-            self.bulk = False  # e.g. only the gRPC port is reachable: gRPC from now on
+            # e.g. only the gRPC port is reachable, or the server's handshakes are all
+            # taken: gRPC until it is tried again
+            self._bulk_retry_at = time.monotonic() + BULK_RETRY_S
             self.bulk_problem = (f"cannot reach the bulk channel at {host}:{ticket.port} "
-                                 f"({exc})")
+                                 f"({exc}); gRPC meanwhile")
             return None
+        self.bulk_problem = ""
         return self._bulk_connection
 
     def _fits_one_message(self, tensors: list[tuple[str, np.ndarray]]) -> bool:

@@ -471,8 +471,10 @@ class CloudServicer:
 
         context = _BulkContext(frame.peer, frame.timeout_s)
         method = bulk.METHOD_NAMES[frame.method]
-        held: Any = (self.s.slots.held(method) if self.s.slots is not None
-                     else contextlib.nullcontext(None))
+        if self.s.slots is None:  # the gRPC server is not serving yet
+            return (bulk.grpc_status_number(grpc.StatusCode.UNAVAILABLE),
+                    b"the server is starting; retry", [])
+        held: Any = self.s.slots.held(method)
         try:
             with held as refusal:
                 if refusal is not None:
@@ -484,9 +486,11 @@ class CloudServicer:
             return bulk.grpc_status_number(exc.code), exc.details.encode(), []
 
     def _bulk_echo(self, frame: Any, context: Any, raws: list[memoryview]) -> bytes:
-        with rpc_errors(context, "EchoUnary (bulk)"), self.s.gate.compute():
+        with rpc_errors(context, "EchoUnary (bulk)"):
+            # the request is read before the compute gate is entered, as over gRPC
             chunks = read_parsed(self.s.pb2, frame.message, self.s.pb2.TensorList, None)
             chunks = with_bulk_data(chunks, frame.data(bulk_sizes(chunks, self.s.limits)))
+        with rpc_errors(context, "EchoUnary (bulk)"), self.s.gate.compute():
             assembler = TensorAssembler(self.s.limits)
             for chunk in chunks:
                 assembler.add(chunk)

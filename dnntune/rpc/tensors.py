@@ -404,8 +404,8 @@ class TensorAssembler:
 
     def add(self, chunk: Any) -> None:
         if getattr(chunk, "bulk", False):
-            raise WireError(f"tensor {quoted(chunk.name)} is marked bulk, which only an "
-                            "EchoUnary or RunTailUnary call with a bulk_ticket may send")
+            raise WireError(f"tensor {quoted(chunk.name)} is marked bulk, which only a call "
+                            "on a bulk connection may send")
         if chunk.dtype:  # a header: a new tensor starts
             self._finish()
             self._start(chunk)
