@@ -46,10 +46,10 @@ def stub(server):
 AUTH = (("authorization", "Bearer s3cret"),)
 
 
-def open_connection(stub, server) -> tuple[socket.socket, bytes]:
+def open_connection(stub, server, metadata=AUTH) -> tuple[socket.socket, bytes]:
     """What a client written from the .proto does: OpenBulk, connect, send the ticket,
     read the 0x01."""
-    ticket = stub.OpenBulk(pb2.BulkRequest(), metadata=AUTH, timeout=10)
+    ticket = stub.OpenBulk(pb2.BulkRequest(), metadata=metadata, timeout=10)
     assert ticket.port == server.bulk_port and len(ticket.ticket) == 32 and not ticket.tls
     assert ticket.expires_s > 0
     sock = socket.create_connection(("127.0.0.1", ticket.port), timeout=10)
@@ -382,4 +382,54 @@ def test_tls_servers_speak_tls_on_the_bulk_channel(tmp_path):
         assert answer in (b"", b"\x15")  # closed, or a TLS alert first
         plain.close()
     finally:
+        running.stop(0)
+
+
+def test_a_bulk_call_holds_a_call_slot_and_shutdown_waits_for_it():
+    """A call on the bulk channel counts among --max-concurrent-rpcs as a gRPC call does;
+    a server stopping lets it finish, refuses new ones with UNAVAILABLE, then closes."""
+    import threading
+
+    running = create_server(ServerOptions(port=0, bulk_port=0, max_concurrent_rpcs=2))
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = services.CloudStub(channel)
+    first, _ = open_connection(stub, running, metadata=())
+    second, _ = open_connection(stub, running, metadata=())
+    try:
+        a = np.arange(1000, dtype=np.uint8)
+        message = echo_message({"a": a})
+        # the first call's data comes in two parts: between them it holds its slot
+        first.sendall(FRAME.pack(b"DTB1", ECHO, 20_000, len(message), a.nbytes) + message
+                      + a.tobytes()[:10])
+        second.sendall(FRAME.pack(b"DTB1", ECHO, 20_000, len(message), a.nbytes) + message
+                       + a.tobytes()[:10])
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as caught:  # both slots held by bulk calls
+            stub.EchoUnary(pb2.TensorList(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "calls in progress" in caught.value.details()
+        second.sendall(a.tobytes()[10:])
+        status, _, body = read_reply(second)
+        assert status == 0 and body == a.tobytes()
+        assert stub.EchoUnary(pb2.TensorList(), timeout=10) == pb2.TensorList()  # a slot free
+        second.close()
+        second, _ = open_connection(stub, running, metadata=())
+        stopped = []
+        stopper = threading.Thread(target=lambda: stopped.append(running.stop(15)))
+        stopper.start()
+        time.sleep(1.0)
+        send_request(second, ECHO, message, a.tobytes())  # while the server drains
+        status, text, _ = read_reply(second)
+        assert status == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert "shutting down" in text.decode()
+        first.sendall(a.tobytes()[10:])  # the call in flight finishes, answered
+        status, _, body = read_reply(first)
+        assert status == 0 and body == a.tobytes()
+        stopper.join(timeout=30)
+        assert stopped == [True]  # nothing abandoned
+        assert closed(first)
+    finally:
+        first.close()
+        second.close()
+        channel.close()
         running.stop(0)
