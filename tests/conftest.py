@@ -37,6 +37,18 @@ def zoo_model():
     return get
 
 
+def head_at_middle_cut(loaded):  # type: ignore[no-untyped-def]
+    """``(cut, split, inputs, held)``: ``loaded`` split at its middle cut, its head run
+    on the example inputs (``held``: the tensors by name, crossing ones among them)."""
+    from dnntune.model.split import Splitter
+
+    splitter = Splitter(loaded.model, loaded.graph)
+    cut = splitter.cuts[len(splitter.cuts) // 2]
+    split = splitter.split(cut.index)
+    x = loaded.example_inputs()
+    return cut, split, x, split.run_head(x)
+
+
 def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
     """Run ``dnntune ARGS`` as a user would, in a subprocess."""

@@ -120,14 +120,10 @@ def test_a_client_written_from_the_proto_echoes_over_the_bulk_channel(server, st
 def test_a_client_written_from_the_proto_runs_a_tail(server, stub, zoo_model):
     """RunTailUnary on the bulk channel: the tail's output equals the unsplit model's."""
     from dnntune.model.loading import call_model
-    from dnntune.model.split import Splitter
+    from tests.conftest import head_at_middle_cut
 
     loaded = zoo_model("tiny_mlp")
-    splitter = Splitter(loaded.model, loaded.graph)
-    cut = splitter.cuts[len(splitter.cuts) // 2]
-    split = splitter.split(cut.index)
-    x = loaded.example_inputs()
-    held = split.run_head(x)
+    cut, split, x, held = head_at_middle_cut(loaded)
     crossing = [(n, np.ascontiguousarray(held[n])) for n in split.tail_inputs]
     header = pb2.TailRequest(header=pb2.TailHeader(model=pb2.ModelSpec(zoo_name="tiny_mlp"),
                                                    cut_index=cut.index))

@@ -120,14 +120,10 @@ def test_a_5mb_tensor_round_trips_bit_exactly(client):
 
 def test_run_tail_sends_its_tensors_through_the_same_path(client, zoo_model):
     from dnntune.model.loading import call_model
-    from dnntune.model.split import Splitter
+    from tests.conftest import head_at_middle_cut
 
     loaded = zoo_model("tiny_mlp")
-    splitter = Splitter(loaded.model, loaded.graph)
-    cut = splitter.cuts[len(splitter.cuts) // 2]
-    split = splitter.split(cut.index)
-    x = loaded.example_inputs()
-    held = split.run_head(x)
+    cut, split, x, held = head_at_middle_cut(loaded)
     outputs, _ = client.run_tail(model_spec(client.pb2, "tiny_mlp"), cut.index,
                                  [(n, held[n]) for n in split.tail_inputs])
     assert client.calls[-1] == client.path[1]

@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -50,6 +49,10 @@ TICKET_TTL_S = 10.0      # connect within this after OpenBulk
 HANDSHAKE_S = 5.0        # a new connection must present its ticket within this
 IDLE_S = 300.0           # a connection unused this long is closed
 DEFAULT_TIMEOUT_MS = 60_000
+MAX_TIMEOUT_MS = 600_000  # the longest deadline a request frame may give the server
+MAX_REPLY_DATA = 1 << 31  # the most tensor bytes a client reads from one reply
+SLICE_S = 1.0  # the longest one system call blocks: deadlines are checked between them
+SCRATCH_BYTES = 64 << 10  # headers, messages and small data are read in one go
 MAX_HANDSHAKES = 8       # connections presenting tickets at once; more are closed
 PAGE = 4096
 # Where in a page a receive buffer starts. A buffer whose offset in its page is near the
@@ -76,10 +79,6 @@ def page_buffer(nbytes: int) -> np.ndarray:
     return raw[start:start + nbytes]
 
 
-SLICE_S = 1.0  # the longest one system call blocks: deadlines are checked between them
-SCRATCH_BYTES = 64 << 10  # headers, messages and small data are read in one go
-MAX_TIMEOUT_MS = 600_000  # the longest deadline a request frame may give the server
-MAX_REPLY_DATA = 1 << 31  # the most tensor bytes a client reads from one reply
 
 
 class FrameSocket:
@@ -281,10 +280,6 @@ class BulkListener:
             ticket = secrets.token_bytes(TICKET_BYTES)
             self._tickets[ticket] = time.monotonic()
         return ticket, TICKET_TTL_S
-
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._connections)
 
     def close(self) -> None:
         self._closed.set()
@@ -504,18 +499,3 @@ class BulkConnection:
         if status != 0:
             self.close()  # the server closes it after a refusal
         return status, reply, data
-
-
-def bulk_status_name(code: int) -> str:
-    """The gRPC status name of a reply frame's status number."""
-    import grpc
-
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return str(status.name)
-    return f"STATUS {code}"
-
-
-def grpc_status_number(status: Any) -> int:
-    """A ``grpc.StatusCode``'s number, for a reply frame."""
-    return int(status.value[0])

@@ -25,7 +25,7 @@ import numpy as np
 from dnntune.errors import DnntuneError
 from dnntune.model.loading import MODEL_SUFFIXES
 from dnntune.profiling.profile import Profile
-from dnntune.rpc.bulk import ECHO, RUN_TAIL, BulkConnection, FrameError, bulk_status_name
+from dnntune.rpc.bulk import ECHO, RUN_TAIL, BulkConnection, FrameError
 from dnntune.rpc.protocol import load_protocol
 from dnntune.rpc.tensors import (
     DEFAULT_CHUNK_BYTES,
@@ -442,7 +442,9 @@ class ProfilerClient:
         if status != 0:
             self._drop_bulk(connection)  # closed by the server after a refusal
             text = answer.decode("utf-8", "replace")
-            raise DnntuneError(f"{self.endpoint.address}: {bulk_status_name(status)}: {text}")
+            name = next((c.name for c in grpc.StatusCode if c.value[0] == status),
+                        f"STATUS {status}")
+            raise DnntuneError(f"{self.endpoint.address}: {name}: {text}")
         try:
             parts = read_parsed(self.pb2, answer, reply,
                                 None if reply is self.pb2.TensorList else "tensor")

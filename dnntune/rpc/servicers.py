@@ -472,18 +472,18 @@ class CloudServicer:
         context = _BulkContext(frame.peer, frame.timeout_s)
         method = bulk.METHOD_NAMES[frame.method]
         if self.s.slots is None:  # the gRPC server is not serving yet
-            return (bulk.grpc_status_number(grpc.StatusCode.UNAVAILABLE),
+            return (grpc.StatusCode.UNAVAILABLE.value[0],
                     b"the server is starting; retry", [])
         held: Any = self.s.slots.held(method)
         try:
             with held as refusal:
                 if refusal is not None:
-                    return bulk.grpc_status_number(refusal[0]), refusal[1].encode(), []
+                    return refusal[0].value[0], refusal[1].encode(), []
                 raws: list[memoryview] = []
                 run = self._bulk_echo if frame.method == bulk.ECHO else self._bulk_run_tail
                 return 0, run(frame, context, raws), raws
         except _BulkAbort as exc:
-            return bulk.grpc_status_number(exc.code), exc.details.encode(), []
+            return exc.code.value[0], exc.details.encode(), []
 
     def _bulk_echo(self, frame: Any, context: Any, raws: list[memoryview]) -> bytes:
         with rpc_errors(context, "EchoUnary (bulk)"):
